@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The kernel/user ABI of nettel: every record the probes write into the ring
+ * buffer and every index of the statistics map. This is the ONLY header shared
+ * with Rust; `bpf/build.rs` runs bindgen over it (with layout tests) to produce
+ * `nettel_bpf::abi`, so the two sides cannot drift.
+ *
+ * Rules: fixed-width types only, explicit padding, append-only enums, and a
+ * bump of NT_ABI_VERSION on any layout change.
+ */
+#ifndef __NETTEL_ABI_H
+#define __NETTEL_ABI_H
+
+#define NT_ABI_VERSION 1
+
+/* Default ring buffer size; the loader overrides it at load time. */
+#define NT_RINGBUF_DEFAULT_BYTES (1 << 20)
+
+/* Values for nt_event_hdr.kind. Never renumber; append only. */
+enum nt_event_kind {
+	NT_EVENT_UNSPEC = 0,
+	NT_EVENT_TCP_RETRANSMIT = 1,
+};
+
+/* Values for nt_tcp_retransmit_event.rtx_kind. Never renumber. */
+enum nt_retransmit_kind {
+	NT_RTX_UNSPEC = 0,
+	NT_RTX_DATA = 1,   /* tracepoint tcp/tcp_retransmit_skb */
+	NT_RTX_SYNACK = 2, /* tracepoint tcp/tcp_retransmit_synack */
+};
+
+/* Indices of the per-CPU statistics array `nt_stats`. Never renumber. */
+enum nt_stat {
+	NT_STAT_SUBMITTED = 0,       /* records committed to the ring buffer */
+	NT_STAT_RESERVE_FAILED = 1,  /* bpf_ringbuf_reserve() returned NULL */
+	NT_STAT_MAX = 4,             /* array size; spare slots for growth */
+};
+
+/* Common header of every ring-buffer record. */
+struct nt_event_hdr {
+	__u16 abi_version; /* NT_ABI_VERSION */
+	__u8 kind;         /* enum nt_event_kind */
+	__u8 _pad0;
+	__u32 len;         /* bytes, including this header */
+	__u64 ts_boot_ns;  /* bpf_ktime_get_boot_ns() */
+};
+
+/* One retransmitted skb (data) or SYN-ACK, seen from the sending socket. */
+struct nt_tcp_retransmit_event {
+	struct nt_event_hdr hdr;
+	__u8 saddr[16];      /* local address, network byte order; IPv4 in the first 4 bytes */
+	__u8 daddr[16];      /* remote address, same encoding */
+	__u16 sport;         /* local port, host byte order */
+	__u16 dport;         /* remote port, host byte order */
+	__u8 family;         /* AF_INET (2) or AF_INET6 (10) of the socket */
+	__u8 state;          /* TCP state of the socket (TCP_ESTABLISHED = 1, ...) */
+	__u8 rtx_kind;       /* enum nt_retransmit_kind */
+	__u8 _pad1;
+	__s32 err;           /* kernel's retransmit result where the tracepoint has it, else 0 */
+	__u32 _pad2;
+	__u64 netns_cookie;  /* net->net_cookie of the socket's netns; 0 if unavailable */
+};
+
+#endif /* __NETTEL_ABI_H */

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Minimal CO-RE kernel type header for nettel's probes.
+ *
+ * Provenance: hand-written from `bpftool btf dump file /sys/kernel/btf/vmlinux
+ * format c` on Linux 6.18 and the tracepoint formats in
+ * /sys/kernel/tracing/events/tcp/ (see README.md beside this file). Only the
+ * fields the probes read are declared. Every struct carries
+ * preserve_access_index, so libbpf/aya relocate each access against the
+ * running kernel's BTF: declared offsets here do not need to match any kernel,
+ * only field names and types do. Fields living in anonymous unions/structs in
+ * the kernel are declared flat; libbpf's member matching descends into
+ * anonymous members of the target type.
+ */
+#ifndef __NETTEL_VMLINUX_H
+#define __NETTEL_VMLINUX_H
+
+typedef unsigned char __u8;
+typedef short int __s16;
+typedef short unsigned int __u16;
+typedef int __s32;
+typedef unsigned int __u32;
+typedef long long int __s64;
+typedef long long unsigned int __u64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+enum { false = 0, true = 1 };
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+#ifndef BPF_NO_PRESERVE_ACCESS_INDEX
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+#endif
+
+struct trace_entry {
+	unsigned short type;
+	unsigned char flags;
+	unsigned char preempt_count;
+	int pid;
+};
+
+/* tcp/tcp_retransmit_skb on kernels >= 6.x (has `err` since 6.12-ish). */
+struct trace_event_raw_tcp_retransmit_skb {
+	struct trace_entry ent;
+	const void *skbaddr;
+	const void *skaddr;
+	int state;
+	int err;
+};
+
+/* tcp/tcp_retransmit_skb on older kernels (the class shared with send_reset). */
+struct trace_event_raw_tcp_event_sk_skb {
+	struct trace_entry ent;
+	const void *skbaddr;
+	const void *skaddr;
+};
+
+/* tcp/tcp_retransmit_synack, every kernel >= 4.15. */
+struct trace_event_raw_tcp_retransmit_synack {
+	struct trace_entry ent;
+	const void *skaddr;
+	const void *req;
+};
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+		__be16 u6_addr16[8];
+		__be32 u6_addr32[4];
+	} in6_u;
+};
+
+struct net {
+	__u64 net_cookie;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+};
+
+struct request_sock {
+	struct sock_common __req_common;
+};
+
+#ifndef BPF_NO_PRESERVE_ACCESS_INDEX
+#pragma clang attribute pop
+#endif
+
+#endif /* __NETTEL_VMLINUX_H */

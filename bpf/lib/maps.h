@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Maps shared by every nettel probe: the event ring buffer and the per-CPU
+ * statistics array. Both are pinned by name under the loader's pin dir.
+ */
+#ifndef __NETTEL_MAPS_H
+#define __NETTEL_MAPS_H
+
+#include "nettel/abi.h"
+
+/*
+ * Ring buffer for every event kind. max_entries is a placeholder: the loader
+ * sets the real size (a power-of-two multiple of the page size) at load time.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, NT_RINGBUF_DEFAULT_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_events SEC(".maps");
+
+/* Per-CPU counters indexed by enum nt_stat; summed by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_stats SEC(".maps");
+
+/**
+ * nt_stat_inc() - add one to a per-CPU statistics slot
+ * @idx: enum nt_stat index
+ *
+ * Per-CPU slots need no atomics: a BPF program runs with migration disabled.
+ */
+static __always_inline void nt_stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&nt_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/**
+ * nt_reserve() - reserve a ring-buffer record, counting failures
+ * @size: record size in bytes
+ *
+ * Return: the record, or NULL after counting NT_STAT_RESERVE_FAILED. The
+ * ring buffer gives userspace no drop signal, so this counter is the only
+ * record of kernel-side loss.
+ */
+static __always_inline void *nt_reserve(__u32 size)
+{
+	void *rec = bpf_ringbuf_reserve(&nt_events, size, 0);
+
+	if (!rec)
+		nt_stat_inc(NT_STAT_RESERVE_FAILED);
+	return rec;
+}
+
+/**
+ * nt_submit() - commit a reserved record and count it
+ * @rec: record returned by nt_reserve()
+ *
+ * Flags 0 selects adaptive wakeup: the consumer is only woken when it has
+ * caught up, so a busy consumer drains batches without a wakeup per event.
+ */
+static __always_inline void nt_submit(void *rec)
+{
+	bpf_ringbuf_submit(rec, 0);
+	nt_stat_inc(NT_STAT_SUBMITTED);
+}
+
+static __always_inline void nt_hdr_init(struct nt_event_hdr *hdr, __u8 kind, __u32 len)
+{
+	hdr->abi_version = NT_ABI_VERSION;
+	hdr->kind = kind;
+	hdr->_pad0 = 0;
+	hdr->len = len;
+	hdr->ts_boot_ns = bpf_ktime_get_boot_ns();
+}
+
+#endif /* __NETTEL_MAPS_H */

@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Helpers that read a socket's addressing through CO-RE. */
+#ifndef __NETTEL_SOCK_H
+#define __NETTEL_SOCK_H
+
+#include "nettel/abi.h"
+
+#define NT_AF_INET 2
+#define NT_AF_INET6 10
+
+/**
+ * nt_read_sock_common() - copy family, addresses, ports, state and netns
+ * cookie of a socket into a retransmit event
+ * @skc: the socket's struct sock_common (full socket or request socket)
+ * @ev: event to fill; saddr/daddr must be zeroed by the caller
+ *
+ * IPv4 sockets fill the first 4 address bytes; IPv6 sockets (including
+ * v4-mapped peers on dual-stack sockets) fill all 16. Userspace unmaps
+ * ::ffff:a.b.c.d.
+ */
+static __always_inline void nt_read_sock_common(const struct sock_common *skc,
+						struct nt_tcp_retransmit_event *ev)
+{
+	__u16 family = BPF_CORE_READ(skc, skc_family);
+
+	ev->family = (__u8)family;
+	ev->state = BPF_CORE_READ(skc, skc_state);
+	ev->sport = BPF_CORE_READ(skc, skc_num);
+	ev->dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	if (family == NT_AF_INET6) {
+		bpf_core_read(ev->saddr, sizeof(ev->saddr), &skc->skc_v6_rcv_saddr);
+		bpf_core_read(ev->daddr, sizeof(ev->daddr), &skc->skc_v6_daddr);
+	} else {
+		bpf_core_read(ev->saddr, 4, &skc->skc_rcv_saddr);
+		bpf_core_read(ev->daddr, 4, &skc->skc_daddr);
+	}
+	/* struct net gained a plain u64 net_cookie in 5.12; older kernels report 0. */
+	if (bpf_core_field_exists(struct net, net_cookie))
+		ev->netns_cookie = BPF_CORE_READ(skc, skc_net.net, net_cookie);
+}
+
+#endif /* __NETTEL_SOCK_H */

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Checked decoding of ring-buffer records: length and ABI version are verified
+//! before any field is read, and records are copied out with unaligned reads.
+
+use std::mem::size_of;
+
+use crate::{abi, DecodeError};
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone, Copy)]
+pub enum Record {
+    /// `NT_EVENT_TCP_RETRANSMIT`.
+    TcpRetransmit(abi::nt_tcp_retransmit_event),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
+    let hdr: abi::nt_event_hdr = read_pod(buf)?;
+    if hdr.abi_version != abi::NT_ABI_VERSION as u16 {
+        return Err(DecodeError::AbiVersion { got: hdr.abi_version, want: abi::NT_ABI_VERSION as u16 });
+    }
+    if hdr.len as usize != buf.len() {
+        return Err(DecodeError::LengthMismatch { hdr: hdr.len, got: buf.len() });
+    }
+    match u32::from(hdr.kind) {
+        abi::NT_EVENT_TCP_RETRANSMIT => Ok(Record::TcpRetransmit(read_exact(buf)?)),
+        _ => Err(DecodeError::UnknownKind(hdr.kind)),
+    }
+}
+
+/// Reads a `T` from a record that must be exactly `size_of::<T>()` bytes.
+fn read_exact<T: aya::Pod>(buf: &[u8]) -> Result<T, DecodeError> {
+    if buf.len() > size_of::<T>() {
+        return Err(DecodeError::Oversized { got: buf.len(), want: size_of::<T>() });
+    }
+    read_pod(buf)
+}
+
+/// Reads a `T` from the start of `buf`.
+fn read_pod<T: aya::Pod>(buf: &[u8]) -> Result<T, DecodeError> {
+    if buf.len() < size_of::<T>() {
+        return Err(DecodeError::Short { got: buf.len(), need: size_of::<T>() });
+    }
+    // SAFETY: (1) the length check above guarantees `size_of::<T>()` readable
+    // bytes; (2) `T: Pod` means any bit pattern is a valid `T`; (3)
+    // `read_unaligned` tolerates the arbitrary alignment of a ring-buffer slice.
+    Ok(unsafe { buf.as_ptr().cast::<T>().read_unaligned() })
+}

@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: Apache-2.0
+//! nettel's BPF side as seen from Rust: the compiled probe objects, the ABI
+//! types generated from `include/nettel/abi.h`, and a checked decoder for
+//! ring-buffer records. Only the loader depends on this crate; the aggregator
+//! sees the proto contract, never kernel structs.
+
+pub mod abi;
+mod decode;
+mod error;
+
+pub use decode::{decode, Record};
+pub use error::DecodeError;
+
+/// The `tcp_retransmit` probe object (tracepoints `tcp/tcp_retransmit_skb` and
+/// `tcp/tcp_retransmit_synack`). Empty when built with `NETTEL_BPF_STUB=1`.
+pub static TCP_RETRANSMIT_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmit.bpf.o"));
+
+/// Names shared with the C side. Keep in step with `lib/maps.h` and the
+/// `SEC()` function names in `probes/`.
+pub mod names {
+    /// Ring buffer map (`lib/maps.h`).
+    pub const EVENTS_MAP: &str = "nt_events";
+    /// Per-CPU statistics map (`lib/maps.h`).
+    pub const STATS_MAP: &str = "nt_stats";
+    /// Program on `tcp/tcp_retransmit_skb`.
+    pub const PROG_TCP_RTX: &str = "nt_tcp_rtx";
+    /// Program on `tcp/tcp_retransmit_synack`.
+    pub const PROG_TCP_RTX_SYNACK: &str = "nt_tcp_rtx_syn";
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The gRPC contract between `nettel-loader` and any aggregator.
+//!
+//! Versioned by package: `nettel.telemetry.v1` lives in [`v1`]. See the
+//! comments in `telemetry.proto` for the compatibility rules and the sequence
+//! and loss-accounting invariants a consumer can rely on.
+#![forbid(unsafe_code)]
+
+/// `nettel.telemetry.v1`.
+pub mod v1 {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all, reason = "generated code")]
+    tonic::include_proto!("nettel.telemetry.v1");
+
+    /// The event schema version this crate's `v1` types describe. Bump when a
+    /// change would make an older consumer misread events.
+    pub const SCHEMA_VERSION: u32 = 1;
+}
