@@ -6,6 +6,11 @@ use std::mem::size_of;
 
 use crate::{abi, DecodeError};
 
+/// `AF_INET` as written by the probes.
+pub const AF_INET: u8 = 2;
+/// `AF_INET6` as written by the probes.
+pub const AF_INET6: u8 = 10;
+
 /// One decoded ring-buffer record.
 #[derive(Debug, Clone, Copy)]
 pub enum Record {
@@ -23,7 +28,13 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
         return Err(DecodeError::LengthMismatch { hdr: hdr.len, got: buf.len() });
     }
     match u32::from(hdr.kind) {
-        abi::NT_EVENT_TCP_RETRANSMIT => Ok(Record::TcpRetransmit(read_exact(buf)?)),
+        abi::NT_EVENT_TCP_RETRANSMIT => {
+            let ev: abi::nt_tcp_retransmit_event = read_exact(buf)?;
+            match ev.family {
+                AF_INET | AF_INET6 => Ok(Record::TcpRetransmit(ev)),
+                other => Err(DecodeError::UnknownFamily(other)),
+            }
+        }
         _ => Err(DecodeError::UnknownKind(hdr.kind)),
     }
 }

@@ -20,6 +20,9 @@ pub enum DecodeError {
     /// A kind this loader does not know.
     #[error("record has unknown kind {0}")]
     UnknownKind(u8),
+    /// An address family other than AF_INET/AF_INET6.
+    #[error("record has unknown address family {0}")]
+    UnknownFamily(u8),
 }
 
 impl DecodeError {
@@ -31,6 +34,7 @@ impl DecodeError {
             Self::LengthMismatch { .. } => "length_mismatch",
             Self::AbiVersion { .. } => "abi_version",
             Self::UnknownKind(_) => "unknown_kind",
+            Self::UnknownFamily(_) => "unknown_family",
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod abi;
 mod decode;
 mod error;
 
-pub use decode::{decode, Record};
+pub use decode::{decode, Record, AF_INET, AF_INET6};
 pub use error::DecodeError;
 
 /// The `tcp_retransmit` probe object (tracepoints `tcp/tcp_retransmit_skb` and

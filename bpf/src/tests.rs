@@ -67,6 +67,10 @@ fn rejects_hostile_records() {
         DecodeError::AbiVersion { got: 99, want: abi::NT_ABI_VERSION as u16 }
     );
 
+    let mut family = good.clone();
+    family[offset_of!(abi::nt_tcp_retransmit_event, family)] = 7;
+    assert_eq!(decode(&family).unwrap_err(), DecodeError::UnknownFamily(7));
+
     let mut kind = good.clone();
     kind[2] = 200;
     assert_eq!(decode(&kind).unwrap_err(), DecodeError::UnknownKind(200));

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Command-line configuration (every flag also reads a `NETTEL_*` variable).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::Error;
+
+/// nettel's privileged half: loads the BPF probes and streams raw events over a
+/// Unix socket to unprivileged aggregators.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, env = "NETTEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check BTF, kernel version, capabilities, bpffs and tracefs; exit non-zero on any failure.
+    Check(CheckArgs),
+    /// Load and attach the probes, pin maps and serve the event stream.
+    Run(RunArgs),
+    /// Remove everything the loader pinned under the pin dir.
+    Cleanup(CheckArgs),
+}
+
+/// Flags shared by `check` and `cleanup`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// bpffs directory where maps are pinned.
+    #[arg(long, env = "NETTEL_PIN_DIR", default_value = "/sys/fs/bpf/nettel")]
+    pub pin_dir: PathBuf,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Unix socket the aggregators connect to.
+    #[arg(long, env = "NETTEL_LOADER_SOCKET", default_value = "/run/nettel/loader.sock")]
+    pub socket: PathBuf,
+    /// bpffs directory where maps are pinned.
+    #[arg(long, env = "NETTEL_PIN_DIR", default_value = "/sys/fs/bpf/nettel")]
+    pub pin_dir: PathBuf,
+    /// Group owning the socket (mode 0660); the aggregator's group.
+    #[arg(long, env = "NETTEL_SOCKET_GID")]
+    pub socket_gid: Option<u32>,
+    /// Peer uids allowed to connect (SO_PEERCRED), comma-separated. Root is always allowed.
+    #[arg(long, env = "NETTEL_ALLOW_UIDS", value_delimiter = ',', default_value = "10001")]
+    pub allow_uid: Vec<u32>,
+    /// Peer primary gids allowed to connect, comma-separated (none by default).
+    #[arg(long, env = "NETTEL_ALLOW_GIDS", value_delimiter = ',')]
+    pub allow_gid: Vec<u32>,
+    /// Most simultaneous connections.
+    #[arg(long, env = "NETTEL_MAX_CONNECTIONS", default_value_t = 16)]
+    pub max_connections: usize,
+    /// Ring buffer size in bytes: a power of two, at least 4096 (one page).
+    #[arg(long, env = "NETTEL_RING_BUFFER_BYTES", default_value_t = 1 << 20)]
+    pub ring_buffer_bytes: u64,
+    /// Per-subscriber queue capacity in events; beyond it events are dropped for
+    /// that subscriber and counted.
+    #[arg(long, env = "NETTEL_SUBSCRIBER_QUEUE_EVENTS", default_value_t = 65536)]
+    pub subscriber_queue_events: usize,
+    /// Most events per stream message.
+    #[arg(long, env = "NETTEL_MAX_BATCH", default_value_t = 256)]
+    pub max_batch: usize,
+    /// Idle heartbeat interval in milliseconds.
+    #[arg(long, env = "NETTEL_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+}
+
+/// Validated `run` settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub ring_bytes: u32,
+    pub queue_batches: usize,
+    pub max_batch: usize,
+}
+
+impl RunArgs {
+    /// Validates every flag, reporting all problems at once.
+    pub fn validate(&self) -> Result<RunConfig, Error> {
+        let mut problems = Vec::new();
+        let r = self.ring_buffer_bytes;
+        if !(4096..=(1 << 30)).contains(&r) || !r.is_power_of_two() {
+            problems.push(format!("--ring-buffer-bytes {r} must be a power of two between 4096 and 1073741824"));
+        }
+        if !(1..=4096).contains(&self.max_batch) {
+            problems.push(format!("--max-batch {} must be between 1 and 4096", self.max_batch));
+        }
+        if self.subscriber_queue_events < self.max_batch || self.subscriber_queue_events > 1 << 24 {
+            problems.push(format!(
+                "--subscriber-queue-events {} must be between --max-batch and 16777216",
+                self.subscriber_queue_events
+            ));
+        }
+        if !(1..=1024).contains(&self.max_connections) {
+            problems.push(format!("--max-connections {} must be between 1 and 1024", self.max_connections));
+        }
+        if !(10..=60_000).contains(&self.heartbeat_ms) {
+            problems.push(format!("--heartbeat-ms {} must be between 10 and 60000", self.heartbeat_ms));
+        }
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        Ok(RunConfig {
+            ring_bytes: r as u32,
+            queue_batches: self.subscriber_queue_events.div_ceil(self.max_batch),
+            max_batch: self.max_batch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let mut v = vec!["nettel-loader", "run"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Run(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).validate().unwrap();
+        assert_eq!(c.ring_bytes, 1 << 20);
+        assert_eq!(c.queue_batches, 256);
+    }
+
+    #[test]
+    fn rejects_bad_ring_sizes_naming_the_flag() {
+        for bad in ["1000", "3000000", "2048", "2147483648"] {
+            let e = parse(&["--ring-buffer-bytes", bad]).validate().unwrap_err().to_string();
+            assert!(e.contains("--ring-buffer-bytes"), "{e}");
+        }
+        assert!(parse(&["--ring-buffer-bytes", "65536"]).validate().is_ok());
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let e = parse(&["--max-batch", "0", "--max-connections", "0"]).validate().unwrap_err().to_string();
+        assert!(e.contains("--max-batch") && e.contains("--max-connections"), "{e}");
+    }
+}

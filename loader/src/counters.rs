@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Loader-wide counters, shared by the drain loop, the hub and the server, and
+//! reported by the status RPC.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use nettel_proto::v1;
+
+/// Monotonic counters since the loader started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub records_read: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub kernel_submitted: AtomicU64,
+    pub kernel_reserve_failures: AtomicU64,
+    pub subscriber_queue_drops: AtomicU64,
+    pub subscribers_connected: AtomicU32,
+    pub peers_rejected: AtomicU64,
+    pub connections_over_limit: AtomicU64,
+}
+
+impl Counters {
+    /// Snapshot for the status RPC.
+    pub fn to_proto(&self) -> v1::LoaderCounters {
+        v1::LoaderCounters {
+            records_read: self.records_read.load(Relaxed),
+            kernel_submitted: self.kernel_submitted.load(Relaxed),
+            kernel_reserve_failures: self.kernel_reserve_failures.load(Relaxed),
+            decode_errors: self.decode_errors.load(Relaxed),
+            subscriber_queue_drops: self.subscriber_queue_drops.load(Relaxed),
+            subscribers_connected: self.subscribers_connected.load(Relaxed),
+            peers_rejected: self.peers_rejected.load(Relaxed),
+            connections_over_limit: self.connections_over_limit.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Fan-out of event batches to subscribers.
+//!
+//! The drain loop publishes each batch once; every subscriber has a bounded
+//! queue and gets the batch with `try_send`, so a slow subscriber never blocks
+//! the drain or the others. When a queue is full the batch is dropped for that
+//! subscriber only, counted, and the count travels in-band with the next batch
+//! that does fit (`Delivery::dropped_before`). Because drops are attached to
+//! the queue item rather than read from a shared counter, the sequence
+//! invariant of the proto (`first_event_sequence` advances by events + drops)
+//! holds exactly.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering::Relaxed},
+    Arc, Mutex,
+};
+
+use nettel_proto::v1;
+use tokio::sync::mpsc;
+
+use crate::counters::Counters;
+
+/// One published batch (or heartbeat when `events` is empty).
+#[derive(Debug)]
+pub struct Batch {
+    /// Loader-wide sequence number of `events[0]`, or of the next event.
+    pub first_sequence: u64,
+    pub events: Vec<v1::Event>,
+    /// Running totals at publish time.
+    pub kernel_reserve_failures_total: u64,
+    pub decode_errors_total: u64,
+}
+
+/// What a subscriber's queue carries.
+#[derive(Debug)]
+pub struct Delivery {
+    pub batch: Arc<Batch>,
+    /// Events dropped for this subscriber since its previous delivery.
+    pub dropped_before: u64,
+    /// All events dropped for this subscriber so far, including `dropped_before`.
+    pub dropped_total: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+    pending_drops: u64,
+    dropped_total: u64,
+}
+
+/// The set of subscribers.
+#[derive(Debug)]
+pub struct Hub {
+    slots: Mutex<Vec<Slot>>,
+    next_id: AtomicU64,
+    queue_batches: usize,
+    counters: Arc<Counters>,
+}
+
+/// A subscriber's end: its queue and its registration (unregistered on drop).
+#[derive(Debug)]
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Delivery>,
+    pub id: u64,
+    hub: Arc<Hub>,
+}
+
+impl Hub {
+    /// A hub whose subscriber queues hold at most `queue_batches` batches.
+    pub fn new(queue_batches: usize, counters: Arc<Counters>) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            queue_batches: queue_batches.max(1),
+            counters,
+        })
+    }
+
+    /// Registers a subscriber.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.queue_batches);
+        let id = self.next_id.fetch_add(1, Relaxed);
+        self.lock().push(Slot { id, tx, pending_drops: 0, dropped_total: 0 });
+        self.counters.subscribers_connected.fetch_add(1, Relaxed);
+        Subscription { rx, id, hub: Arc::clone(self) }
+    }
+
+    /// Offers `batch` to every subscriber without waiting.
+    pub fn publish(&self, batch: Batch) {
+        let batch = Arc::new(batch);
+        let n = batch.events.len() as u64;
+        let mut slots = self.lock();
+        for slot in slots.iter_mut() {
+            let delivery = Delivery {
+                batch: Arc::clone(&batch),
+                dropped_before: slot.pending_drops,
+                dropped_total: slot.dropped_total,
+            };
+            match slot.tx.try_send(delivery) {
+                Ok(()) => slot.pending_drops = 0,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // A dropped heartbeat loses nothing; a dropped batch loses `n` events.
+                    slot.pending_drops += n;
+                    slot.dropped_total += n;
+                    self.counters.subscriber_queue_drops.fetch_add(n, Relaxed);
+                }
+                // The subscriber is gone; its Subscription drop unregisters it.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Number of registered subscribers.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.lock().retain(|s| s.id != self.id);
+        self.hub.counters.subscribers_connected.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(first: u64, n: usize) -> Batch {
+        Batch {
+            first_sequence: first,
+            events: vec![v1::Event::default(); n],
+            kernel_reserve_failures_total: 0,
+            decode_errors_total: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_subscriber_drops_are_counted_in_band() {
+        let counters = Arc::new(Counters::default());
+        let hub = Hub::new(2, Arc::clone(&counters));
+        let mut slow = hub.subscribe();
+        let mut fast = hub.subscribe();
+        let mut seq = 1;
+        for _ in 0..5 {
+            hub.publish(batch(seq, 10));
+            seq += 10;
+            // The fast subscriber keeps up.
+            let d = fast.rx.recv().await.unwrap();
+            assert_eq!(d.dropped_before, 0);
+        }
+        // The slow one got 2 batches, lost 3 (30 events).
+        assert_eq!(counters.subscriber_queue_drops.load(Relaxed), 30);
+        let a = slow.rx.recv().await.unwrap();
+        let b = slow.rx.recv().await.unwrap();
+        assert_eq!((a.batch.first_sequence, b.batch.first_sequence), (1, 11));
+        hub.publish(batch(seq, 10));
+        let c = slow.rx.recv().await.unwrap();
+        // Sequence invariant: 11 + 10 + 30 dropped == 51.
+        assert_eq!(c.dropped_before, 30);
+        assert_eq!(c.batch.first_sequence, b.batch.first_sequence + 10 + c.dropped_before);
+        assert_eq!(c.dropped_total, 30);
+        drop(fast);
+        assert_eq!(hub.len(), 1);
+        assert_eq!(counters.subscribers_connected.load(Relaxed), 1);
+    }
+}

@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `nettel-loader` entry point: parse flags, init logging, dispatch.
+#![forbid(unsafe_code)]
+
+use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use nettel_loader::{
+    config::{Cli, Command, LogFormat, RunArgs},
+    counters::Counters,
+    hub::Hub,
+    pin, preflight, probe,
+    server::{self, LoaderInfo},
+    socket::{self, AccessPolicy},
+    source::ringbuf::{self, DrainConfig},
+    sys, Error,
+};
+use nettel_proto::v1;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Check(a) => return check(&a.pin_dir),
+        Command::Cleanup(a) => cleanup(&a.pin_dir),
+        Command::Run(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("failed to start the tokio runtime")
+            .and_then(|rt| rt.block_on(run(a))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn pin_root(pin_dir: &Path) -> &Path {
+    // The nearest existing ancestor: the bpffs mount itself, or what should be one.
+    pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"))
+}
+
+fn check(pin_dir: &Path) -> ExitCode {
+    let report = preflight::run(pin_root(pin_dir));
+    print!("{report}");
+    if report.all_pass() {
+        println!("nettel-loader check: all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        println!("nettel-loader check: some checks failed; see the fixes above");
+        ExitCode::FAILURE
+    }
+}
+
+fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
+    let mut names: Vec<&str> = probe::map_specs(0).iter().map(|s| s.name).collect();
+    names.sort_unstable();
+    for p in pin::cleanup(pin_dir, &names)? {
+        println!("removed {}", p.display());
+    }
+    Ok(())
+}
+
+/// Mounts bpffs and tracefs where the preflight report found them missing.
+fn mount_missing(report: &preflight::Report, pin_dir: &Path) -> Result<(), Error> {
+    if report.needs_fix("bpffs") {
+        let target = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_owned();
+        sys::mount_pseudo("bpf", &target).map_err(|source| Error::Mount { fstype: "bpf", target: target.clone(), source })?;
+        info!(target = %target.display(), "Mounted bpffs.");
+    }
+    if report.needs_fix("tracefs") {
+        let target = Path::new(preflight::TRACEFS).to_owned();
+        sys::mount_pseudo("tracefs", &target)
+            .map_err(|source| Error::Mount { fstype: "tracefs", target: target.clone(), source })?;
+        info!(target = %target.display(), "Mounted tracefs.");
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.validate()?;
+    let report = preflight::run(pin_root(&args.pin_dir));
+    if !report.runnable() {
+        return Err(Error::Preflight(report.failures()).into());
+    }
+    mount_missing(&report, &args.pin_dir)?;
+
+    let (probes, events) = probe::load(&args.pin_dir, cfg.ring_bytes)?;
+    for a in &probes.attached {
+        info!(program = a.name, attach_point = a.attach_point, "Probe attached.");
+    }
+    let counters = Arc::new(Counters::default());
+    let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
+    let heartbeat = Duration::from_millis(args.heartbeat_ms);
+    let info = LoaderInfo {
+        epoch: rand::random(),
+        kernel_release: sys::kernel_release(),
+        btf_available: Path::new(preflight::VMLINUX_BTF).exists(),
+        probes: probes
+            .attached
+            .iter()
+            .map(|a| v1::ProbeStatus { name: a.name.into(), attach_point: a.attach_point.into(), attached: true })
+            .collect(),
+        pinned_maps: probes
+            .pinned
+            .iter()
+            .map(|(n, p)| v1::PinnedMap { name: (*n).into(), path: p.display().to_string() })
+            .collect(),
+        ring_buffer_bytes: cfg.ring_bytes.into(),
+        heartbeat,
+    };
+
+    let mut allow_uids = args.allow_uid.clone();
+    allow_uids.push(0);
+    let policy = AccessPolicy { allow_uids, allow_gids: args.allow_gid.clone(), max_connections: args.max_connections };
+    let listener = socket::bind(&args.socket, args.socket_gid)?;
+    info!(socket = %args.socket.display(), epoch = format_args!("{:016x}", info.epoch), "Serving the event stream.");
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(socket::accept_loop(listener, policy, Arc::clone(&counters)));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let service = server::Service::into_server(Arc::clone(&hub), Arc::clone(&counters), info);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(server::MAX_STREAMS_PER_CONNECTION))
+            .concurrency_limit_per_connection(server::MAX_STREAMS_PER_CONNECTION as usize)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_stop.changed().await;
+            }),
+    );
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("Shutting down.");
+        let _ = stop_tx.send(true);
+    });
+
+    let drain_cfg = DrainConfig { max_batch: cfg.max_batch, heartbeat };
+    let drained = ringbuf::drain(&probes, events, hub, Arc::clone(&counters), drain_cfg, stop_rx).await;
+    if let Err(e) = &drained {
+        error!(error = %e, "Ring-buffer drain failed.");
+    }
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!(error = %Error::Serve(e), "gRPC server stopped with an error."),
+        Err(_) => warn!("gRPC server did not stop within 5 s."),
+        _ => {}
+    }
+    socket::remove(&args.socket);
+    drop(probes);
+    info!("Probes detached; pinned maps kept under the pin dir.");
+    Ok(drained?)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The read-only gRPC service: `StreamEvents` and `GetLoaderStatus`.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use nettel_proto::v1::{
+    self,
+    telemetry_service_server::{TelemetryService, TelemetryServiceServer},
+};
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::{counters::Counters, hub::Hub};
+
+/// Largest request the loader decodes (requests are tiny; anything big is hostile).
+pub const MAX_DECODE_BYTES: usize = 16 * 1024;
+/// Largest response message the loader encodes.
+pub const MAX_ENCODE_BYTES: usize = 4 * 1024 * 1024;
+/// Most concurrent HTTP/2 streams per connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+
+/// Static facts for the status RPC, fixed at start.
+#[derive(Debug, Clone)]
+pub struct LoaderInfo {
+    pub epoch: u64,
+    pub kernel_release: String,
+    pub btf_available: bool,
+    pub probes: Vec<v1::ProbeStatus>,
+    pub pinned_maps: Vec<v1::PinnedMap>,
+    pub ring_buffer_bytes: u64,
+    pub heartbeat: Duration,
+}
+
+/// The service implementation.
+#[derive(Debug)]
+pub struct Service {
+    hub: Arc<Hub>,
+    counters: Arc<Counters>,
+    info: LoaderInfo,
+}
+
+impl Service {
+    /// Wraps the service with the loader's message-size limits.
+    pub fn into_server(hub: Arc<Hub>, counters: Arc<Counters>, info: LoaderInfo) -> TelemetryServiceServer<Self> {
+        TelemetryServiceServer::new(Self { hub, counters, info })
+            .max_decoding_message_size(MAX_DECODE_BYTES)
+            .max_encoding_message_size(MAX_ENCODE_BYTES)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::StreamEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TelemetryService for Service {
+    type StreamEventsStream = EventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<v1::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let name: String = request.into_inner().subscriber_name.chars().take(64).collect();
+        let mut sub = self.hub.subscribe();
+        let epoch = self.info.epoch;
+        let baseline = (
+            self.counters.kernel_reserve_failures.load(std::sync::atomic::Ordering::Relaxed),
+            self.counters.decode_errors.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        info!(subscriber = %name, id = sub.id, "Subscriber attached.");
+        // Small: backpressure from the client lands in the hub queue, where it is counted.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let (mut last_kernel, mut last_decode) = baseline;
+            let mut message_sequence = 0u64;
+            while let Some(d) = sub.rx.recv().await {
+                message_sequence += 1;
+                let b = &d.batch;
+                let msg = v1::StreamEventsResponse {
+                    epoch,
+                    message_sequence,
+                    first_event_sequence: b.first_sequence,
+                    events: b.events.clone(),
+                    loss: Some(v1::LossReport {
+                        kernel_reserve_failures: b.kernel_reserve_failures_total.saturating_sub(last_kernel),
+                        subscriber_queue_drops: d.dropped_before,
+                        decode_errors: b.decode_errors_total.saturating_sub(last_decode),
+                        kernel_reserve_failures_total: b.kernel_reserve_failures_total,
+                        subscriber_queue_drops_total: d.dropped_total,
+                        decode_errors_total: b.decode_errors_total,
+                    }),
+                    schema_version: v1::SCHEMA_VERSION,
+                };
+                last_kernel = last_kernel.max(b.kernel_reserve_failures_total);
+                last_decode = last_decode.max(b.decode_errors_total);
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+            info!(subscriber = %name, id = sub.id, "Subscriber detached.");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_loader_status(
+        &self,
+        _request: Request<v1::GetLoaderStatusRequest>,
+    ) -> Result<Response<v1::GetLoaderStatusResponse>, Status> {
+        let i = &self.info;
+        Ok(Response::new(v1::GetLoaderStatusResponse {
+            loader_version: env!("CARGO_PKG_VERSION").to_owned(),
+            schema_version: v1::SCHEMA_VERSION,
+            epoch: i.epoch,
+            kernel_release: i.kernel_release.clone(),
+            btf_available: i.btf_available,
+            probes: i.probes.clone(),
+            pinned_maps: i.pinned_maps.clone(),
+            ring_buffer_bytes: i.ring_buffer_bytes,
+            counters: Some(self.counters.to_proto()),
+            heartbeat_interval_ms: i.heartbeat.as_millis().try_into().unwrap_or(u32::MAX),
+        }))
+    }
+}

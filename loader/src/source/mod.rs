@@ -1,0 +1,3 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Where events come from.
+pub mod ringbuf;

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Thin, safe wrappers over the system facts the loader needs: capabilities,
+//! filesystem magic numbers, mounts and the kernel release. Everything goes
+//! through `rustix` or `/proc`, so the loader itself has no `unsafe`.
+
+use std::{fs, io, path::Path};
+
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `TRACEFS_MAGIC`.
+pub const TRACEFS_MAGIC: i64 = 0x7472_6163;
+
+/// Linux capability numbers used by the loader (`include/uapi/linux/capability.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cap {
+    SysAdmin = 21,
+    Perfmon = 38,
+    Bpf = 39,
+}
+
+impl Cap {
+    /// The name used by `capsh` and Kubernetes (without the `CAP_` prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SysAdmin => "SYS_ADMIN",
+            Self::Perfmon => "PERFMON",
+            Self::Bpf => "BPF",
+        }
+    }
+}
+
+/// The effective capability set of this process, from `/proc/self/status`.
+pub fn effective_caps() -> io::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    parse_cap_line(&status, "CapEff:")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))
+}
+
+/// Parses a `CapXxx:\t000001ffffffffff` line.
+pub fn parse_cap_line(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Whether `caps` contains `cap`.
+pub fn has_cap(caps: u64, cap: Cap) -> bool {
+    caps & (1 << cap as u8) != 0
+}
+
+/// The filesystem magic of the filesystem holding `path`.
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    let st = rustix::fs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+    Ok(st.f_type as i64)
+}
+
+/// Mounts a pseudo filesystem (`bpf`, `tracefs`) at `target`.
+pub fn mount_pseudo(fstype: &str, target: &Path) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    rustix::mount::mount(fstype, target, fstype, rustix::mount::MountFlags::empty(), None)?;
+    Ok(())
+}
+
+/// The running kernel's release string, e.g. `6.18.44-fc-v782`.
+pub fn kernel_release() -> String {
+    rustix::system::uname().release().to_string_lossy().into_owned()
+}
+
+/// `(major, minor, patch)` of a release string; missing parts are 0.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Registers the ring buffer with tokio's reactor for read readiness.
+pub fn register_ring_buffer(
+    rb: aya::maps::RingBuf<aya::maps::MapData>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    // SAFETY: `RingBuf<MapData>` owns its map fd (through `MapData`) and never
+    // replaces it, so the fd stays open and identical for as long as the
+    // `AsyncFd` owns the ring buffer, which is what `register_with_interest`
+    // requires.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_capability_lines() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000000000\n";
+        let eff = parse_cap_line(status, "CapEff:").unwrap();
+        assert!(has_cap(eff, Cap::Bpf));
+        assert!(has_cap(eff, Cap::Perfmon));
+        assert!(!has_cap(eff, Cap::SysAdmin));
+        assert_eq!(parse_cap_line("CapEff:\tzz", "CapEff:"), None);
+    }
+
+    #[test]
+    fn parses_kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v782"), Some((6, 18, 44)));
+        assert_eq!(parse_kernel_version("5.8.0"), Some((5, 8, 0)));
+        assert_eq!(parse_kernel_version("5.10"), Some((5, 10, 0)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+    }
+}
