@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `nettel-aggregator` entry point.
+#![forbid(unsafe_code)]
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser;
+use nettel_aggregator::{
+    config::{Args, LogFormat},
+    metrics::Metrics,
+    sink::prometheus::{self, Endpoint},
+    source::loader::LoaderSource,
+    transform::{aggregate::Aggregator, enrich_pod::PodIndex, fold_port::PortFolder},
+    Error,
+};
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "Failed to start the tokio runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid == 0 {
+        if !args.allow_root {
+            return Err(Error::RunningAsRoot.into());
+        }
+        warn!("Running as root because --allow-root was given; the aggregator needs no privileges.");
+    }
+    let pods = match &args.pods_file {
+        Some(p) => {
+            let idx = PodIndex::from_file(p)?;
+            info!(path = %p.display(), addresses = idx.len(), "Loaded the pods file.");
+            idx
+        }
+        None => {
+            info!("No pods file and no Kubernetes: every address gets node-level labels.");
+            PodIndex::default()
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let registry = metrics.register();
+    let listener = prometheus::bind(args.listen).await?;
+    let agg = Aggregator::new(Arc::clone(&metrics), pods, PortFolder::new(args.ephemeral_port_floor));
+    let source = LoaderSource {
+        socket: args.loader_socket.clone(),
+        subscriber_name: args.subscriber_name.clone(),
+        reconnect_max: Duration::from_millis(args.reconnect_max_ms.max(100)),
+    };
+    let endpoint = Arc::new(Endpoint { registry, metrics: Arc::clone(&metrics) });
+    tokio::spawn(source.run(agg, Arc::clone(&metrics)));
+    tokio::select! {
+        () = prometheus::serve(listener, endpoint) => {}
+        () = wait_for_signal() => info!("Shutting down."),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Every metric the aggregator serves: the product metrics (`node_*`) and the
+//! self-metrics (`nettel_*`), registered once in one registry.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Labels of `node_tcp_retransmits_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetransmitLabels {
+    /// Pod owning the destination address; empty for node-level.
+    pub pod: String,
+    pub namespace: String,
+    pub service: String,
+    /// Destination port, or `ephemeral` (see `transform::fold_port`).
+    pub dest_port: String,
+    /// `data` (tcp_retransmit_skb) or `synack` (tcp_retransmit_synack).
+    pub kind: String,
+}
+
+/// A `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// A `kind` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// All metric handles.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub tcp_retransmits: Family<RetransmitLabels, Counter>,
+    pub tcp_retransmit_failed: Counter,
+    pub events_received: Family<KindLabels, Counter>,
+    pub kernel_lost: Counter,
+    pub loader_queue_dropped: Counter,
+    pub loader_decode_errors: Counter,
+    pub decode_errors: Family<ReasonLabels, Counter>,
+    pub stream_connects: Counter,
+    pub stream_disconnects: Family<ReasonLabels, Counter>,
+    pub stream_gaps: Counter,
+    pub stream_gap_events: Counter,
+    pub loader_restarts: Counter,
+    pub loader_connected: Gauge,
+    pub unresolved_addresses: Counter,
+    pub pods_indexed: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn register(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "node_tcp_retransmits",
+            "TCP segments retransmitted to a destination, by destination pod and port (data) and SYN-ACKs retransmitted (synack)",
+            self.tcp_retransmits.clone(),
+        );
+        r.register(
+            "nettel_tcp_retransmit_failed_attempts",
+            "Retransmit attempts the kernel reported as failed (tracepoint err != 0); not in node_tcp_retransmits_total",
+            self.tcp_retransmit_failed.clone(),
+        );
+        r.register("nettel_events_received", "Events received from the loader", self.events_received.clone());
+        r.register(
+            "nettel_kernel_lost_events",
+            "Events lost in the kernel because the ring buffer was full (bpf_ringbuf_reserve failures)",
+            self.kernel_lost.clone(),
+        );
+        r.register(
+            "nettel_loader_queue_dropped_events",
+            "Events the loader dropped because this aggregator's queue was full",
+            self.loader_queue_dropped.clone(),
+        );
+        r.register(
+            "nettel_loader_decode_errors",
+            "Ring-buffer records the loader could not decode",
+            self.loader_decode_errors.clone(),
+        );
+        r.register("nettel_decode_errors", "Events this aggregator could not use, by reason", self.decode_errors.clone());
+        r.register("nettel_stream_connects", "Event streams opened to the loader", self.stream_connects.clone());
+        r.register(
+            "nettel_stream_disconnects",
+            "Event streams that ended or failed, by reason",
+            self.stream_disconnects.clone(),
+        );
+        r.register(
+            "nettel_stream_gaps",
+            "Jumps in the loader's event sequence not explained by reported drops (e.g. events published while disconnected)",
+            self.stream_gaps.clone(),
+        );
+        r.register("nettel_stream_gap_events", "Events missing in those sequence gaps", self.stream_gap_events.clone());
+        r.register("nettel_loader_restarts", "Loader epoch changes seen (loader restarts)", self.loader_restarts.clone());
+        r.register("nettel_loader_connected", "1 while an event stream to the loader is open", self.loader_connected.clone());
+        r.register(
+            "nettel_unresolved_addresses",
+            "Events whose address matched no pod and got node-level labels",
+            self.unresolved_addresses.clone(),
+        );
+        r.register("nettel_pods_indexed", "Addresses in the pod index", self.pods_indexed.clone());
+        r
+    }
+}

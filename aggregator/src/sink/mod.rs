@@ -1,0 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What the aggregator serves.
+pub mod prometheus;
+pub mod text_format;

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Exposition formats. `prometheus-client` encodes OpenMetrics; scrapers that
+//! do not ask for OpenMetrics get the Prometheus text format 0.0.4, derived by
+//! a line transform:
+//!
+//! * counter families are named with their `_total` suffix in `# HELP`/`# TYPE`
+//!   (OpenMetrics names the family without it, 0.0.4 names the sample);
+//! * `# UNIT` lines and the `# EOF` terminator are removed;
+//! * exemplars (` # {...} value`) are removed from sample lines;
+//! * `info` families become `gauge`, `unknown` become `untyped`.
+
+use std::collections::HashSet;
+
+/// Content type of OpenMetrics text 1.0.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether an `Accept` header asks for OpenMetrics.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.split(',').any(|part| part.trim().starts_with("application/openmetrics-text")))
+}
+
+/// Converts OpenMetrics text (as `prometheus-client` writes it) to Prometheus text 0.0.4.
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if counters.contains(name) { "_total" } else { "" };
+            out.push_str(&format!("# HELP {name}{suffix} {help}\n"));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name_suffix, ty) = match ty {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                "unknown" => ("", "untyped"),
+                other => ("", other),
+            };
+            out.push_str(&format!("# TYPE {name}{name_suffix} {ty}\n"));
+        } else {
+            // Exemplars follow ` # ` after the value; label values cannot contain
+            // an unescaped ` # ` sequence outside braces, so cut after the labels.
+            let body_start = line.find('}').map_or(0, |i| i + 1);
+            match line[body_start..].find(" # ") {
+                Some(i) => out.push_str(&line[..body_start + i]),
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates() {
+        assert!(wants_openmetrics(Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")));
+        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(None));
+    }
+
+    #[test]
+    fn converts_counters_exemplars_and_eof() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1 # 2\"} 3\n\
+                  # HELP b Gauge.\n# TYPE b gauge\nb 1\n\
+                  # HELP h Hist.\n# TYPE h histogram\n# UNIT h seconds\nh_bucket{le=\"0.1\"} 1 # {trace_id=\"ab\"} 0.05 1.0\n# EOF\n";
+        let p = openmetrics_to_prometheus(om);
+        assert_eq!(
+            p,
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1 # 2\"} 3\n\
+             # HELP b Gauge.\n# TYPE b gauge\nb 1\n\
+             # HELP h Hist.\n# TYPE h histogram\nh_bucket{le=\"0.1\"} 1\n"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The gRPC client of the loader's Unix socket: connects, consumes the event
+//! stream, and reconnects with jittered exponential backoff forever.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use hyper_util::rt::TokioIo;
+use nettel_proto::v1::{self, telemetry_service_client::TelemetryServiceClient};
+use tokio::net::UnixStream;
+use tonic::transport::{Endpoint, Uri};
+use tracing::{info, warn};
+
+use super::tracker::Tracker;
+use crate::{
+    metrics::{Metrics, ReasonLabels},
+    transform::aggregate::Aggregator,
+    Error,
+};
+
+/// Largest stream message accepted from the loader.
+pub const MAX_DECODE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct LoaderSource {
+    pub socket: PathBuf,
+    pub subscriber_name: String,
+    pub reconnect_max: Duration,
+}
+
+impl LoaderSource {
+    /// Consumes the loader's stream into `agg` until the process ends.
+    pub async fn run(self, mut agg: Aggregator, metrics: Arc<Metrics>) {
+        let mut tracker = Tracker::default();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let reason = match self.stream_once(&mut agg, &mut tracker, &metrics, &mut backoff).await {
+                Ok(()) => "ended",
+                Err(Error::Connect { source, .. }) => {
+                    warn!(socket = %self.socket.display(), error = %source, "Cannot reach the loader; retrying.");
+                    "connect_failed"
+                }
+                Err(e @ Error::SchemaTooNew { .. }) => {
+                    warn!(error = %e, "Disconnected from the loader.");
+                    "schema_too_new"
+                }
+                Err(e) => {
+                    warn!(error = %e, "Event stream failed; reconnecting.");
+                    "stream_error"
+                }
+            };
+            metrics.loader_connected.set(0);
+            metrics.stream_disconnects.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+            // Full jitter: sleep uniformly in [backoff/2, backoff].
+            let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            tokio::time::sleep(jittered).await;
+            backoff = (backoff * 2).min(self.reconnect_max);
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        agg: &mut Aggregator,
+        tracker: &mut Tracker,
+        metrics: &Metrics,
+        backoff: &mut Duration,
+    ) -> Result<(), Error> {
+        let path = self.socket.clone();
+        // The URI is ignored: every connection goes to the Unix socket.
+        let channel = Endpoint::from_static("http://loader.invalid")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            }))
+            .await
+            .map_err(|source| Error::Connect { path: self.socket.clone(), source })?;
+        let mut client = TelemetryServiceClient::new(channel).max_decoding_message_size(MAX_DECODE_BYTES);
+        let mut stream = client
+            .stream_events(v1::StreamEventsRequest { subscriber_name: self.subscriber_name.clone() })
+            .await?
+            .into_inner();
+        tracker.stream_opened();
+        let mut first = true;
+        while let Some(msg) = stream.message().await? {
+            tracker.observe(&msg, metrics)?;
+            if first {
+                // Only a stream that delivered a valid message counts as connected.
+                first = false;
+                *backoff = Duration::from_millis(100);
+                metrics.stream_connects.inc();
+                metrics.loader_connected.set(1);
+                info!(socket = %self.socket.display(), epoch = format_args!("{:016x}", msg.epoch), "Connected to the loader.");
+            }
+            for ev in &msg.events {
+                agg.apply(ev);
+            }
+        }
+        Ok(())
+    }
+}

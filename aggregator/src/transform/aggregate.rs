@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Counts events into series.
+//!
+//! Series handles are resolved once per distinct (address, port, kind) and
+//! cached, so the per-event path is one hash lookup and an atomic add. The
+//! cache is bounded: past [`MAX_CACHED_SERIES`] entries it is cleared and
+//! rebuilt on demand.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use nettel_proto::v1;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{
+    enrich_pod::{addr_from_bytes, normalize, PodIndex},
+    fold_port::PortFolder,
+};
+use crate::metrics::{KindLabels, Metrics, ReasonLabels, RetransmitLabels};
+
+/// Most cached series handles before the cache is cleared.
+pub const MAX_CACHED_SERIES: usize = 65536;
+
+/// Applies events to metrics.
+#[derive(Debug)]
+pub struct Aggregator {
+    metrics: Arc<Metrics>,
+    pods: PodIndex,
+    ports: PortFolder,
+    cache: HashMap<(IpAddr, u32, i32), (Counter, bool)>,
+    received_tcp: Counter,
+}
+
+impl Aggregator {
+    /// An aggregator counting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>, pods: PodIndex, ports: PortFolder) -> Self {
+        metrics.pods_indexed.set(pods.len() as i64);
+        let received_tcp = metrics.events_received.get_or_create(&KindLabels { kind: "tcp_retransmit".into() }).clone();
+        Self { metrics, pods, ports, cache: HashMap::new(), received_tcp }
+    }
+
+    /// Counts one event.
+    pub fn apply(&mut self, ev: &v1::Event) {
+        match &ev.kind {
+            Some(v1::event::Kind::TcpRetransmit(t)) => {
+                self.received_tcp.inc();
+                self.tcp_retransmit(t);
+            }
+            None => self.decode_error("unknown_event_kind"),
+        }
+    }
+
+    fn tcp_retransmit(&mut self, t: &v1::TcpRetransmit) {
+        let Some(addr) = addr_from_bytes(&t.remote_addr) else {
+            return self.decode_error("bad_address");
+        };
+        let kind = match v1::RetransmitKind::try_from(t.kind) {
+            Ok(k @ (v1::RetransmitKind::Data | v1::RetransmitKind::Synack)) => k,
+            _ => return self.decode_error("unknown_retransmit_kind"),
+        };
+        if t.error != 0 {
+            self.metrics.tcp_retransmit_failed.inc();
+            return;
+        }
+        let addr = normalize(addr);
+        let key = (addr, t.remote_port, kind as i32);
+        if self.cache.len() >= MAX_CACHED_SERIES && !self.cache.contains_key(&key) {
+            self.cache.clear();
+        }
+        let (metrics, pods, ports) = (&self.metrics, &self.pods, &self.ports);
+        let (counter, resolved) = self.cache.entry(key).or_insert_with(|| {
+            let pod = pods.lookup(addr);
+            let labels = RetransmitLabels {
+                pod: pod.map_or_else(String::new, |p| p.name.to_string()),
+                namespace: pod.map_or_else(String::new, |p| p.namespace.to_string()),
+                service: pod.map_or_else(String::new, |p| p.service.to_string()),
+                dest_port: ports.fold(t.remote_port).to_string(),
+                kind: match kind {
+                    v1::RetransmitKind::Synack => "synack",
+                    _ => "data",
+                }
+                .into(),
+            };
+            (metrics.tcp_retransmits.get_or_create(&labels).clone(), pod.is_some())
+        });
+        counter.inc();
+        if !*resolved {
+            self.metrics.unresolved_addresses.inc();
+        }
+    }
+
+    fn decode_error(&self, reason: &str) {
+        self.metrics.decode_errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtx(addr: &[u8], port: u32, kind: v1::RetransmitKind, error: i32) -> v1::Event {
+        v1::Event {
+            timestamp_boot_ns: 1,
+            kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
+                remote_addr: addr.to_vec(),
+                remote_port: port,
+                kind: kind as i32,
+                error,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn value(m: &Metrics, pod: &str, port: &str, kind: &str) -> u64 {
+        let ns = if pod.is_empty() { "" } else { "shop" };
+        let svc = if pod.is_empty() { "" } else { "web" };
+        m.tcp_retransmits
+            .get_or_create(&RetransmitLabels {
+                pod: pod.into(),
+                namespace: ns.into(),
+                service: svc.into(),
+                dest_port: port.into(),
+                kind: kind.into(),
+            })
+            .get()
+    }
+
+    #[test]
+    fn attributes_folds_and_falls_back() {
+        let m = Arc::new(Metrics::default());
+        let pods = PodIndex::parse(br#"{"pods":[{"name":"web-0","namespace":"shop","service":"web","ips":["10.0.0.2"]}]}"#)
+            .unwrap();
+        let mut a = Aggregator::new(Arc::clone(&m), pods, PortFolder::new(32768));
+        let mapped = {
+            let mut b = [0u8; 16];
+            b[10] = 0xff;
+            b[11] = 0xff;
+            b[12..].copy_from_slice(&[10, 0, 0, 2]);
+            b
+        };
+        a.apply(&rtx(&[10, 0, 0, 2], 8080, v1::RetransmitKind::Data, 0));
+        a.apply(&rtx(&mapped, 8080, v1::RetransmitKind::Data, 0));
+        a.apply(&rtx(&[10, 0, 0, 2], 40000, v1::RetransmitKind::Synack, 0));
+        a.apply(&rtx(&[10, 0, 0, 9], 443, v1::RetransmitKind::Data, 0));
+        a.apply(&rtx(&[10, 0, 0, 2], 8080, v1::RetransmitKind::Data, -11));
+        a.apply(&rtx(&[1, 2, 3], 80, v1::RetransmitKind::Data, 0));
+        a.apply(&v1::Event::default());
+
+        assert_eq!(value(&m, "web-0", "8080", "data"), 2, "v4 and v4-mapped hit the same pod");
+        assert_eq!(value(&m, "web-0", "ephemeral", "synack"), 1);
+        assert_eq!(value(&m, "", "443", "data"), 1, "unknown address falls back to node level");
+        assert_eq!(m.unresolved_addresses.get(), 1);
+        assert_eq!(m.tcp_retransmit_failed.get(), 1);
+        let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
+        assert_eq!((reason("bad_address"), reason("unknown_event_kind")), (1, 1));
+    }
+}
