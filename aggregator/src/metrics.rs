@@ -59,7 +59,7 @@ impl Metrics {
         let mut r = Registry::default();
         r.register(
             "node_tcp_retransmits",
-            "TCP segments retransmitted to a destination, by destination pod and port (data) and SYN-ACKs retransmitted (synack)",
+            "TCP segments retransmitted to a destination (as counted by the kernel's TcpRetransSegs), by destination pod and port; kind=data for tcp_retransmit_skb, kind=synack for SYN-ACK retransmits",
             self.tcp_retransmits.clone(),
         );
         r.register(

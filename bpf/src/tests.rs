@@ -141,7 +141,8 @@ fn bpf_target_layout_matches_rust() {
     assert_layout!(
         s,
         nt_tcp_retransmit_event {
-            hdr, saddr, daddr, sport, dport, family, state, rtx_kind, _pad1, err, _pad2, netns_cookie
+            hdr, saddr, daddr, sport, dport, family, state, rtx_kind, _pad1, err, segs, _pad2,
+            netns_cookie
         }
     );
 }

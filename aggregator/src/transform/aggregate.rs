@@ -82,7 +82,8 @@ impl Aggregator {
             };
             (metrics.tcp_retransmits.get_or_create(&labels).clone(), pod.is_some())
         });
-        counter.inc();
+        // Segments, like the kernel's TcpRetransSegs; 0 from an old loader means 1.
+        counter.inc_by(u64::from(t.segments.max(1)));
         if !*resolved {
             self.metrics.unresolved_addresses.inc();
         }
@@ -98,6 +99,10 @@ mod tests {
     use super::*;
 
     fn rtx(addr: &[u8], port: u32, kind: v1::RetransmitKind, error: i32) -> v1::Event {
+        rtx_segs(addr, port, kind, error, 1)
+    }
+
+    fn rtx_segs(addr: &[u8], port: u32, kind: v1::RetransmitKind, error: i32, segments: u32) -> v1::Event {
         v1::Event {
             timestamp_boot_ns: 1,
             kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
@@ -105,6 +110,7 @@ mod tests {
                 remote_port: port,
                 kind: kind as i32,
                 error,
+                segments,
                 ..Default::default()
             })),
         }
@@ -138,14 +144,14 @@ mod tests {
             b
         };
         a.apply(&rtx(&[10, 0, 0, 2], 8080, v1::RetransmitKind::Data, 0));
-        a.apply(&rtx(&mapped, 8080, v1::RetransmitKind::Data, 0));
+        a.apply(&rtx_segs(&mapped, 8080, v1::RetransmitKind::Data, 0, 3));
         a.apply(&rtx(&[10, 0, 0, 2], 40000, v1::RetransmitKind::Synack, 0));
         a.apply(&rtx(&[10, 0, 0, 9], 443, v1::RetransmitKind::Data, 0));
         a.apply(&rtx(&[10, 0, 0, 2], 8080, v1::RetransmitKind::Data, -11));
         a.apply(&rtx(&[1, 2, 3], 80, v1::RetransmitKind::Data, 0));
         a.apply(&v1::Event::default());
 
-        assert_eq!(value(&m, "web-0", "8080", "data"), 2, "v4 and v4-mapped hit the same pod");
+        assert_eq!(value(&m, "web-0", "8080", "data"), 4, "v4 and v4-mapped hit the same pod; segments add up");
         assert_eq!(value(&m, "web-0", "ephemeral", "synack"), 1);
         assert_eq!(value(&m, "", "443", "data"), 1, "unknown address falls back to node level");
         assert_eq!(m.unresolved_addresses.get(), 1);

@@ -57,7 +57,8 @@ struct nt_tcp_retransmit_event {
 	__u8 rtx_kind;       /* enum nt_retransmit_kind */
 	__u8 _pad1;
 	__s32 err;           /* kernel's retransmit result where the tracepoint has it, else 0 */
-	__u32 _pad2;
+	__u16 segs;          /* TCP segments in the retransmitted skb (tcp_skb_pcount), 1 for SYN-ACK */
+	__u16 _pad2;
 	__u64 netns_cookie;  /* net->net_cookie of the socket's netns; 0 if unavailable */
 };
 

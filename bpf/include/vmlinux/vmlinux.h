@@ -67,6 +67,17 @@ struct trace_event_raw_tcp_retransmit_synack {
 	const void *req;
 };
 
+struct sk_buff {
+	char cb[48];
+};
+
+/* TCP's view of skb->cb (TCP_SKB_CB()); tcp_gso_segs is tcp_skb_pcount(). */
+struct tcp_skb_cb {
+	__u32 seq;
+	__u32 end_seq;
+	__u16 tcp_gso_segs;
+};
+
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];

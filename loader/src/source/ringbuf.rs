@@ -158,6 +158,7 @@ pub fn to_proto(rec: &Record) -> v1::Event {
                     tcp_state: ev.state.into(),
                     error: ev.err,
                     netns_cookie: ev.netns_cookie,
+                    segments: ev.segs.into(),
                 })),
             }
         }
