@@ -111,6 +111,12 @@ impl Hub {
         }
     }
 
+    /// Closes every subscriber queue: their streams end once drained. Used at
+    /// shutdown so open streams do not hold the gRPC server open.
+    pub fn close(&self) {
+        self.lock().clear();
+    }
+
     /// Number of registered subscribers.
     pub fn len(&self) -> usize {
         self.lock().len()

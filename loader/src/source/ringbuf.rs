@@ -71,6 +71,7 @@ pub async fn drain(
                 drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
                 refresh_kernel_counters(stats, &counters);
                 state.publish(&hub, &counters);
+                hub.close();
                 return Ok(());
             }
         }

@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The loader and aggregator as real processes, with their logs kept for
+//! failure messages and cleanup on drop.
+
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use nettel_proto::v1;
+
+use crate::wait_for;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Directory holding the workspace binaries (`target/<profile>`), found from
+/// this test executable's own path (`target/<profile>/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned()
+}
+
+/// Path of workspace binary `name`; panics with the fix if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
+    p
+}
+
+/// A unique scratch directory, world-traversable so unprivileged processes
+/// can reach sockets and files in it.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("nettel-{tag}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: &'static str,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Self {
+        let f = fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { child, log, name }
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for exit; returns whether it exited successfully.
+    pub fn stop_with(&mut self, signal: rustix::process::Signal) -> bool {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            self.stop_with(rustix::process::Signal::TERM);
+        }
+    }
+}
+
+/// A running `nettel-loader run`.
+#[derive(Debug)]
+pub struct Loader {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl Loader {
+    /// Starts a loader whose socket belongs to group `socket_gid` and admits `allow_uids`.
+    pub fn start(socket_gid: u32, allow_uids: &[u32], extra: &[&str]) -> Self {
+        let dir = scratch_dir("loader");
+        let socket = dir.join("loader.sock");
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-{n}", std::process::id()));
+        let uids = allow_uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let mut cmd = Command::new(bin("nettel-loader"));
+        cmd.arg("run")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(["--socket-gid", &socket_gid.to_string(), "--allow-uid", &uids])
+            .args(extra);
+        let mut proc = Proc::spawn("nettel-loader", &mut cmd, dir.join("loader.log"));
+        wait_for(Duration::from_secs(30), "the loader socket", || {
+            assert!(proc.running(), "loader exited:\n{}", proc.log());
+            socket.exists().then_some(())
+        });
+        Self { proc, socket, pin_dir }
+    }
+
+    /// The status RPC.
+    pub fn status(&self) -> v1::GetLoaderStatusResponse {
+        let socket = self.socket.clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let socket = socket.clone();
+                    async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
+                }))
+                .await
+                .expect("connect to loader");
+            v1::telemetry_service_client::TelemetryServiceClient::new(channel)
+                .get_loader_status(v1::GetLoaderStatusRequest {})
+                .await
+                .expect("GetLoaderStatus")
+                .into_inner()
+        })
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.proc.stop_with(rustix::process::Signal::TERM);
+        let _ = Command::new(bin("nettel-loader")).arg("cleanup").arg("--pin-dir").arg(&self.pin_dir).output();
+    }
+}
+
+/// A running `nettel-aggregator`.
+#[derive(Debug)]
+pub struct Aggregator {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Aggregator {
+    /// Starts an aggregator as `uid:gid` (no supplementary groups).
+    pub fn start(socket: &Path, pods_file: Option<&Path>, uid: u32, gid: u32) -> Self {
+        let port = free_port();
+        let dir = scratch_dir("aggregator");
+        let mut cmd = Command::new(bin("nettel-aggregator"));
+        cmd.arg("--loader-socket")
+            .arg(socket)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--reconnect-max-ms", "500"])
+            .uid(uid)
+            .gid(gid);
+        if let Some(p) = pods_file {
+            cmd.arg("--pods-file").arg(p);
+        }
+        let mut proc = Proc::spawn("nettel-aggregator", &mut cmd, dir.join("aggregator.log"));
+        wait_for(Duration::from_secs(30), "the aggregator's /healthz", || {
+            assert!(proc.running(), "aggregator exited:\n{}", proc.log());
+            crate::metrics::http_get(port, "/healthz", None).ok().filter(|(s, _)| s.contains(" 200 ")).map(drop)
+        });
+        Self { proc, port }
+    }
+
+    /// Waits until the aggregator has an open event stream.
+    pub fn wait_connected(&mut self) {
+        let port = self.port;
+        let log = self.proc.log.clone();
+        wait_for(Duration::from_secs(30), "the aggregator to connect to the loader", || {
+            crate::metrics::http_get(port, "/readyz", None).ok().filter(|(s, _)| s.contains(" 200 ")).map(drop)
+        });
+        let _ = log;
+    }
+
+    /// Scrapes `/metrics`.
+    pub fn scrape(&self) -> String {
+        crate::metrics::scrape(self.port)
+    }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes a pods file mapping each `(ip, pod, namespace, service)`.
+pub fn pods_file(dir: &Path, pods: &[(&str, &str, &str, &str)]) -> PathBuf {
+    let entries: Vec<String> = pods
+        .iter()
+        .map(|(ip, pod, ns, svc)| {
+            format!(r#"{{"name":"{pod}","namespace":"{ns}","service":"{svc}","ips":["{ip}"]}}"#)
+        })
+        .collect();
+    let path = dir.join("pods.json");
+    fs::write(&path, format!(r#"{{"pods":[{}]}}"#, entries.join(","))).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}

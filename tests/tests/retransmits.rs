@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: Apache-2.0
+//! End to end against the real kernel: netns "pods", real TCP, real drops,
+//! the real loader (root) and aggregator (uid 65534), compared exactly with
+//! the kernel's own per-namespace counters.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use nettel_integration::{
+    kernel::{counter, retrans_segs},
+    metrics::sum,
+    netns::{exec, PodPair},
+    process::{pods_file, scratch_dir, Aggregator, Loader},
+    require_kernel, wait_for,
+};
+
+const NOBODY: u32 = 65534;
+const RTX: &str = "node_tcp_retransmits_total";
+
+fn traffic() -> &'static str {
+    env!("CARGO_BIN_EXE_nettel-traffic")
+}
+
+/// Starts `nettel-traffic ARGS` in `ns` and waits for it to print `ready`.
+fn start_server(ns: &str, args: &[&str]) -> Child {
+    let mut child = exec(ns, traffic()).args(args).stdout(Stdio::piped()).spawn().expect("server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "server in {ns} did not start");
+    child
+}
+
+/// Runs `nettel-traffic ARGS` in `ns` to completion.
+fn run_client(ns: &str, args: &[&str]) {
+    let status = exec(ns, traffic()).args(args).status().expect("client");
+    assert!(status.success(), "client {args:?} in {ns} failed");
+}
+
+fn finish(mut server: Child) {
+    let status = server.wait().unwrap();
+    assert!(status.success(), "server failed");
+}
+
+/// Waits until the aggregator's count for `labels` grew by exactly `want`;
+/// panics with both numbers otherwise. `want` must be > 0 to prove the test
+/// exercised anything.
+fn assert_counted(agg: &Aggregator, labels: &[(&str, &str)], before: u64, want: u64, what: &str) {
+    assert!(want > 0, "{what}: the kernel counted no retransmits; the drop rule did not bite");
+    let mut last = 0;
+    let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(Duration::from_secs(10), what, || {
+            last = sum(&agg.scrape(), RTX, labels) - before;
+            (last == want).then_some(())
+        })
+    }));
+    assert!(settled.is_ok(), "{what}: nettel counted {last}, the kernel counted {want}\n{}", agg.scrape());
+    // Stays exact (no late duplicates).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sum(&agg.scrape(), RTX, labels) - before, want, "{what}: count changed after settling");
+}
+
+#[test]
+fn data_retransmits_match_kernel_counters_v4_and_v6() {
+    if !require_kernel("data_retransmits_match_kernel_counters_v4_and_v6") {
+        return;
+    }
+    let pods = PodPair::new(1);
+    let loader = Loader::start(NOBODY, &[NOBODY], &[]);
+    let dir = scratch_dir("pods");
+    let pf = pods_file(
+        &dir,
+        &[
+            (&pods.a_v4, "client-0", "team-a", "client"),
+            (&pods.a_v6, "client-0", "team-a", "client"),
+            (&pods.b_v4, "server-0", "team-b", "server"),
+            (&pods.b_v6, "server-0", "team-b", "server"),
+        ],
+    );
+    let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
+    agg.wait_connected();
+    pods.drop_inbound(&pods.b, 0.05, &["--dport", "8080"]);
+
+    let server_labels =
+        [("pod", "server-0"), ("namespace", "team-b"), ("service", "server"), ("dest_port", "8080"), ("kind", "data")];
+    for (family, listen, connect) in [
+        ("IPv4", format!("{}:8080", pods.b_v4), format!("{}:8080", pods.b_v4)),
+        ("IPv6", format!("[{}]:8080", pods.b_v6), format!("[{}]:8080", pods.b_v6)),
+    ] {
+        let text = agg.scrape();
+        let (m_server, m_client) = (sum(&text, RTX, &server_labels), sum(&text, RTX, &[("pod", "client-0")]));
+        let (k_a, k_b) = (retrans_segs(&pods.a), retrans_segs(&pods.b));
+
+        let server = start_server(&pods.b, &["sink", &listen, "1"]);
+        run_client(&pods.a, &["send", &connect, "4000000"]);
+        finish(server);
+
+        // Everything pod A retransmitted went to server-0:8080 ...
+        let want = retrans_segs(&pods.a) - k_a;
+        assert_counted(&agg, &server_labels, m_server, want, &format!("{family} retransmits to server-0"));
+        // ... and everything pod B retransmitted (e.g. FINs) is attributed to client-0.
+        let want_b = retrans_segs(&pods.b) - k_b;
+        let got_b = sum(&agg.scrape(), RTX, &[("pod", "client-0")]) - m_client;
+        assert_eq!(got_b, want_b, "{family} retransmits to client-0");
+    }
+    let text = agg.scrape();
+    assert_eq!(sum(&text, "nettel_kernel_lost_events_total", &[]), 0);
+    assert_eq!(sum(&text, "nettel_loader_queue_dropped_events_total", &[]), 0);
+    assert_eq!(sum(&text, "nettel_stream_gaps_total", &[]), 0);
+}
+
+#[test]
+fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mapping() {
+    if !require_kernel("dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mapping") {
+        return;
+    }
+    let pods = PodPair::new(2);
+    let loader = Loader::start(NOBODY, &[NOBODY], &[]);
+    let dir = scratch_dir("pods");
+    // Only the IPv4 address is listed: the server's AF_INET6 socket reports the
+    // client as ::ffff:10.77.2.1, which must still resolve.
+    let pf = pods_file(&dir, &[(&pods.a_v4, "client-0", "team-a", "client")]);
+    let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
+    agg.wait_connected();
+    pods.drop_inbound(&pods.a, 0.05, &["--sport", "8080"]);
+
+    // Every kind: the drop rule can also hit the SYN-ACK (kind="synack").
+    let labels = [("pod", "client-0"), ("namespace", "team-a"), ("dest_port", "ephemeral")];
+    let data = [("pod", "client-0"), ("kind", "data")];
+    let (before, before_data) = (sum(&agg.scrape(), RTX, &labels), sum(&agg.scrape(), RTX, &data));
+    let k_b = retrans_segs(&pods.b);
+    let server = start_server(&pods.b, &["source", "[::]:8080", "1", "4000000"]);
+    run_client(&pods.a, &["recv", &format!("{}:8080", pods.b_v4)]);
+    finish(server);
+    assert_counted(&agg, &labels, before, retrans_segs(&pods.b) - k_b, "retransmits to the v4 client");
+    assert!(sum(&agg.scrape(), RTX, &data) > before_data, "data retransmits from the AF_INET6 socket were attributed");
+    assert_eq!(sum(&agg.scrape(), "nettel_unresolved_addresses_total", &[]), 0);
+}
+
+#[test]
+fn synack_retransmits_are_counted_with_kind_synack() {
+    if !require_kernel("synack_retransmits_are_counted_with_kind_synack") {
+        return;
+    }
+    let pods = PodPair::new(3);
+    let loader = Loader::start(NOBODY, &[NOBODY], &[]);
+    let dir = scratch_dir("pods");
+    let pf = pods_file(
+        &dir,
+        &[(&pods.a_v4, "client-0", "team-a", "client"), (&pods.b_v4, "server-0", "team-b", "server")],
+    );
+    let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
+    agg.wait_connected();
+    // Lose a share of the SYN-ACKs on their way into the client pod.
+    pods.drop_inbound(&pods.a, 0.3, &["--sport", "8080", "--tcp-flags", "SYN,ACK", "SYN,ACK"]);
+
+    let synack = [("pod", "client-0"), ("namespace", "team-a"), ("kind", "synack"), ("dest_port", "ephemeral")];
+    let text = agg.scrape();
+    let (m_synack, m_client, m_server) =
+        (sum(&text, RTX, &synack), sum(&text, RTX, &[("pod", "client-0")]), sum(&text, RTX, &[("pod", "server-0")]));
+    let (k_a, k_b) = (retrans_segs(&pods.a), retrans_segs(&pods.b));
+    let k_syn = counter(&pods.b, "TcpExt", "TCPSynRetrans");
+
+    let server = start_server(&pods.b, &["sink", &format!("{}:8080", pods.b_v4), "12"]);
+    run_client(&pods.a, &["dial", &format!("{}:8080", pods.b_v4), "12"]);
+    finish(server);
+
+    // The server pod only retransmits SYN-ACKs here: TCPSynRetrans counts them.
+    assert_counted(&agg, &synack, m_synack, counter(&pods.b, "TcpExt", "TCPSynRetrans") - k_syn, "SYN-ACK retransmits");
+    let text = agg.scrape();
+    assert_eq!(sum(&text, RTX, &[("pod", "client-0")]) - m_client, retrans_segs(&pods.b) - k_b, "all of B's retransmits");
+    assert_eq!(sum(&text, RTX, &[("pod", "server-0")]) - m_server, retrans_segs(&pods.a) - k_a, "all of A's retransmits");
+}
+
+#[test]
+fn a_peer_outside_the_allow_list_cannot_read_the_stream() {
+    if !require_kernel("a_peer_outside_the_allow_list_cannot_read_the_stream") {
+        return;
+    }
+    let loader = Loader::start(NOBODY, &[NOBODY], &[]);
+    // uid 4242 is in the socket's group, so the filesystem lets it connect;
+    // only the SO_PEERCRED allow-list stands in its way.
+    let intruder = Aggregator::start(&loader.socket, None, 4242, NOBODY);
+    let rejected = wait_for(Duration::from_secs(10), "a rejected peer", || {
+        let c = loader.status().counters.unwrap_or_default();
+        (c.peers_rejected > 0).then_some(c.peers_rejected)
+    });
+    assert!(rejected >= 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let text = intruder.scrape();
+    assert_eq!(sum(&text, "nettel_stream_connects_total", &[]), 0, "the intruder got a stream");
+    assert_eq!(sum(&text, "nettel_loader_connected", &[]), 0);
+    assert!(loader.proc.log().contains("uid=4242"), "rejection not logged:\n{}", loader.proc.log());
+
+    // The allowed uid still gets through on the same loader.
+    let mut allowed = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
+    allowed.wait_connected();
+    assert_eq!(loader.status().counters.unwrap().subscribers_connected, 1);
+}
+
+#[test]
+fn aggregator_killed_mid_traffic_reconnects_and_counts_again() {
+    if !require_kernel("aggregator_killed_mid_traffic_reconnects_and_counts_again") {
+        return;
+    }
+    let pods = PodPair::new(4);
+    let mut loader = Loader::start(NOBODY, &[NOBODY], &[]);
+    let dir = scratch_dir("pods");
+    let pf = pods_file(&dir, &[(&pods.b_v4, "server-0", "team-b", "server")]);
+    let mut first = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
+    first.wait_connected();
+    pods.drop_inbound(&pods.b, 0.05, &["--dport", "8080"]);
+    let addr = format!("{}:8080", pods.b_v4);
+
+    // Kill the aggregator while a transfer is running.
+    let server = start_server(&pods.b, &["sink", &addr, "2"]);
+    let mut client = exec(&pods.a, traffic()).args(["send", &addr, "8000000"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    first.proc.stop_with(rustix::process::Signal::KILL);
+    let mut second = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
+    second.wait_connected();
+    assert!(client.wait().unwrap().success());
+    std::thread::sleep(Duration::from_secs(1));
+
+    // From here on the new aggregator must count exactly.
+    let labels = [("pod", "server-0"), ("dest_port", "8080")];
+    let before = sum(&second.scrape(), RTX, &labels);
+    let k_a = retrans_segs(&pods.a);
+    run_client(&pods.a, &["send", &addr, "4000000"]);
+    finish(server);
+    assert_counted(&second, &labels, before, retrans_segs(&pods.a) - k_a, "retransmits after the restart");
+    assert_eq!(loader.status().counters.unwrap().subscribers_connected, 1, "the killed subscriber is gone");
+
+    // SIGTERM stops the loader cleanly and removes its socket.
+    assert!(loader.proc.stop_with(rustix::process::Signal::TERM), "loader exit:\n{}", loader.proc.log());
+    assert!(!loader.socket.exists(), "socket left behind");
+}
