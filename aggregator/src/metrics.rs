@@ -67,7 +67,11 @@ impl Metrics {
             "Retransmit attempts the kernel reported as failed (tracepoint err != 0); not in node_tcp_retransmits_total",
             self.tcp_retransmit_failed.clone(),
         );
-        r.register("nettel_events_received", "Events received from the loader", self.events_received.clone());
+        r.register(
+            "nettel_events_received",
+            "Events received from the loader",
+            self.events_received.clone(),
+        );
         r.register(
             "nettel_kernel_lost_events",
             "Events lost in the kernel because the ring buffer was full (bpf_ringbuf_reserve failures)",
@@ -83,8 +87,16 @@ impl Metrics {
             "Ring-buffer records the loader could not decode",
             self.loader_decode_errors.clone(),
         );
-        r.register("nettel_decode_errors", "Events this aggregator could not use, by reason", self.decode_errors.clone());
-        r.register("nettel_stream_connects", "Event streams opened to the loader", self.stream_connects.clone());
+        r.register(
+            "nettel_decode_errors",
+            "Events this aggregator could not use, by reason",
+            self.decode_errors.clone(),
+        );
+        r.register(
+            "nettel_stream_connects",
+            "Event streams opened to the loader",
+            self.stream_connects.clone(),
+        );
         r.register(
             "nettel_stream_disconnects",
             "Event streams that ended or failed, by reason",
@@ -95,15 +107,31 @@ impl Metrics {
             "Jumps in the loader's event sequence not explained by reported drops (e.g. events published while disconnected)",
             self.stream_gaps.clone(),
         );
-        r.register("nettel_stream_gap_events", "Events missing in those sequence gaps", self.stream_gap_events.clone());
-        r.register("nettel_loader_restarts", "Loader epoch changes seen (loader restarts)", self.loader_restarts.clone());
-        r.register("nettel_loader_connected", "1 while an event stream to the loader is open", self.loader_connected.clone());
+        r.register(
+            "nettel_stream_gap_events",
+            "Events missing in those sequence gaps",
+            self.stream_gap_events.clone(),
+        );
+        r.register(
+            "nettel_loader_restarts",
+            "Loader epoch changes seen (loader restarts)",
+            self.loader_restarts.clone(),
+        );
+        r.register(
+            "nettel_loader_connected",
+            "1 while an event stream to the loader is open",
+            self.loader_connected.clone(),
+        );
         r.register(
             "nettel_unresolved_addresses",
             "Events whose address matched no pod and got node-level labels",
             self.unresolved_addresses.clone(),
         );
-        r.register("nettel_pods_indexed", "Addresses in the pod index", self.pods_indexed.clone());
+        r.register(
+            "nettel_pods_indexed",
+            "Addresses in the pod index",
+            self.pods_indexed.clone(),
+        );
         r
     }
 }

@@ -57,7 +57,10 @@ fn init_logging(format: LogFormat) {
 
 fn pin_root(pin_dir: &Path) -> &Path {
     // The nearest existing ancestor: the bpffs mount itself, or what should be one.
-    pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"))
+    pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
 }
 
 fn check(pin_dir: &Path) -> ExitCode {
@@ -84,14 +87,24 @@ fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
 /// Mounts bpffs and tracefs where the preflight report found them missing.
 fn mount_missing(report: &preflight::Report, pin_dir: &Path) -> Result<(), Error> {
     if report.needs_fix("bpffs") {
-        let target = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_owned();
-        sys::mount_pseudo("bpf", &target).map_err(|source| Error::Mount { fstype: "bpf", target: target.clone(), source })?;
+        let target = pin_dir
+            .parent()
+            .unwrap_or(Path::new("/sys/fs/bpf"))
+            .to_owned();
+        sys::mount_pseudo("bpf", &target).map_err(|source| Error::Mount {
+            fstype: "bpf",
+            target: target.clone(),
+            source,
+        })?;
         info!(target = %target.display(), "Mounted bpffs.");
     }
     if report.needs_fix("tracefs") {
         let target = Path::new(preflight::TRACEFS).to_owned();
-        sys::mount_pseudo("tracefs", &target)
-            .map_err(|source| Error::Mount { fstype: "tracefs", target: target.clone(), source })?;
+        sys::mount_pseudo("tracefs", &target).map_err(|source| Error::Mount {
+            fstype: "tracefs",
+            target: target.clone(),
+            source,
+        })?;
         info!(target = %target.display(), "Mounted tracefs.");
     }
     Ok(())
@@ -107,7 +120,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (probes, events) = probe::load(&args.pin_dir, cfg.ring_bytes)?;
     for a in &probes.attached {
-        info!(program = a.name, attach_point = a.attach_point, "Probe attached.");
+        info!(
+            program = a.name,
+            attach_point = a.attach_point,
+            "Probe attached."
+        );
     }
     let counters = Arc::new(Counters::default());
     let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
@@ -119,12 +136,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         probes: probes
             .attached
             .iter()
-            .map(|a| v1::ProbeStatus { name: a.name.into(), attach_point: a.attach_point.into(), attached: true })
+            .map(|a| v1::ProbeStatus {
+                name: a.name.into(),
+                attach_point: a.attach_point.into(),
+                attached: true,
+            })
             .collect(),
         pinned_maps: probes
             .pinned
             .iter()
-            .map(|(n, p)| v1::PinnedMap { name: (*n).into(), path: p.display().to_string() })
+            .map(|(n, p)| v1::PinnedMap {
+                name: (*n).into(),
+                path: p.display().to_string(),
+            })
             .collect(),
         ring_buffer_bytes: cfg.ring_bytes.into(),
         heartbeat,
@@ -132,10 +156,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut allow_uids = args.allow_uid.clone();
     allow_uids.push(0);
-    let policy = AccessPolicy { allow_uids, allow_gids: args.allow_gid.clone(), max_connections: args.max_connections };
+    let policy = AccessPolicy {
+        allow_uids,
+        allow_gids: args.allow_gid.clone(),
+        max_connections: args.max_connections,
+    };
     let listener = socket::bind(&args.socket, args.socket_gid)?;
     info!(socket = %args.socket.display(), epoch = format_args!("{:016x}", info.epoch), "Serving the event stream.");
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(socket::accept_loop(listener, policy, Arc::clone(&counters)));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(socket::accept_loop(
+        listener,
+        policy,
+        Arc::clone(&counters),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let service = server::Service::into_server(Arc::clone(&hub), Arc::clone(&counters), info);
@@ -157,8 +189,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let drain_cfg = DrainConfig { max_batch: cfg.max_batch, heartbeat };
-    let drained = ringbuf::drain(&probes, events, hub, Arc::clone(&counters), drain_cfg, stop_rx).await;
+    let drain_cfg = DrainConfig {
+        max_batch: cfg.max_batch,
+        heartbeat,
+    };
+    let drained = ringbuf::drain(
+        &probes,
+        events,
+        hub,
+        Arc::clone(&counters),
+        drain_cfg,
+        stop_rx,
+    )
+    .await;
     if let Err(e) = &drained {
         error!(error = %e, "Ring-buffer drain failed.");
     }

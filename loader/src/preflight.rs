@@ -18,8 +18,14 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub enum Outcome {
     Pass(String),
     /// Not satisfied now, but `run` will fix it itself (e.g. by mounting).
-    Fixable { problem: String, fix: String },
-    Fail { problem: String, fix: String },
+    Fixable {
+        problem: String,
+        fix: String,
+    },
+    Fail {
+        problem: String,
+        fix: String,
+    },
 }
 
 /// One line of the report.
@@ -38,12 +44,17 @@ pub struct Report {
 impl Report {
     /// Whether every check passed (fixable ones count as failures for `check`).
     pub fn all_pass(&self) -> bool {
-        self.checks.iter().all(|c| matches!(c.outcome, Outcome::Pass(_)))
+        self.checks
+            .iter()
+            .all(|c| matches!(c.outcome, Outcome::Pass(_)))
     }
 
     /// Whether `run` can proceed (after fixing the fixable ones).
     pub fn runnable(&self) -> bool {
-        !self.checks.iter().any(|c| matches!(c.outcome, Outcome::Fail { .. }))
+        !self
+            .checks
+            .iter()
+            .any(|c| matches!(c.outcome, Outcome::Fail { .. }))
     }
 
     /// Failures, one line each, for an error message.
@@ -51,7 +62,9 @@ impl Report {
         self.checks
             .iter()
             .filter_map(|c| match &c.outcome {
-                Outcome::Fail { problem, fix } => Some(format!("{}: {problem} (fix: {fix})", c.name)),
+                Outcome::Fail { problem, fix } => {
+                    Some(format!("{}: {problem} (fix: {fix})", c.name))
+                }
                 _ => None,
             })
             .collect::<Vec<_>>()
@@ -60,7 +73,9 @@ impl Report {
 
     /// Whether a named check needs its fix applied.
     pub fn needs_fix(&self, name: &str) -> bool {
-        self.checks.iter().any(|c| c.name == name && matches!(c.outcome, Outcome::Fixable { .. }))
+        self.checks
+            .iter()
+            .any(|c| c.name == name && matches!(c.outcome, Outcome::Fixable { .. }))
     }
 }
 
@@ -69,12 +84,16 @@ impl fmt::Display for Report {
         for c in &self.checks {
             match &c.outcome {
                 Outcome::Pass(detail) => writeln!(f, "PASS  {:<12} {detail}", c.name)?,
-                Outcome::Fixable { problem, fix } => {
-                    writeln!(f, "FIX   {:<12} {problem}\n      {:<12} fix: {fix}", c.name, "")?
-                }
-                Outcome::Fail { problem, fix } => {
-                    writeln!(f, "FAIL  {:<12} {problem}\n      {:<12} fix: {fix}", c.name, "")?
-                }
+                Outcome::Fixable { problem, fix } => writeln!(
+                    f,
+                    "FIX   {:<12} {problem}\n      {:<12} fix: {fix}",
+                    c.name, ""
+                )?,
+                Outcome::Fail { problem, fix } => writeln!(
+                    f,
+                    "FAIL  {:<12} {problem}\n      {:<12} fix: {fix}",
+                    c.name, ""
+                )?,
             }
         }
         Ok(())
@@ -84,11 +103,26 @@ impl fmt::Display for Report {
 /// Runs every check. `pin_root` is the bpffs mount expected to hold the pin dir.
 pub fn run(pin_root: &Path) -> Report {
     let checks = vec![
-        Check { name: "btf", outcome: check_btf() },
-        Check { name: "kernel", outcome: check_kernel() },
-        Check { name: "capabilities", outcome: check_caps() },
-        Check { name: "bpffs", outcome: check_mount(pin_root, sys::BPF_FS_MAGIC, "bpf") },
-        Check { name: "tracefs", outcome: check_mount(Path::new(TRACEFS), sys::TRACEFS_MAGIC, "tracefs") },
+        Check {
+            name: "btf",
+            outcome: check_btf(),
+        },
+        Check {
+            name: "kernel",
+            outcome: check_kernel(),
+        },
+        Check {
+            name: "capabilities",
+            outcome: check_caps(),
+        },
+        Check {
+            name: "bpffs",
+            outcome: check_mount(pin_root, sys::BPF_FS_MAGIC, "bpf"),
+        },
+        Check {
+            name: "tracefs",
+            outcome: check_mount(Path::new(TRACEFS), sys::TRACEFS_MAGIC, "tracefs"),
+        },
     ];
     Report { checks }
 }
@@ -109,15 +143,26 @@ fn check_kernel() -> Outcome {
     let (a, b, c) = KERNEL_FLOOR;
     match sys::parse_kernel_version(&release) {
         Some(v) if v >= KERNEL_FLOOR => Outcome::Pass(format!("{release} (floor {a}.{b}.{c})")),
-        Some(_) => fail(format!("kernel {release} is older than {a}.{b}.{c}"), "upgrade the node kernel to 5.8 or newer"),
-        None => fail(format!("cannot parse kernel release `{release}`"), "report this kernel release string as a bug"),
+        Some(_) => fail(
+            format!("kernel {release} is older than {a}.{b}.{c}"),
+            "upgrade the node kernel to 5.8 or newer",
+        ),
+        None => fail(
+            format!("cannot parse kernel release `{release}`"),
+            "report this kernel release string as a bug",
+        ),
     }
 }
 
 fn check_caps() -> Outcome {
     let caps = match sys::effective_caps() {
         Ok(c) => c,
-        Err(e) => return fail(format!("cannot read capabilities: {e}"), "run on Linux with /proc mounted"),
+        Err(e) => {
+            return fail(
+                format!("cannot read capabilities: {e}"),
+                "run on Linux with /proc mounted",
+            )
+        }
     };
     let admin = sys::has_cap(caps, Cap::SysAdmin);
     let missing: Vec<&str> = [Cap::Bpf, Cap::Perfmon]
@@ -134,7 +179,14 @@ fn check_caps() -> Outcome {
         Outcome::Pass(format!("{how} effective"))
     } else {
         fail(
-            format!("missing capabilities: {}", missing.iter().map(|m| format!("CAP_{m}")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "missing capabilities: {}",
+                missing
+                    .iter()
+                    .map(|m| format!("CAP_{m}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             "run as root, or grant `capabilities.add: [BPF, PERFMON]` (see deploy/)",
         )
     }
@@ -145,11 +197,17 @@ fn check_mount(path: &Path, magic: i64, fstype: &'static str) -> Outcome {
         Ok(m) if m == magic => Outcome::Pass(format!("{fstype} mounted at {}", path.display())),
         _ => Outcome::Fixable {
             problem: format!("{fstype} is not mounted at {}", path.display()),
-            fix: format!("`mount -t {fstype} {fstype} {}` (run does this itself when it has CAP_SYS_ADMIN)", path.display()),
+            fix: format!(
+                "`mount -t {fstype} {fstype} {}` (run does this itself when it has CAP_SYS_ADMIN)",
+                path.display()
+            ),
         },
     }
 }
 
 fn fail(problem: String, fix: &str) -> Outcome {
-    Outcome::Fail { problem, fix: fix.to_owned() }
+    Outcome::Fail {
+        problem,
+        fix: fix.to_owned(),
+    }
 }

@@ -7,8 +7,7 @@
 //! reach the socket before its final mode is set.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     pin::Pin,
@@ -45,11 +44,26 @@ impl AccessPolicy {
 /// Binds `path` with mode 0660 and group `gid` (if given), replacing a stale
 /// socket but refusing to replace anything else.
 pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, Error> {
-    let err = |what: &'static str| move |source| Error::Socket { path: path.to_owned(), what, source };
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::DirBuilder::new().mode(0o755).recursive(true).create(parent).map_err(err("cannot create parent directory"))?;
+    let err = |what: &'static str| {
+        move |source| Error::Socket {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    };
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .recursive(true)
+        .create(parent)
+        .map_err(err("cannot create parent directory"))?;
     match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => fs::remove_file(path).map_err(err("cannot remove stale socket"))?,
+        Ok(m) if m.file_type().is_socket() => {
+            fs::remove_file(path).map_err(err("cannot remove stale socket"))?
+        }
         Ok(_) => {
             return Err(Error::Socket {
                 path: path.to_owned(),
@@ -60,12 +74,20 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, Error> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err("cannot stat")(e)),
     }
-    let private = parent.join(format!(".nettel-loader.{}.{:x}", std::process::id(), rand::random::<u32>()));
-    fs::DirBuilder::new().mode(0o700).create(&private).map_err(err("cannot create private bind directory"))?;
+    let private = parent.join(format!(
+        ".nettel-loader.{}.{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(err("cannot create private bind directory"))?;
     let result = (|| {
         let tmp = private.join("sock");
         let listener = UnixListener::bind(&tmp).map_err(err("cannot bind"))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660)).map_err(err("cannot chmod"))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660))
+            .map_err(err("cannot chmod"))?;
         if let Some(gid) = gid {
             std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(err("cannot chown"))?;
         }
@@ -105,16 +127,35 @@ pub fn accept_loop(
             };
             if !policy.allows(cred.uid(), cred.gid()) {
                 counters.peers_rejected.fetch_add(1, Relaxed);
-                warn!(uid = cred.uid(), gid = cred.gid(), "Rejected a peer outside the allow-list.");
+                warn!(
+                    uid = cred.uid(),
+                    gid = cred.gid(),
+                    "Rejected a peer outside the allow-list."
+                );
                 continue;
             }
             let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                 counters.connections_over_limit.fetch_add(1, Relaxed);
-                warn!(uid = cred.uid(), limit = policy.max_connections, "Rejected a peer: connection limit reached.");
+                warn!(
+                    uid = cred.uid(),
+                    limit = policy.max_connections,
+                    "Rejected a peer: connection limit reached."
+                );
                 continue;
             };
-            info!(uid = cred.uid(), gid = cred.gid(), "Accepted a subscriber connection.");
-            if tx.send(Ok(GuardedStream { inner: stream, _permit: permit })).await.is_err() {
+            info!(
+                uid = cred.uid(),
+                gid = cred.gid(),
+                "Accepted a subscriber connection."
+            );
+            if tx
+                .send(Ok(GuardedStream {
+                    inner: stream,
+                    _permit: permit,
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -135,13 +176,21 @@ impl tonic::transport::server::Connected for GuardedStream {
 }
 
 impl AsyncRead for GuardedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for GuardedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -180,7 +229,10 @@ mod tests {
         // A stale socket is replaced.
         let _l2 = bind(&path, None).unwrap();
         // No private bind directory is left behind.
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("loader.sock")]);
         // A regular file is never replaced.
         let file = dir.path().join("not-a-socket");

@@ -53,20 +53,32 @@ pub fn has_cap(caps: u64, cap: Cap) -> bool {
 /// The filesystem magic of the filesystem holding `path`.
 pub fn fs_magic(path: &Path) -> io::Result<i64> {
     let st = rustix::fs::statfs(path)?;
-    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between targets"
+    )]
     Ok(st.f_type as i64)
 }
 
 /// Mounts a pseudo filesystem (`bpf`, `tracefs`) at `target`.
 pub fn mount_pseudo(fstype: &str, target: &Path) -> io::Result<()> {
     fs::create_dir_all(target)?;
-    rustix::mount::mount(fstype, target, fstype, rustix::mount::MountFlags::empty(), None)?;
+    rustix::mount::mount(
+        fstype,
+        target,
+        fstype,
+        rustix::mount::MountFlags::empty(),
+        None,
+    )?;
     Ok(())
 }
 
 /// The running kernel's release string, e.g. `6.18.44-fc-v782`.
 pub fn kernel_release() -> String {
-    rustix::system::uname().release().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `(major, minor, patch)` of a release string; missing parts are 0.

@@ -34,8 +34,19 @@ impl Aggregator {
     /// An aggregator counting into `metrics`.
     pub fn new(metrics: Arc<Metrics>, pods: PodIndex, ports: PortFolder) -> Self {
         metrics.pods_indexed.set(pods.len() as i64);
-        let received_tcp = metrics.events_received.get_or_create(&KindLabels { kind: "tcp_retransmit".into() }).clone();
-        Self { metrics, pods, ports, cache: HashMap::new(), received_tcp }
+        let received_tcp = metrics
+            .events_received
+            .get_or_create(&KindLabels {
+                kind: "tcp_retransmit".into(),
+            })
+            .clone();
+        Self {
+            metrics,
+            pods,
+            ports,
+            cache: HashMap::new(),
+            received_tcp,
+        }
     }
 
     /// Counts one event.
@@ -80,7 +91,10 @@ impl Aggregator {
                 }
                 .into(),
             };
-            (metrics.tcp_retransmits.get_or_create(&labels).clone(), pod.is_some())
+            (
+                metrics.tcp_retransmits.get_or_create(&labels).clone(),
+                pod.is_some(),
+            )
         });
         // Segments, like the kernel's TcpRetransSegs; 0 from an old loader means 1.
         counter.inc_by(u64::from(t.segments.max(1)));
@@ -90,7 +104,12 @@ impl Aggregator {
     }
 
     fn decode_error(&self, reason: &str) {
-        self.metrics.decode_errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.metrics
+            .decode_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 }
 
@@ -102,7 +121,13 @@ mod tests {
         rtx_segs(addr, port, kind, error, 1)
     }
 
-    fn rtx_segs(addr: &[u8], port: u32, kind: v1::RetransmitKind, error: i32, segments: u32) -> v1::Event {
+    fn rtx_segs(
+        addr: &[u8],
+        port: u32,
+        kind: v1::RetransmitKind,
+        error: i32,
+        segments: u32,
+    ) -> v1::Event {
         v1::Event {
             timestamp_boot_ns: 1,
             kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
@@ -133,8 +158,10 @@ mod tests {
     #[test]
     fn attributes_folds_and_falls_back() {
         let m = Arc::new(Metrics::default());
-        let pods = PodIndex::parse(br#"{"pods":[{"name":"web-0","namespace":"shop","service":"web","ips":["10.0.0.2"]}]}"#)
-            .unwrap();
+        let pods = PodIndex::parse(
+            br#"{"pods":[{"name":"web-0","namespace":"shop","service":"web","ips":["10.0.0.2"]}]}"#,
+        )
+        .unwrap();
         let mut a = Aggregator::new(Arc::clone(&m), pods, PortFolder::new(32768));
         let mapped = {
             let mut b = [0u8; 16];
@@ -151,12 +178,27 @@ mod tests {
         a.apply(&rtx(&[1, 2, 3], 80, v1::RetransmitKind::Data, 0));
         a.apply(&v1::Event::default());
 
-        assert_eq!(value(&m, "web-0", "8080", "data"), 4, "v4 and v4-mapped hit the same pod; segments add up");
+        assert_eq!(
+            value(&m, "web-0", "8080", "data"),
+            4,
+            "v4 and v4-mapped hit the same pod; segments add up"
+        );
         assert_eq!(value(&m, "web-0", "ephemeral", "synack"), 1);
-        assert_eq!(value(&m, "", "443", "data"), 1, "unknown address falls back to node level");
+        assert_eq!(
+            value(&m, "", "443", "data"),
+            1,
+            "unknown address falls back to node level"
+        );
         assert_eq!(m.unresolved_addresses.get(), 1);
         assert_eq!(m.tcp_retransmit_failed.get(), 1);
-        let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
-        assert_eq!((reason("bad_address"), reason("unknown_event_kind")), (1, 1));
+        let reason = |r: &str| {
+            m.decode_errors
+                .get_or_create(&ReasonLabels { reason: r.into() })
+                .get()
+        };
+        assert_eq!(
+            (reason("bad_address"), reason("unknown_event_kind")),
+            (1, 1)
+        );
     }
 }

@@ -24,7 +24,11 @@ pub struct PortFolder {
 impl PortFolder {
     /// A folder keeping ports below `floor`.
     pub fn new(floor: u16) -> Self {
-        Self { floor, labels: (0..floor).map(|p| Arc::from(p.to_string())).collect(), ephemeral: Arc::from(EPHEMERAL) }
+        Self {
+            floor,
+            labels: (0..floor).map(|p| Arc::from(p.to_string())).collect(),
+            ephemeral: Arc::from(EPHEMERAL),
+        }
     }
 
     /// The label value for `port`.
@@ -48,7 +52,11 @@ mod tests {
         assert_eq!(&*f.fold(32767), "32767");
         assert_eq!(&*f.fold(32768), "ephemeral");
         assert_eq!(&*f.fold(60000), "ephemeral");
-        assert_eq!(&*f.fold(70000), "ephemeral", "out-of-range ports from a hostile stream fold too");
+        assert_eq!(
+            &*f.fold(70000),
+            "ephemeral",
+            "out-of-range ports from a hostile stream fold too"
+        );
         assert_eq!(&*PortFolder::new(1024).fold(8080), "ephemeral");
     }
 }

@@ -49,7 +49,11 @@ pub async fn drain(
         path: "nt_events".into(),
         source,
     })?;
-    let mut state = State { next_seq: 1, batch: Vec::with_capacity(cfg.max_batch), last_publish: Instant::now() };
+    let mut state = State {
+        next_seq: 1,
+        batch: Vec::with_capacity(cfg.max_batch),
+        last_publish: Instant::now(),
+    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -100,7 +104,13 @@ impl State {
     }
 }
 
-fn drain_ready(rb: &mut RingBuf<MapData>, state: &mut State, hub: &Hub, counters: &Counters, cfg: DrainConfig) {
+fn drain_ready(
+    rb: &mut RingBuf<MapData>,
+    state: &mut State,
+    hub: &Hub,
+    counters: &Counters,
+    cfg: DrainConfig,
+) {
     let mut read = 0u64;
     while let Some(item) = rb.next() {
         read += 1;
@@ -129,7 +139,10 @@ fn drain_ready(rb: &mut RingBuf<MapData>, state: &mut State, hub: &Hub, counters
 
 fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counters: &Counters) {
     let sum = |idx: u32| stats.get(&idx, 0).map(|v| v.iter().sum::<u64>());
-    match (sum(abi::NT_STAT_SUBMITTED), sum(abi::NT_STAT_RESERVE_FAILED)) {
+    match (
+        sum(abi::NT_STAT_SUBMITTED),
+        sum(abi::NT_STAT_RESERVE_FAILED),
+    ) {
         (Ok(submitted), Ok(failed)) => {
             counters.kernel_submitted.store(submitted, Relaxed);
             counters.kernel_reserve_failures.store(failed, Relaxed);
