@@ -16,3 +16,5 @@ include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 unsafe impl aya::Pod for nt_event_hdr {}
 // SAFETY: as above.
 unsafe impl aya::Pod for nt_tcp_retransmit_event {}
+// SAFETY: as above.
+unsafe impl aya::Pod for nt_synthetic_event {}

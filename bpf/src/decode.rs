@@ -16,6 +16,8 @@ pub const AF_INET6: u8 = 10;
 pub enum Record {
     /// `NT_EVENT_TCP_RETRANSMIT`.
     TcpRetransmit(abi::nt_tcp_retransmit_event),
+    /// `NT_EVENT_SYNTHETIC` (benchmark probe).
+    Synthetic(abi::nt_synthetic_event),
 }
 
 /// Decodes one ring-buffer record.
@@ -41,6 +43,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 other => Err(DecodeError::UnknownFamily(other)),
             }
         }
+        abi::NT_EVENT_SYNTHETIC => Ok(Record::Synthetic(read_exact(buf)?)),
         _ => Err(DecodeError::UnknownKind(hdr.kind)),
     }
 }

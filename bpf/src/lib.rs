@@ -16,6 +16,10 @@ pub use error::DecodeError;
 pub static TCP_RETRANSMIT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmit.bpf.o"));
 
+/// The benchmark probe object (tracepoint `syscalls/sys_enter_getppid`,
+/// filtered to one tgid). Loaded only by `nettel-loader run --bench-tgid`.
+pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
+
 /// Names shared with the C side. Keep in step with `lib/maps.h` and the
 /// `SEC()` function names in `probes/`.
 pub mod names {
@@ -27,6 +31,10 @@ pub mod names {
     pub const PROG_TCP_RTX: &str = "nt_tcp_rtx";
     /// Program on `tcp/tcp_retransmit_synack`.
     pub const PROG_TCP_RTX_SYNACK: &str = "nt_tcp_rtx_syn";
+    /// Benchmark program on `syscalls/sys_enter_getppid`.
+    pub const PROG_BENCH: &str = "nt_bench";
+    /// Global holding the benchmark's target tgid.
+    pub const BENCH_TGID: &str = "nt_bench_tgid";
 }
 
 #[cfg(test)]

@@ -30,7 +30,9 @@ fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
 #[test]
 fn decodes_a_valid_retransmit() {
     let buf = bytes_of(&retransmit_record());
-    let Record::TcpRetransmit(ev) = decode(&buf).expect("valid record");
+    let Record::TcpRetransmit(ev) = decode(&buf).expect("valid record") else {
+        panic!("wrong kind");
+    };
     assert_eq!(ev.dport, 8080);
     assert_eq!(&ev.daddr[..4], &[10, 0, 0, 2]);
 }
@@ -175,6 +177,7 @@ fn bpf_target_layout_matches_rust() {
             ts_boot_ns
         }
     );
+    assert_layout!(s, nt_synthetic_event { hdr, seq, _pad });
     assert_layout!(
         s,
         nt_tcp_retransmit_event {

@@ -118,7 +118,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     mount_missing(&report, &args.pin_dir)?;
 
-    let (probes, events) = probe::load(&args.pin_dir, cfg.ring_bytes)?;
+    let (probes, events) = probe::load(&args.pin_dir, cfg.ring_bytes, args.bench_tgid)?;
     for a in &probes.attached {
         info!(
             program = a.name,

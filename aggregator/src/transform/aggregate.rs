@@ -28,6 +28,7 @@ pub struct Aggregator {
     ports: PortFolder,
     cache: HashMap<(IpAddr, u32, i32), (Counter, bool)>,
     received_tcp: Counter,
+    received_synthetic: Counter,
 }
 
 impl Aggregator {
@@ -40,12 +41,19 @@ impl Aggregator {
                 kind: "tcp_retransmit".into(),
             })
             .clone();
+        let received_synthetic = metrics
+            .events_received
+            .get_or_create(&KindLabels {
+                kind: "synthetic".into(),
+            })
+            .clone();
         Self {
             metrics,
             pods,
             ports,
             cache: HashMap::new(),
             received_tcp,
+            received_synthetic,
         }
     }
 
@@ -55,6 +63,10 @@ impl Aggregator {
             Some(v1::event::Kind::TcpRetransmit(t)) => {
                 self.received_tcp.inc();
                 self.tcp_retransmit(t);
+            }
+            // Benchmark events are counted and otherwise ignored.
+            Some(v1::event::Kind::Synthetic(_)) => {
+                self.received_synthetic.inc();
             }
             None => self.decode_error("unknown_event_kind"),
         }

@@ -20,6 +20,7 @@
 enum nt_event_kind {
 	NT_EVENT_UNSPEC = 0,
 	NT_EVENT_TCP_RETRANSMIT = 1,
+	NT_EVENT_SYNTHETIC = 2, /* benchmark probe only (probes/bench.bpf.c) */
 };
 
 /* Values for nt_tcp_retransmit_event.rtx_kind. Never renumber. */
@@ -60,6 +61,16 @@ struct nt_tcp_retransmit_event {
 	__u16 segs;          /* TCP segments in the retransmitted skb (tcp_skb_pcount), 1 for SYN-ACK */
 	__u16 _pad2;
 	__u64 netns_cookie;  /* net->net_cookie of the socket's netns; 0 if unavailable */
+};
+
+/*
+ * Synthetic event of the benchmark probe: one per getppid() of the benchmark
+ * generator. Same size as the retransmit event so throughput figures carry over.
+ */
+struct nt_synthetic_event {
+	struct nt_event_hdr hdr;
+	__u64 seq;           /* per-CPU running count, for debugging only */
+	__u8 _pad[48];
 };
 
 #endif /* __NETTEL_ABI_H */

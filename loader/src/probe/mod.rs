@@ -2,6 +2,7 @@
 //! Loading and attaching the probes. The loaded [`Probes`] own the aya objects:
 //! dropping them detaches every program (pinned maps stay in the pin dir).
 
+mod bench;
 mod tcp_retransmit;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +25,9 @@ pub struct Attached {
 
 /// The loaded and attached probes and the statistics map.
 pub struct Probes {
-    /// Kept alive for the links it owns.
+    /// Kept alive for the links they own.
     _tcp_retransmit: Ebpf,
+    _bench: Option<Ebpf>,
     pub stats: PerCpuArray<MapData, u64>,
     pub attached: Vec<Attached>,
     pub pinned: Vec<(&'static str, PathBuf)>,
@@ -62,7 +64,14 @@ pub fn map_specs(ring_bytes: u32) -> [pin::MapSpec; 2] {
 
 /// Loads, pins and attaches every probe. Returns the probes and the ring buffer
 /// (which the drain loop owns).
-pub fn load(pin_dir: &Path, ring_bytes: u32) -> Result<(Probes, RingBuf<MapData>), Error> {
+///
+/// With `bench_tgid`, also attaches the benchmark probe for that process; it
+/// shares the pinned ring buffer and statistics map.
+pub fn load(
+    pin_dir: &Path,
+    ring_bytes: u32,
+    bench_tgid: Option<u32>,
+) -> Result<(Probes, RingBuf<MapData>), Error> {
     if nettel_bpf::TCP_RETRANSMIT_OBJ.is_empty() {
         return Err(Error::StubObject);
     }
@@ -77,7 +86,20 @@ pub fn load(pin_dir: &Path, ring_bytes: u32) -> Result<(Probes, RingBuf<MapData>
             object: "tcp_retransmit",
             source,
         })?;
-    let attached = tcp_retransmit::attach(&mut ebpf)?;
+    let mut attached = tcp_retransmit::attach(&mut ebpf)?;
+    let bench = match bench_tgid {
+        Some(tgid) => {
+            let mut bench = aya::EbpfLoader::new()
+                .map_pin_path(pin_dir)
+                .set_max_entries(names::EVENTS_MAP, ring_bytes)
+                .set_global(names::BENCH_TGID, &tgid, true)
+                .load(nettel_bpf::BENCH_OBJ)
+                .map_err(|source| Error::ObjectLoad { object: "bench", source })?;
+            attached.push(bench::attach(&mut bench)?);
+            Some(bench)
+        }
+        None => None,
+    };
 
     let events = take_map(&mut ebpf, names::EVENTS_MAP)?;
     let events = RingBuf::try_from(events).map_err(|source| Error::Map {
@@ -95,6 +117,7 @@ pub fn load(pin_dir: &Path, ring_bytes: u32) -> Result<(Probes, RingBuf<MapData>
     Ok((
         Probes {
             _tcp_retransmit: ebpf,
+            _bench: bench,
             stats,
             attached,
             pinned,

@@ -154,6 +154,10 @@ fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counter
 /// Converts a decoded record to its proto event.
 pub fn to_proto(rec: &Record) -> v1::Event {
     match rec {
+        Record::Synthetic(ev) => v1::Event {
+            timestamp_boot_ns: ev.hdr.ts_boot_ns,
+            kind: Some(v1::event::Kind::Synthetic(v1::Synthetic { sequence: ev.seq })),
+        },
         Record::TcpRetransmit(ev) => {
             let alen = if ev.family == AF_INET { 4 } else { 16 };
             let kind = match u32::from(ev.rtx_kind) {

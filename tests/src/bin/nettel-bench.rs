@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Pipeline benchmark: kernel ring buffer -> loader -> gRPC -> aggregator.
+//!
+//! A generator process calls getppid() at a paced rate; the loader's benchmark
+//! probe (`--bench-tgid`) turns each call into a 72-byte ring-buffer event. For
+//! each rate step the benchmark checks that every event reached the aggregator
+//! (zero loss: received == sent, no kernel or queue drops) and reports CPU time
+//! per million events of loader and aggregator, and their peak RSS.
+//!
+//! ```text
+//! sudo target/release/nettel-bench [--rates 250000,500000,...] [--seconds 3] [--ring-buffer-bytes N]
+//! ```
+//! Run from the workspace root after `cargo build --release --bins`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nettel_integration::metrics::{http_get, sum};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("gen") {
+        return generator();
+    }
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let rates: Vec<u64> = flag("--rates")
+        .unwrap_or_else(|| "250000,500000,1000000,1500000,2000000,0".into())
+        .split(',')
+        .map(|r| r.parse().expect("--rates: comma-separated events/s, 0 = unpaced"))
+        .collect();
+    let seconds: f64 = flag("--seconds").map_or(3.0, |s| s.parse().expect("--seconds"));
+    let ring = flag("--ring-buffer-bytes").unwrap_or_else(|| (1u64 << 20).to_string());
+    run(&rates, seconds, &ring);
+}
+
+// === generator (child process) ===
+
+/// Reads `RATE SECONDS` lines; calls getppid() RATE times a second (0 = as
+/// fast as possible) for SECONDS; answers `SENT ELAPSED_NS`.
+fn generator() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        let mut it = line.split_whitespace();
+        let rate: u64 = it.next().unwrap().parse().unwrap();
+        let secs: f64 = it.next().unwrap().parse().unwrap();
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(secs);
+        let mut sent = 0u64;
+        if rate == 0 {
+            while Instant::now() < end {
+                for _ in 0..1000 {
+                    std::hint::black_box(rustix::process::getppid());
+                }
+                sent += 1000;
+            }
+        } else {
+            // 1 ms slots: issue the slot's share, then sleep to the slot's end.
+            let per_slot = (rate / 1000).max(1);
+            let mut slot = start;
+            while slot < end {
+                for _ in 0..per_slot {
+                    std::hint::black_box(rustix::process::getppid());
+                }
+                sent += per_slot;
+                slot += Duration::from_millis(1);
+                if let Some(d) = slot.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+        }
+        writeln!(out, "{sent} {}", start.elapsed().as_nanos()).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+// === orchestrator ===
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the `(comm)`: state is field 3; utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn run(rates: &[u64], seconds: f64, ring: &str) {
+    let bin = std::env::current_exe().unwrap().parent().unwrap().to_owned();
+    let dir = PathBuf::from(format!("/tmp/nettel-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Command::new("chmod").arg("755").arg(&dir).status().unwrap();
+    let socket = dir.join("loader.sock");
+    let pin_dir = format!("/sys/fs/bpf/nettel-bench-{}", std::process::id());
+
+    let mut gen = Killed(
+        Command::new(std::env::current_exe().unwrap())
+            .arg("gen")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let gen_pid = gen.0.id();
+    let mut gen_in: ChildStdin = gen.0.stdin.take().unwrap();
+    let mut gen_out = BufReader::new(gen.0.stdout.take().unwrap());
+    let mut line = String::new();
+    gen_out.read_line(&mut line).unwrap();
+
+    let loader = Killed(
+        Command::new(bin.join("nettel-loader"))
+            .args(["run", "--socket"])
+            .arg(&socket)
+            .args(["--pin-dir", &pin_dir, "--socket-gid", "65534", "--allow-uid", "65534"])
+            .args(["--ring-buffer-bytes", ring, "--bench-tgid", &gen_pid.to_string()])
+            .stderr(std::fs::File::create(dir.join("loader.log")).unwrap())
+            .spawn()
+            .expect("nettel-loader next to nettel-bench (cargo build --release --bins)"),
+    );
+    while !socket.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let agg = Killed({
+        use std::os::unix::process::CommandExt;
+        Command::new(bin.join("nettel-aggregator"))
+            .arg("--loader-socket")
+            .arg(&socket)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .uid(65534)
+            .gid(65534)
+            .stderr(std::fs::File::create(dir.join("aggregator.log")).unwrap())
+            .spawn()
+            .unwrap()
+    });
+    let scrape = || http_get(port, "/metrics", None).map(|(_, b)| b).unwrap_or_default();
+    while !http_get(port, "/readyz", None).is_ok_and(|(s, _)| s.contains(" 200 ")) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // (received, kernel-lost + queue-dropped, kernel-lost)
+    let counts = |t: &str| {
+        let kernel = sum(t, "nettel_kernel_lost_events_total", &[]);
+        (
+            sum(t, "nettel_events_received_total", &[("kind", "synthetic")]),
+            kernel + sum(t, "nettel_loader_queue_dropped_events_total", &[]),
+            kernel,
+        )
+    };
+
+    println!("| target ev/s | sent | achieved ev/s | received | lost (kernel / queue) | loader CPU s/M ev | aggregator CPU s/M ev | zero loss |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &rate in rates {
+        let (r0, l0, k0) = counts(&scrape());
+        let (c_l0, c_a0) = (cpu_seconds(loader.0.id()), cpu_seconds(agg.0.id()));
+        writeln!(gen_in, "{rate} {seconds}").unwrap();
+        line.clear();
+        gen_out.read_line(&mut line).unwrap();
+        let mut parts = line.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        let (sent, elapsed_ns) = (parts.next().unwrap(), parts.next().unwrap());
+        // Let the pipeline drain: wait until received + lost covers what was sent.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut r1, mut l1, mut k1) = counts(&scrape());
+        while (r1 - r0) + (l1 - l0) < sent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            (r1, l1, k1) = counts(&scrape());
+        }
+        let (c_l1, c_a1) = (cpu_seconds(loader.0.id()), cpu_seconds(agg.0.id()));
+        let received = r1 - r0;
+        let lost = sent.saturating_sub(received);
+        let m = sent as f64 / 1e6;
+        println!(
+            "| {} | {sent} | {:.0} | {received} | {lost} ({} / {}) | {:.3} | {:.3} | {} |",
+            if rate == 0 { "unpaced".to_string() } else { rate.to_string() },
+            sent as f64 / (elapsed_ns as f64 / 1e9),
+            k1 - k0,
+            (l1 - l0) - (k1 - k0),
+            (c_l1 - c_l0) / m,
+            (c_a1 - c_a0) / m,
+            if lost == 0 && l1 == l0 { "yes" } else { "NO" },
+        );
+    }
+    println!(
+        "\npeak RSS: loader {:.1} MiB, aggregator {:.1} MiB (VmHWM); ring buffer {ring} bytes; logs in {}",
+        peak_rss_mib(loader.0.id()),
+        peak_rss_mib(agg.0.id()),
+        dir.display()
+    );
+    drop(agg);
+    drop(loader);
+    let _ = Command::new(bin.join("nettel-loader")).args(["cleanup", "--pin-dir", &pin_dir]).status();
+}
