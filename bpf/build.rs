@@ -61,7 +61,11 @@ fn main() -> Result<()> {
             .arg("-o")
             .arg(&obj)
             .status()
-            .with_context(|| format!("failed to run `{clang}` (install clang, or set NETTEL_BPF_STUB=1 for check-only builds)"))?;
+            .with_context(|| {
+                format!(
+                    "failed to run `{clang}` (install clang, or set NETTEL_BPF_STUB=1 for check-only builds)"
+                )
+            })?;
         if !status.success() {
             bail!("clang failed to compile `{src}`: {status}");
         }

@@ -11,11 +11,7 @@ use clap::{Parser, ValueEnum};
 #[command(version, about)]
 pub struct Args {
     /// The loader's Unix socket.
-    #[arg(
-        long,
-        env = "NETTEL_LOADER_SOCKET",
-        default_value = "/run/nettel/loader.sock"
-    )]
+    #[arg(long, env = "NETTEL_LOADER_SOCKET", default_value = "/run/nettel/loader.sock")]
     pub loader_socket: PathBuf,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "NETTEL_LISTEN", default_value = "0.0.0.0:9090")]
@@ -31,11 +27,7 @@ pub struct Args {
     #[arg(long, env = "NETTEL_ALLOW_ROOT")]
     pub allow_root: bool,
     /// Name sent to the loader to identify this subscriber in its logs.
-    #[arg(
-        long,
-        env = "NETTEL_SUBSCRIBER_NAME",
-        default_value = "nettel-aggregator"
-    )]
+    #[arg(long, env = "NETTEL_SUBSCRIBER_NAME", default_value = "nettel-aggregator")]
     pub subscriber_name: String,
     /// Longest wait between reconnect attempts, in milliseconds.
     #[arg(long, env = "NETTEL_RECONNECT_MAX_MS", default_value_t = 5000)]

@@ -26,7 +26,9 @@ pub enum Error {
     },
     #[error("loader stream failed: {0}")]
     Stream(#[from] tonic::Status),
-    #[error("loader writes event schema {got}, this aggregator understands schema {want}; upgrade the aggregator")]
+    #[error(
+        "loader writes event schema {got}, this aggregator understands schema {want}; upgrade the aggregator"
+    )]
     SchemaTooNew { got: u32, want: u32 },
     #[error("failed to bind the metrics listener on {addr}")]
     Bind {

@@ -18,11 +18,7 @@ use tracing::{error, info, warn};
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "Failed to start the tokio runtime.");
@@ -57,9 +53,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if !args.allow_root {
             return Err(Error::RunningAsRoot.into());
         }
-        warn!(
-            "Running as root because --allow-root was given; the aggregator needs no privileges."
-        );
+        warn!("Running as root because --allow-root was given; the aggregator needs no privileges.");
     }
     let pods = match &args.pods_file {
         Some(p) => {
@@ -75,20 +69,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let registry = metrics.register();
     let listener = prometheus::bind(args.listen).await?;
-    let agg = Aggregator::new(
-        Arc::clone(&metrics),
-        pods,
-        PortFolder::new(args.ephemeral_port_floor),
-    );
+    let agg = Aggregator::new(Arc::clone(&metrics), pods, PortFolder::new(args.ephemeral_port_floor));
     let source = LoaderSource {
         socket: args.loader_socket.clone(),
         subscriber_name: args.subscriber_name.clone(),
         reconnect_max: Duration::from_millis(args.reconnect_max_ms.max(100)),
     };
-    let endpoint = Arc::new(Endpoint {
-        registry,
-        metrics: Arc::clone(&metrics),
-    });
+    let endpoint = Arc::new(Endpoint { registry, metrics: Arc::clone(&metrics) });
     tokio::spawn(source.run(agg, Arc::clone(&metrics)));
     tokio::select! {
         () = prometheus::serve(listener, endpoint) => {}

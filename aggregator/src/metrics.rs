@@ -67,11 +67,7 @@ impl Metrics {
             "Retransmit attempts the kernel reported as failed (tracepoint err != 0); not in node_tcp_retransmits_total",
             self.tcp_retransmit_failed.clone(),
         );
-        r.register(
-            "nettel_events_received",
-            "Events received from the loader",
-            self.events_received.clone(),
-        );
+        r.register("nettel_events_received", "Events received from the loader", self.events_received.clone());
         r.register(
             "nettel_kernel_lost_events",
             "Events lost in the kernel because the ring buffer was full (bpf_ringbuf_reserve failures)",
@@ -127,11 +123,7 @@ impl Metrics {
             "Events whose address matched no pod and got node-level labels",
             self.unresolved_addresses.clone(),
         );
-        r.register(
-            "nettel_pods_indexed",
-            "Addresses in the pod index",
-            self.pods_indexed.clone(),
-        );
+        r.register("nettel_pods_indexed", "Addresses in the pod index", self.pods_indexed.clone());
         r
     }
 }

@@ -24,16 +24,10 @@ pub enum Record {
 pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
     let hdr: abi::nt_event_hdr = read_pod(buf)?;
     if hdr.abi_version != abi::NT_ABI_VERSION as u16 {
-        return Err(DecodeError::AbiVersion {
-            got: hdr.abi_version,
-            want: abi::NT_ABI_VERSION as u16,
-        });
+        return Err(DecodeError::AbiVersion { got: hdr.abi_version, want: abi::NT_ABI_VERSION as u16 });
     }
     if hdr.len as usize != buf.len() {
-        return Err(DecodeError::LengthMismatch {
-            hdr: hdr.len,
-            got: buf.len(),
-        });
+        return Err(DecodeError::LengthMismatch { hdr: hdr.len, got: buf.len() });
     }
     match u32::from(hdr.kind) {
         abi::NT_EVENT_TCP_RETRANSMIT => {
@@ -51,10 +45,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
 /// Reads a `T` from a record that must be exactly `size_of::<T>()` bytes.
 fn read_exact<T: aya::Pod>(buf: &[u8]) -> Result<T, DecodeError> {
     if buf.len() > size_of::<T>() {
-        return Err(DecodeError::Oversized {
-            got: buf.len(),
-            want: size_of::<T>(),
-        });
+        return Err(DecodeError::Oversized { got: buf.len(), want: size_of::<T>() });
     }
     read_pod(buf)
 }
@@ -62,10 +53,7 @@ fn read_exact<T: aya::Pod>(buf: &[u8]) -> Result<T, DecodeError> {
 /// Reads a `T` from the start of `buf`.
 fn read_pod<T: aya::Pod>(buf: &[u8]) -> Result<T, DecodeError> {
     if buf.len() < size_of::<T>() {
-        return Err(DecodeError::Short {
-            got: buf.len(),
-            need: size_of::<T>(),
-        });
+        return Err(DecodeError::Short { got: buf.len(), need: size_of::<T>() });
     }
     // SAFETY: (1) the length check above guarantees `size_of::<T>()` readable
     // bytes; (2) `T: Pod` means any bit pattern is a valid `T`; (3)

@@ -6,8 +6,7 @@ use std::mem::{offset_of, size_of};
 
 use crate::{abi, decode, DecodeError, Record};
 
-static ABI_CHECK_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/abi_check.bpf.o"));
+static ABI_CHECK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/abi_check.bpf.o"));
 
 fn retransmit_record() -> abi::nt_tcp_retransmit_event {
     let mut ev = abi::nt_tcp_retransmit_event::default();
@@ -42,55 +41,28 @@ fn rejects_hostile_records() {
     let good = bytes_of(&retransmit_record());
     let full = good.len();
 
-    assert_eq!(
-        decode(&[]).unwrap_err(),
-        DecodeError::Short { got: 0, need: 16 }
-    );
-    assert_eq!(
-        decode(&good[..10]).unwrap_err(),
-        DecodeError::Short { got: 10, need: 16 }
-    );
+    assert_eq!(decode(&[]).unwrap_err(), DecodeError::Short { got: 0, need: 16 });
+    assert_eq!(decode(&good[..10]).unwrap_err(), DecodeError::Short { got: 10, need: 16 });
 
     // Header claims the full length but the record is truncated.
-    assert_eq!(
-        decode(&good[..40]).unwrap_err(),
-        DecodeError::LengthMismatch {
-            hdr: full as u32,
-            got: 40
-        }
-    );
+    assert_eq!(decode(&good[..40]).unwrap_err(), DecodeError::LengthMismatch { hdr: full as u32, got: 40 });
 
     // Truncated with a consistent header: short for its kind.
     let mut short = good[..40].to_vec();
     short[4..8].copy_from_slice(&40u32.to_ne_bytes());
-    assert_eq!(
-        decode(&short).unwrap_err(),
-        DecodeError::Short {
-            got: 40,
-            need: full
-        }
-    );
+    assert_eq!(decode(&short).unwrap_err(), DecodeError::Short { got: 40, need: full });
 
     // Oversized with a consistent header.
     let mut big = good.clone();
     big.extend_from_slice(&[0; 8]);
     big[4..8].copy_from_slice(&((full + 8) as u32).to_ne_bytes());
-    assert_eq!(
-        decode(&big).unwrap_err(),
-        DecodeError::Oversized {
-            got: full + 8,
-            want: full
-        }
-    );
+    assert_eq!(decode(&big).unwrap_err(), DecodeError::Oversized { got: full + 8, want: full });
 
     let mut version = good.clone();
     version[0..2].copy_from_slice(&99u16.to_ne_bytes());
     assert_eq!(
         decode(&version).unwrap_err(),
-        DecodeError::AbiVersion {
-            got: 99,
-            want: abi::NT_ABI_VERSION as u16
-        }
+        DecodeError::AbiVersion { got: 99, want: abi::NT_ABI_VERSION as u16 }
     );
 
     let mut family = good.clone();
@@ -108,11 +80,7 @@ fn rejects_hostile_records() {
 fn btf_structs(obj: &[u8]) -> std::collections::HashMap<String, (u32, Vec<(String, u32)>)> {
     use object::{Object, ObjectSection};
     let file = object::File::parse(obj).expect("abi_check.bpf.o is ELF");
-    let btf = file
-        .section_by_name(".BTF")
-        .expect(".BTF section")
-        .data()
-        .unwrap();
+    let btf = file.section_by_name(".BTF").expect(".BTF section").data().unwrap();
     let u32_at = |o: usize| u32::from_le_bytes(btf[o..o + 4].try_into().unwrap());
     assert_eq!(u16::from_le_bytes([btf[0], btf[1]]), 0xeb9f, "BTF magic");
     let hdr_len = u32_at(4) as usize;
@@ -167,16 +135,7 @@ macro_rules! assert_layout {
 #[test]
 fn bpf_target_layout_matches_rust() {
     let s = btf_structs(ABI_CHECK_OBJ);
-    assert_layout!(
-        s,
-        nt_event_hdr {
-            abi_version,
-            kind,
-            _pad0,
-            len,
-            ts_boot_ns
-        }
-    );
+    assert_layout!(s, nt_event_hdr { abi_version, kind, _pad0, len, ts_boot_ns });
     assert_layout!(s, nt_synthetic_event { hdr, seq, _pad });
     assert_layout!(
         s,
@@ -200,8 +159,5 @@ fn bpf_target_layout_matches_rust() {
 
 #[test]
 fn probe_object_is_embedded() {
-    assert!(
-        crate::TCP_RETRANSMIT_OBJ.starts_with(b"\x7fELF"),
-        "built without NETTEL_BPF_STUB"
-    );
+    assert!(crate::TCP_RETRANSMIT_OBJ.starts_with(b"\x7fELF"), "built without NETTEL_BPF_STUB");
 }

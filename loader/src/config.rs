@@ -49,11 +49,7 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Unix socket the aggregators connect to.
-    #[arg(
-        long,
-        env = "NETTEL_LOADER_SOCKET",
-        default_value = "/run/nettel/loader.sock"
-    )]
+    #[arg(long, env = "NETTEL_LOADER_SOCKET", default_value = "/run/nettel/loader.sock")]
     pub socket: PathBuf,
     /// bpffs directory where maps are pinned.
     #[arg(long, env = "NETTEL_PIN_DIR", default_value = "/sys/fs/bpf/nettel")]
@@ -62,12 +58,7 @@ pub struct RunArgs {
     #[arg(long, env = "NETTEL_SOCKET_GID")]
     pub socket_gid: Option<u32>,
     /// Peer uids allowed to connect (SO_PEERCRED), comma-separated. Root is always allowed.
-    #[arg(
-        long,
-        env = "NETTEL_ALLOW_UIDS",
-        value_delimiter = ',',
-        default_value = "10001"
-    )]
+    #[arg(long, env = "NETTEL_ALLOW_UIDS", value_delimiter = ',', default_value = "10001")]
     pub allow_uid: Vec<u32>,
     /// Peer primary gids allowed to connect, comma-separated (none by default).
     #[arg(long, env = "NETTEL_ALLOW_GIDS", value_delimiter = ',')]
@@ -108,15 +99,11 @@ impl RunArgs {
         let mut problems = Vec::new();
         let r = self.ring_buffer_bytes;
         if !(4096..=(1 << 30)).contains(&r) || !r.is_power_of_two() {
-            problems.push(format!(
-                "--ring-buffer-bytes {r} must be a power of two between 4096 and 1073741824"
-            ));
+            problems
+                .push(format!("--ring-buffer-bytes {r} must be a power of two between 4096 and 1073741824"));
         }
         if !(1..=4096).contains(&self.max_batch) {
-            problems.push(format!(
-                "--max-batch {} must be between 1 and 4096",
-                self.max_batch
-            ));
+            problems.push(format!("--max-batch {} must be between 1 and 4096", self.max_batch));
         }
         if self.subscriber_queue_events < self.max_batch || self.subscriber_queue_events > 1 << 24 {
             problems.push(format!(
@@ -125,16 +112,10 @@ impl RunArgs {
             ));
         }
         if !(1..=1024).contains(&self.max_connections) {
-            problems.push(format!(
-                "--max-connections {} must be between 1 and 1024",
-                self.max_connections
-            ));
+            problems.push(format!("--max-connections {} must be between 1 and 1024", self.max_connections));
         }
         if !(10..=60_000).contains(&self.heartbeat_ms) {
-            problems.push(format!(
-                "--heartbeat-ms {} must be between 10 and 60000",
-                self.heartbeat_ms
-            ));
+            problems.push(format!("--heartbeat-ms {} must be between 10 and 60000", self.heartbeat_ms));
         }
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
@@ -170,10 +151,7 @@ mod tests {
     #[test]
     fn rejects_bad_ring_sizes_naming_the_flag() {
         for bad in ["1000", "3000000", "2048", "2147483648"] {
-            let e = parse(&["--ring-buffer-bytes", bad])
-                .validate()
-                .unwrap_err()
-                .to_string();
+            let e = parse(&["--ring-buffer-bytes", bad]).validate().unwrap_err().to_string();
             assert!(e.contains("--ring-buffer-bytes"), "{e}");
         }
         assert!(parse(&["--ring-buffer-bytes", "65536"]).validate().is_ok());
@@ -181,13 +159,7 @@ mod tests {
 
     #[test]
     fn reports_every_problem_at_once() {
-        let e = parse(&["--max-batch", "0", "--max-connections", "0"])
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("--max-batch") && e.contains("--max-connections"),
-            "{e}"
-        );
+        let e = parse(&["--max-batch", "0", "--max-connections", "0"]).validate().unwrap_err().to_string();
+        assert!(e.contains("--max-batch") && e.contains("--max-connections"), "{e}");
     }
 }

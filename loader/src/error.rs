@@ -14,7 +14,9 @@ pub enum Error {
     Preflight(String),
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("the probes were built with NETTEL_BPF_STUB=1 and cannot be loaded; rebuild with clang installed")]
+    #[error(
+        "the probes were built with NETTEL_BPF_STUB=1 and cannot be loaded; rebuild with clang installed"
+    )]
     StubObject,
     #[error("failed to mount {fstype} at {}", .target.display())]
     Mount {
@@ -26,11 +28,7 @@ pub enum Error {
     #[error("pin dir {} is unsafe: {reason}", .path.display())]
     UnsafePinDir { path: PathBuf, reason: String },
     #[error("pinned map `{map}` at {} does not match this loader: {reason}; remove it with `nettel-loader cleanup`", .path.display())]
-    PinnedMapMismatch {
-        map: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
+    PinnedMapMismatch { map: &'static str, path: PathBuf, reason: String },
     #[error("failed to load BPF object `{object}`")]
     ObjectLoad {
         object: &'static str,
@@ -83,14 +81,10 @@ impl Error {
     /// Wraps an aya program error, stripping any verifier log.
     pub fn program(program: &'static str, e: aya::programs::ProgramError) -> Self {
         match e {
-            aya::programs::ProgramError::LoadError { io_error, .. } => Self::ProgramLoad {
-                program,
-                source: io_error,
-            },
-            other => Self::ProgramLoad {
-                program,
-                source: io::Error::other(other.to_string()),
-            },
+            aya::programs::ProgramError::LoadError { io_error, .. } => {
+                Self::ProgramLoad { program, source: io_error }
+            }
+            other => Self::ProgramLoad { program, source: io::Error::other(other.to_string()) },
         }
     }
 }

@@ -81,18 +81,9 @@ impl Hub {
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_batches);
         let id = self.next_id.fetch_add(1, Relaxed);
-        self.lock().push(Slot {
-            id,
-            tx,
-            pending_drops: 0,
-            dropped_total: 0,
-        });
+        self.lock().push(Slot { id, tx, pending_drops: 0, dropped_total: 0 });
         self.counters.subscribers_connected.fetch_add(1, Relaxed);
-        Subscription {
-            rx,
-            id,
-            hub: Arc::clone(self),
-        }
+        Subscription { rx, id, hub: Arc::clone(self) }
     }
 
     /// Offers `batch` to every subscriber without waiting.
@@ -140,10 +131,7 @@ impl Hub {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.lock().retain(|s| s.id != self.id);
-        self.hub
-            .counters
-            .subscribers_connected
-            .fetch_sub(1, Relaxed);
+        self.hub.counters.subscribers_connected.fetch_sub(1, Relaxed);
     }
 }
 
@@ -183,10 +171,7 @@ mod tests {
         let c = slow.rx.recv().await.unwrap();
         // Sequence invariant: 11 + 10 + 30 dropped == 51.
         assert_eq!(c.dropped_before, 30);
-        assert_eq!(
-            c.batch.first_sequence,
-            b.batch.first_sequence + 10 + c.dropped_before
-        );
+        assert_eq!(c.batch.first_sequence, b.batch.first_sequence + 10 + c.dropped_before);
         assert_eq!(c.dropped_total, 30);
         drop(fast);
         assert_eq!(hub.len(), 1);

@@ -57,10 +57,7 @@ fn init_logging(format: LogFormat) {
 
 fn pin_root(pin_dir: &Path) -> &Path {
     // The nearest existing ancestor: the bpffs mount itself, or what should be one.
-    pin_dir
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"))
+    pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"))
 }
 
 fn check(pin_dir: &Path) -> ExitCode {
@@ -87,10 +84,7 @@ fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
 /// Mounts bpffs and tracefs where the preflight report found them missing.
 fn mount_missing(report: &preflight::Report, pin_dir: &Path) -> Result<(), Error> {
     if report.needs_fix("bpffs") {
-        let target = pin_dir
-            .parent()
-            .unwrap_or(Path::new("/sys/fs/bpf"))
-            .to_owned();
+        let target = pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_owned();
         sys::mount_pseudo("bpf", &target).map_err(|source| Error::Mount {
             fstype: "bpf",
             target: target.clone(),
@@ -120,11 +114,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (probes, events) = probe::load(&args.pin_dir, cfg.ring_bytes, args.bench_tgid)?;
     for a in &probes.attached {
-        info!(
-            program = a.name,
-            attach_point = a.attach_point,
-            "Probe attached."
-        );
+        info!(program = a.name, attach_point = a.attach_point, "Probe attached.");
     }
     let counters = Arc::new(Counters::default());
     let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
@@ -145,10 +135,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pinned_maps: probes
             .pinned
             .iter()
-            .map(|(n, p)| v1::PinnedMap {
-                name: (*n).into(),
-                path: p.display().to_string(),
-            })
+            .map(|(n, p)| v1::PinnedMap { name: (*n).into(), path: p.display().to_string() })
             .collect(),
         ring_buffer_bytes: cfg.ring_bytes.into(),
         heartbeat,
@@ -189,19 +176,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let drain_cfg = DrainConfig {
-        max_batch: cfg.max_batch,
-        heartbeat,
-    };
-    let drained = ringbuf::drain(
-        &probes,
-        events,
-        hub,
-        Arc::clone(&counters),
-        drain_cfg,
-        stop_rx,
-    )
-    .await;
+    let drain_cfg = DrainConfig { max_batch: cfg.max_batch, heartbeat };
+    let drained = ringbuf::drain(&probes, events, hub, Arc::clone(&counters), drain_cfg, stop_rx).await;
     if let Err(e) = &drained {
         error!(error = %e, "Ring-buffer drain failed.");
     }

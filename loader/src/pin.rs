@@ -27,34 +27,23 @@ pub struct MapSpec {
 /// owned by the loader's uid and not writable by group or others.
 pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(dir)
-            .map_err(|source| Error::Io {
-                what: "failed to create pin dir",
-                path: dir.to_owned(),
-                source,
-            })?;
+        fs::DirBuilder::new().mode(0o700).recursive(true).create(dir).map_err(|source| Error::Io {
+            what: "failed to create pin dir",
+            path: dir.to_owned(),
+            source,
+        })?;
     }
     let meta = fs::symlink_metadata(dir).map_err(|source| Error::Io {
         what: "failed to stat pin dir",
         path: dir.to_owned(),
         source,
     })?;
-    let unsafe_dir = |reason: String| Error::UnsafePinDir {
-        path: dir.to_owned(),
-        reason,
-    };
+    let unsafe_dir = |reason: String| Error::UnsafePinDir { path: dir.to_owned(), reason };
     if !meta.is_dir() {
         return Err(unsafe_dir("not a directory".into()));
     }
     if meta.uid() != sys::euid() {
-        return Err(unsafe_dir(format!(
-            "owned by uid {}, not the loader's uid {}",
-            meta.uid(),
-            sys::euid()
-        )));
+        return Err(unsafe_dir(format!("owned by uid {}, not the loader's uid {}", meta.uid(), sys::euid())));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(unsafe_dir(format!(
@@ -75,13 +64,9 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<(), Error> {
         if !path.exists() {
             continue;
         }
-        let mismatch = |reason: String| Error::PinnedMapMismatch {
-            map: spec.name,
-            path: path.clone(),
-            reason,
-        };
-        let meta =
-            fs::symlink_metadata(&path).map_err(|e| mismatch(format!("cannot stat: {e}")))?;
+        let mismatch =
+            |reason: String| Error::PinnedMapMismatch { map: spec.name, path: path.clone(), reason };
+        let meta = fs::symlink_metadata(&path).map_err(|e| mismatch(format!("cannot stat: {e}")))?;
         if meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
             return Err(mismatch(format!(
                 "owner uid {} mode {:o} is not private",
@@ -90,16 +75,9 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<(), Error> {
             )));
         }
         let info = MapInfo::from_pin(&path).map_err(|e| mismatch(format!("not a BPF map: {e}")))?;
-        let ty = info
-            .map_type()
-            .map_err(|e| mismatch(format!("unknown map type: {e}")))?;
+        let ty = info.map_type().map_err(|e| mismatch(format!("unknown map type: {e}")))?;
         let got = (ty, info.key_size(), info.value_size(), info.max_entries());
-        let want = (
-            spec.map_type,
-            spec.key_size,
-            spec.value_size,
-            spec.max_entries,
-        );
+        let want = (spec.map_type, spec.key_size, spec.value_size, spec.max_entries);
         if got != want {
             return Err(mismatch(format!(
                 "found (type {:?}, key {}, value {}, max_entries {}), expected (type {:?}, key {}, value {}, max_entries {})",
@@ -119,13 +97,7 @@ pub fn cleanup(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>, Error> {
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "failed to remove pin",
-                    path,
-                    source,
-                })
-            }
+            Err(source) => return Err(Error::Io { what: "failed to remove pin", path, source }),
         }
     }
     if dir.exists() && fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {

@@ -44,17 +44,12 @@ pub struct Report {
 impl Report {
     /// Whether every check passed (fixable ones count as failures for `check`).
     pub fn all_pass(&self) -> bool {
-        self.checks
-            .iter()
-            .all(|c| matches!(c.outcome, Outcome::Pass(_)))
+        self.checks.iter().all(|c| matches!(c.outcome, Outcome::Pass(_)))
     }
 
     /// Whether `run` can proceed (after fixing the fixable ones).
     pub fn runnable(&self) -> bool {
-        !self
-            .checks
-            .iter()
-            .any(|c| matches!(c.outcome, Outcome::Fail { .. }))
+        !self.checks.iter().any(|c| matches!(c.outcome, Outcome::Fail { .. }))
     }
 
     /// Failures, one line each, for an error message.
@@ -62,9 +57,7 @@ impl Report {
         self.checks
             .iter()
             .filter_map(|c| match &c.outcome {
-                Outcome::Fail { problem, fix } => {
-                    Some(format!("{}: {problem} (fix: {fix})", c.name))
-                }
+                Outcome::Fail { problem, fix } => Some(format!("{}: {problem} (fix: {fix})", c.name)),
                 _ => None,
             })
             .collect::<Vec<_>>()
@@ -73,9 +66,7 @@ impl Report {
 
     /// Whether a named check needs its fix applied.
     pub fn needs_fix(&self, name: &str) -> bool {
-        self.checks
-            .iter()
-            .any(|c| c.name == name && matches!(c.outcome, Outcome::Fixable { .. }))
+        self.checks.iter().any(|c| c.name == name && matches!(c.outcome, Outcome::Fixable { .. }))
     }
 }
 
@@ -84,16 +75,12 @@ impl fmt::Display for Report {
         for c in &self.checks {
             match &c.outcome {
                 Outcome::Pass(detail) => writeln!(f, "PASS  {:<12} {detail}", c.name)?,
-                Outcome::Fixable { problem, fix } => writeln!(
-                    f,
-                    "FIX   {:<12} {problem}\n      {:<12} fix: {fix}",
-                    c.name, ""
-                )?,
-                Outcome::Fail { problem, fix } => writeln!(
-                    f,
-                    "FAIL  {:<12} {problem}\n      {:<12} fix: {fix}",
-                    c.name, ""
-                )?,
+                Outcome::Fixable { problem, fix } => {
+                    writeln!(f, "FIX   {:<12} {problem}\n      {:<12} fix: {fix}", c.name, "")?
+                }
+                Outcome::Fail { problem, fix } => {
+                    writeln!(f, "FAIL  {:<12} {problem}\n      {:<12} fix: {fix}", c.name, "")?
+                }
             }
         }
         Ok(())
@@ -103,26 +90,11 @@ impl fmt::Display for Report {
 /// Runs every check. `pin_root` is the bpffs mount expected to hold the pin dir.
 pub fn run(pin_root: &Path) -> Report {
     let checks = vec![
-        Check {
-            name: "btf",
-            outcome: check_btf(),
-        },
-        Check {
-            name: "kernel",
-            outcome: check_kernel(),
-        },
-        Check {
-            name: "capabilities",
-            outcome: check_caps(),
-        },
-        Check {
-            name: "bpffs",
-            outcome: check_mount(pin_root, sys::BPF_FS_MAGIC, "bpf"),
-        },
-        Check {
-            name: "tracefs",
-            outcome: check_mount(Path::new(TRACEFS), sys::TRACEFS_MAGIC, "tracefs"),
-        },
+        Check { name: "btf", outcome: check_btf() },
+        Check { name: "kernel", outcome: check_kernel() },
+        Check { name: "capabilities", outcome: check_caps() },
+        Check { name: "bpffs", outcome: check_mount(pin_root, sys::BPF_FS_MAGIC, "bpf") },
+        Check { name: "tracefs", outcome: check_mount(Path::new(TRACEFS), sys::TRACEFS_MAGIC, "tracefs") },
     ];
     Report { checks }
 }
@@ -157,12 +129,7 @@ fn check_kernel() -> Outcome {
 fn check_caps() -> Outcome {
     let caps = match sys::effective_caps() {
         Ok(c) => c,
-        Err(e) => {
-            return fail(
-                format!("cannot read capabilities: {e}"),
-                "run on Linux with /proc mounted",
-            )
-        }
+        Err(e) => return fail(format!("cannot read capabilities: {e}"), "run on Linux with /proc mounted"),
     };
     let admin = sys::has_cap(caps, Cap::SysAdmin);
     let missing: Vec<&str> = [Cap::Bpf, Cap::Perfmon]
@@ -181,11 +148,7 @@ fn check_caps() -> Outcome {
         fail(
             format!(
                 "missing capabilities: {}",
-                missing
-                    .iter()
-                    .map(|m| format!("CAP_{m}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                missing.iter().map(|m| format!("CAP_{m}")).collect::<Vec<_>>().join(", ")
             ),
             "run as root, or grant `capabilities.add: [BPF, PERFMON]` (see deploy/)",
         )
@@ -206,8 +169,5 @@ fn check_mount(path: &Path, magic: i64, fstype: &'static str) -> Outcome {
 }
 
 fn fail(problem: String, fix: &str) -> Outcome {
-    Outcome::Fail {
-        problem,
-        fix: fix.to_owned(),
-    }
+    Outcome::Fail { problem, fix: fix.to_owned() }
 }

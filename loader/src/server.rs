@@ -48,13 +48,9 @@ impl Service {
         counters: Arc<Counters>,
         info: LoaderInfo,
     ) -> TelemetryServiceServer<Self> {
-        TelemetryServiceServer::new(Self {
-            hub,
-            counters,
-            info,
-        })
-        .max_decoding_message_size(MAX_DECODE_BYTES)
-        .max_encoding_message_size(MAX_ENCODE_BYTES)
+        TelemetryServiceServer::new(Self { hub, counters, info })
+            .max_decoding_message_size(MAX_DECODE_BYTES)
+            .max_encoding_message_size(MAX_ENCODE_BYTES)
     }
 }
 
@@ -68,21 +64,12 @@ impl TelemetryService for Service {
         &self,
         request: Request<v1::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let name: String = request
-            .into_inner()
-            .subscriber_name
-            .chars()
-            .take(64)
-            .collect();
+        let name: String = request.into_inner().subscriber_name.chars().take(64).collect();
         let mut sub = self.hub.subscribe();
         let epoch = self.info.epoch;
         let baseline = (
-            self.counters
-                .kernel_reserve_failures
-                .load(std::sync::atomic::Ordering::Relaxed),
-            self.counters
-                .decode_errors
-                .load(std::sync::atomic::Ordering::Relaxed),
+            self.counters.kernel_reserve_failures.load(std::sync::atomic::Ordering::Relaxed),
+            self.counters.decode_errors.load(std::sync::atomic::Ordering::Relaxed),
         );
         info!(subscriber = %name, id = sub.id, "Subscriber attached.");
         // Small: backpressure from the client lands in the hub queue, where it is counted.
@@ -99,9 +86,7 @@ impl TelemetryService for Service {
                     first_event_sequence: b.first_sequence,
                     events: b.events.clone(),
                     loss: Some(v1::LossReport {
-                        kernel_reserve_failures: b
-                            .kernel_reserve_failures_total
-                            .saturating_sub(last_kernel),
+                        kernel_reserve_failures: b.kernel_reserve_failures_total.saturating_sub(last_kernel),
                         subscriber_queue_drops: d.dropped_before,
                         decode_errors: b.decode_errors_total.saturating_sub(last_decode),
                         kernel_reserve_failures_total: b.kernel_reserve_failures_total,

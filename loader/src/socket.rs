@@ -44,17 +44,8 @@ impl AccessPolicy {
 /// Binds `path` with mode 0660 and group `gid` (if given), replacing a stale
 /// socket but refusing to replace anything else.
 pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, Error> {
-    let err = |what: &'static str| {
-        move |source| Error::Socket {
-            path: path.to_owned(),
-            what,
-            source,
-        }
-    };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let err = |what: &'static str| move |source| Error::Socket { path: path.to_owned(), what, source };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::DirBuilder::new()
         .mode(0o755)
         .recursive(true)
@@ -74,11 +65,7 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, Error> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err("cannot stat")(e)),
     }
-    let private = parent.join(format!(
-        ".nettel-loader.{}.{:x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let private = parent.join(format!(".nettel-loader.{}.{:x}", std::process::id(), rand::random::<u32>()));
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&private)
@@ -86,8 +73,7 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, Error> {
     let result = (|| {
         let tmp = private.join("sock");
         let listener = UnixListener::bind(&tmp).map_err(err("cannot bind"))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660))
-            .map_err(err("cannot chmod"))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660)).map_err(err("cannot chmod"))?;
         if let Some(gid) = gid {
             std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(err("cannot chown"))?;
         }
@@ -127,11 +113,7 @@ pub fn accept_loop(
             };
             if !policy.allows(cred.uid(), cred.gid()) {
                 counters.peers_rejected.fetch_add(1, Relaxed);
-                warn!(
-                    uid = cred.uid(),
-                    gid = cred.gid(),
-                    "Rejected a peer outside the allow-list."
-                );
+                warn!(uid = cred.uid(), gid = cred.gid(), "Rejected a peer outside the allow-list.");
                 continue;
             }
             let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
@@ -143,19 +125,8 @@ pub fn accept_loop(
                 );
                 continue;
             };
-            info!(
-                uid = cred.uid(),
-                gid = cred.gid(),
-                "Accepted a subscriber connection."
-            );
-            if tx
-                .send(Ok(GuardedStream {
-                    inner: stream,
-                    _permit: permit,
-                }))
-                .await
-                .is_err()
-            {
+            info!(uid = cred.uid(), gid = cred.gid(), "Accepted a subscriber connection.");
+            if tx.send(Ok(GuardedStream { inner: stream, _permit: permit })).await.is_err() {
                 return;
             }
         }
@@ -186,11 +157,7 @@ impl AsyncRead for GuardedStream {
 }
 
 impl AsyncWrite for GuardedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -229,10 +196,7 @@ mod tests {
         // A stale socket is replaced.
         let _l2 = bind(&path, None).unwrap();
         // No private bind directory is left behind.
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("loader.sock")]);
         // A regular file is never replaced.
         let file = dir.path().join("not-a-socket");

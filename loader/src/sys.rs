@@ -39,10 +39,7 @@ pub fn effective_caps() -> io::Result<u64> {
 
 /// Parses a `CapXxx:\t000001ffffffffff` line.
 pub fn parse_cap_line(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// Whether `caps` contains `cap`.
@@ -53,40 +50,26 @@ pub fn has_cap(caps: u64, cap: Cap) -> bool {
 /// The filesystem magic of the filesystem holding `path`.
 pub fn fs_magic(path: &Path) -> io::Result<i64> {
     let st = rustix::fs::statfs(path)?;
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's width differs between targets"
-    )]
+    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
     Ok(st.f_type as i64)
 }
 
 /// Mounts a pseudo filesystem (`bpf`, `tracefs`) at `target`.
 pub fn mount_pseudo(fstype: &str, target: &Path) -> io::Result<()> {
     fs::create_dir_all(target)?;
-    rustix::mount::mount(
-        fstype,
-        target,
-        fstype,
-        rustix::mount::MountFlags::empty(),
-        None,
-    )?;
+    rustix::mount::mount(fstype, target, fstype, rustix::mount::MountFlags::empty(), None)?;
     Ok(())
 }
 
 /// The running kernel's release string, e.g. `6.18.44-fc-v782`.
 pub fn kernel_release() -> String {
-    rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned()
+    rustix::system::uname().release().to_string_lossy().into_owned()
 }
 
 /// `(major, minor, patch)` of a release string; missing parts are 0.
 pub fn parse_kernel_version(release: &str) -> Option<(u32, u32, u32)> {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().ok());
+    let mut parts =
+        release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse::<u32>().ok());
     let major = parts.next()??;
     let minor = parts.next().flatten().unwrap_or(0);
     let patch = parts.next().flatten().unwrap_or(0);

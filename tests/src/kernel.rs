@@ -7,11 +7,7 @@ use crate::netns::{exec, run};
 /// A counter from `/proc/net/snmp` (`Tcp: RetransSegs`, ...) or
 /// `/proc/net/netstat` (`TcpExt: TCPSynRetrans`, ...) of namespace `ns`.
 pub fn counter(ns: &str, group: &str, name: &str) -> u64 {
-    let file = if group == "TcpExt" || group == "IpExt" {
-        "/proc/net/netstat"
-    } else {
-        "/proc/net/snmp"
-    };
+    let file = if group == "TcpExt" || group == "IpExt" { "/proc/net/netstat" } else { "/proc/net/snmp" };
     let out = run(exec(ns, "cat").arg(file));
     parse_counter(&String::from_utf8_lossy(&out.stdout), group, name)
         .unwrap_or_else(|| panic!("{group}:{name} not in {file} of {ns}"))

@@ -11,20 +11,12 @@ use std::{
 pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<(String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
-    )?;
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    Ok((
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    ))
+    Ok((head.lines().next().unwrap_or("").to_owned(), body.to_owned()))
 }
 
 /// Scrapes `/metrics` (Prometheus text format).
@@ -37,32 +29,23 @@ pub fn scrape(port: u16) -> String {
 /// Sum of every sample of `name` whose labels include all of `labels`.
 pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     samples(text, name)
-        .filter(|(ls, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
+        .filter(|(ls, _)| labels.iter().all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v)))
         .map(|(_, v)| v as u64)
         .sum()
 }
 
 /// Every sample of `name`: (labels, value).
-pub fn samples<'a>(
-    text: &'a str,
-    name: &'a str,
-) -> impl Iterator<Item = (Vec<(String, String)>, f64)> + 'a {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(move |l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
-                let (ls, v) = r.split_once("} ")?;
-                (parse_labels(ls), v)
-            } else {
-                (Vec::new(), rest.strip_prefix(' ')?)
-            };
-            Some((labels, value.split_whitespace().next()?.parse().ok()?))
-        })
+pub fn samples<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (Vec<(String, String)>, f64)> + 'a {
+    text.lines().filter(|l| !l.starts_with('#')).filter_map(move |l| {
+        let rest = l.strip_prefix(name)?;
+        let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+            let (ls, v) = r.split_once("} ")?;
+            (parse_labels(ls), v)
+        } else {
+            (Vec::new(), rest.strip_prefix(' ')?)
+        };
+        Some((labels, value.split_whitespace().next()?.parse().ok()?))
+    })
 }
 
 fn parse_labels(s: &str) -> Vec<(String, String)> {
@@ -70,10 +53,7 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
     s.split("\",")
         .filter_map(|kv| {
             let (k, v) = kv.split_once("=\"")?;
-            Some((
-                k.trim_start_matches(',').to_owned(),
-                v.trim_end_matches('"').to_owned(),
-            ))
+            Some((k.trim_start_matches(',').to_owned(), v.trim_end_matches('"').to_owned()))
         })
         .collect()
 }

@@ -17,14 +17,8 @@ pub struct PodPair {
 
 /// Runs `ip` (or any command) and panics with its stderr on failure.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -58,29 +52,9 @@ impl PodPair {
         run(Command::new("ip").args(["link", "add", &va, "type", "veth", "peer", "name", &vb]));
         run(Command::new("ip").args(["link", "set", &va, "netns", &a]));
         run(Command::new("ip").args(["link", "set", &vb, "netns", &b]));
-        for (ns, dev, v4, v6) in [
-            (&a, &va, &pair.a_v4, &pair.a_v6),
-            (&b, &vb, &pair.b_v4, &pair.b_v6),
-        ] {
-            run(Command::new("ip").args([
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                dev,
-            ]));
-            run(Command::new("ip").args([
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]));
+        for (ns, dev, v4, v6) in [(&a, &va, &pair.a_v4, &pair.a_v6), (&b, &vb, &pair.b_v4, &pair.b_v6)] {
+            run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]));
+            run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]));
             run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]));
             run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
         }

@@ -21,10 +21,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// this test executable's own path (`target/<profile>/deps/<test>`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_owned()
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned()
 }
 
 /// Path of workspace binary `name`; panics with the fix if it was not built.
@@ -118,59 +115,39 @@ impl Loader {
         let dir = scratch_dir("loader");
         let socket = dir.join("loader.sock");
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let pin_dir = PathBuf::from(format!(
-            "/sys/fs/bpf/nettel-test-{}-{n}",
-            std::process::id()
-        ));
-        let uids = allow_uids
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-{n}", std::process::id()));
+        let uids = allow_uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let mut cmd = Command::new(bin("nettel-loader"));
         cmd.arg("run")
             .arg("--socket")
             .arg(&socket)
             .arg("--pin-dir")
             .arg(&pin_dir)
-            .args([
-                "--socket-gid",
-                &socket_gid.to_string(),
-                "--allow-uid",
-                &uids,
-            ])
+            .args(["--socket-gid", &socket_gid.to_string(), "--allow-uid", &uids])
             .args(extra);
         let mut proc = Proc::spawn("nettel-loader", &mut cmd, dir.join("loader.log"));
         wait_for(Duration::from_secs(30), "the loader socket", || {
             assert!(proc.running(), "loader exited:\n{}", proc.log());
             socket.exists().then_some(())
         });
-        Self {
-            proc,
-            socket,
-            pin_dir,
-        }
+        Self { proc, socket, pin_dir }
     }
 
     /// The status RPC.
     pub fn status(&self) -> v1::GetLoaderStatusResponse {
         let socket = self.socket.clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
-                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        tokio::net::UnixStream::connect(socket)
-                            .await
-                            .map(hyper_util::rt::TokioIo::new)
-                    }
-                }))
-                .await
-                .expect("connect to loader");
+            let channel =
+                tonic::transport::Endpoint::from_static("http://loader.invalid")
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new)
+                        }
+                    }))
+                    .await
+                    .expect("connect to loader");
             v1::telemetry_service_client::TelemetryServiceClient::new(channel)
                 .get_loader_status(v1::GetLoaderStatusRequest {})
                 .await
@@ -183,11 +160,8 @@ impl Loader {
 impl Drop for Loader {
     fn drop(&mut self) {
         self.proc.stop_with(rustix::process::Signal::TERM);
-        let _ = Command::new(bin("nettel-loader"))
-            .arg("cleanup")
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .output();
+        let _ =
+            Command::new(bin("nettel-loader")).arg("cleanup").arg("--pin-dir").arg(&self.pin_dir).output();
     }
 }
 
@@ -206,12 +180,7 @@ impl Aggregator {
         let mut cmd = Command::new(bin("nettel-aggregator"));
         cmd.arg("--loader-socket")
             .arg(socket)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--reconnect-max-ms",
-                "500",
-            ])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--reconnect-max-ms", "500"])
             .uid(uid)
             .gid(gid);
         if let Some(p) = pods_file {
@@ -232,16 +201,12 @@ impl Aggregator {
     pub fn wait_connected(&mut self) {
         let port = self.port;
         let log = self.proc.log.clone();
-        wait_for(
-            Duration::from_secs(30),
-            "the aggregator to connect to the loader",
-            || {
-                crate::metrics::http_get(port, "/readyz", None)
-                    .ok()
-                    .filter(|(s, _)| s.contains(" 200 "))
-                    .map(drop)
-            },
-        );
+        wait_for(Duration::from_secs(30), "the aggregator to connect to the loader", || {
+            crate::metrics::http_get(port, "/readyz", None)
+                .ok()
+                .filter(|(s, _)| s.contains(" 200 "))
+                .map(drop)
+        });
         let _ = log;
     }
 
@@ -253,11 +218,7 @@ impl Aggregator {
 
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Writes a pods file mapping each `(ip, pod, namespace, service)`.

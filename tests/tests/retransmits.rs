@@ -26,15 +26,9 @@ fn traffic() -> &'static str {
 
 /// Starts `nettel-traffic ARGS` in `ns` and waits for it to print `ready`.
 fn start_server(ns: &str, args: &[&str]) -> Child {
-    let mut child = exec(ns, traffic())
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
+    let mut child = exec(ns, traffic()).args(args).stdout(Stdio::piped()).spawn().expect("server");
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready", "server in {ns} did not start");
     child
 }
@@ -60,32 +54,17 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus; scripts/setup installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}\n{text}"
-    );
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}\n{text}");
 }
 
 /// Waits until the aggregator's count for `labels` grew by exactly `want`;
 /// panics with both numbers otherwise. `want` must be > 0 to prove the test
 /// exercised anything.
 fn assert_counted(agg: &Aggregator, labels: &[(&str, &str)], before: u64, want: u64, what: &str) {
-    assert!(
-        want > 0,
-        "{what}: the kernel counted no retransmits; the drop rule did not bite"
-    );
+    assert!(want > 0, "{what}: the kernel counted no retransmits; the drop rule did not bite");
     let mut last = 0;
     let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_for(Duration::from_secs(10), what, || {
@@ -93,18 +72,10 @@ fn assert_counted(agg: &Aggregator, labels: &[(&str, &str)], before: u64, want: 
             (last == want).then_some(())
         })
     }));
-    assert!(
-        settled.is_ok(),
-        "{what}: nettel counted {last}, the kernel counted {want}\n{}",
-        agg.scrape()
-    );
+    assert!(settled.is_ok(), "{what}: nettel counted {last}, the kernel counted {want}\n{}", agg.scrape());
     // Stays exact (no late duplicates).
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        sum(&agg.scrape(), RTX, labels) - before,
-        want,
-        "{what}: count changed after settling"
-    );
+    assert_eq!(sum(&agg.scrape(), RTX, labels) - before, want, "{what}: count changed after settling");
 }
 
 #[test]
@@ -126,6 +97,9 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
     );
     let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
     agg.wait_connected();
+    // A second subscriber (how an aggregator is swapped) gets the full stream too.
+    let mut twin = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
+    twin.wait_connected();
     pods.drop_inbound(&pods.b, 0.05, &["--dport", "8080"]);
 
     let server_labels = [
@@ -136,22 +110,12 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
         ("kind", "data"),
     ];
     for (family, listen, connect) in [
-        (
-            "IPv4",
-            format!("{}:8080", pods.b_v4),
-            format!("{}:8080", pods.b_v4),
-        ),
-        (
-            "IPv6",
-            format!("[{}]:8080", pods.b_v6),
-            format!("[{}]:8080", pods.b_v6),
-        ),
+        ("IPv4", format!("{}:8080", pods.b_v4), format!("{}:8080", pods.b_v4)),
+        ("IPv6", format!("[{}]:8080", pods.b_v6), format!("[{}]:8080", pods.b_v6)),
     ] {
         let text = agg.scrape();
-        let (m_server, m_client) = (
-            sum(&text, RTX, &server_labels),
-            sum(&text, RTX, &[("pod", "client-0")]),
-        );
+        let (m_server, m_client) = (sum(&text, RTX, &server_labels), sum(&text, RTX, &[("pod", "client-0")]));
+        let twin_before = sum(&twin.scrape(), RTX, &server_labels);
         let (k_a, k_b) = (retrans_segs(&pods.a), retrans_segs(&pods.b));
 
         let server = start_server(&pods.b, &["sink", &listen, "1"]);
@@ -160,12 +124,13 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
 
         // Everything pod A retransmitted went to server-0:8080 ...
         let want = retrans_segs(&pods.a) - k_a;
+        assert_counted(&agg, &server_labels, m_server, want, &format!("{family} retransmits to server-0"));
         assert_counted(
-            &agg,
+            &twin,
             &server_labels,
-            m_server,
+            twin_before,
             want,
-            &format!("{family} retransmits to server-0"),
+            &format!("{family} retransmits to server-0, second subscriber"),
         );
         // ... and everything pod B retransmitted (e.g. FINs) is attributed to client-0.
         let want_b = retrans_segs(&pods.b) - k_b;
@@ -180,24 +145,16 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
         Some("application/openmetrics-text; version=1.0.0"),
     )
     .unwrap();
-    assert!(
-        status.contains(" 200 ") && om.ends_with("# EOF\n"),
-        "OpenMetrics on request: {status}"
-    );
+    assert!(status.contains(" 200 ") && om.ends_with("# EOF\n"), "OpenMetrics on request: {status}");
     assert!(om.contains("# TYPE node_tcp_retransmits counter"), "{om}");
     assert_eq!(sum(&text, "nettel_kernel_lost_events_total", &[]), 0);
-    assert_eq!(
-        sum(&text, "nettel_loader_queue_dropped_events_total", &[]),
-        0
-    );
+    assert_eq!(sum(&text, "nettel_loader_queue_dropped_events_total", &[]), 0);
     assert_eq!(sum(&text, "nettel_stream_gaps_total", &[]), 0);
 }
 
 #[test]
 fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mapping() {
-    if !require_kernel(
-        "dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mapping",
-    ) {
+    if !require_kernel("dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mapping") {
         return;
     }
     let pods = PodPair::new(2);
@@ -211,35 +168,19 @@ fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mappin
     pods.drop_inbound(&pods.a, 0.05, &["--sport", "8080"]);
 
     // Every kind: the drop rule can also hit the SYN-ACK (kind="synack").
-    let labels = [
-        ("pod", "client-0"),
-        ("namespace", "team-a"),
-        ("dest_port", "ephemeral"),
-    ];
+    let labels = [("pod", "client-0"), ("namespace", "team-a"), ("dest_port", "ephemeral")];
     let data = [("pod", "client-0"), ("kind", "data")];
-    let (before, before_data) = (
-        sum(&agg.scrape(), RTX, &labels),
-        sum(&agg.scrape(), RTX, &data),
-    );
+    let (before, before_data) = (sum(&agg.scrape(), RTX, &labels), sum(&agg.scrape(), RTX, &data));
     let k_b = retrans_segs(&pods.b);
     let server = start_server(&pods.b, &["source", "[::]:8080", "1", "4000000"]);
     run_client(&pods.a, &["recv", &format!("{}:8080", pods.b_v4)]);
     finish(server);
-    assert_counted(
-        &agg,
-        &labels,
-        before,
-        retrans_segs(&pods.b) - k_b,
-        "retransmits to the v4 client",
-    );
+    assert_counted(&agg, &labels, before, retrans_segs(&pods.b) - k_b, "retransmits to the v4 client");
     assert!(
         sum(&agg.scrape(), RTX, &data) > before_data,
         "data retransmits from the AF_INET6 socket were attributed"
     );
-    assert_eq!(
-        sum(&agg.scrape(), "nettel_unresolved_addresses_total", &[]),
-        0
-    );
+    assert_eq!(sum(&agg.scrape(), "nettel_unresolved_addresses_total", &[]), 0);
 }
 
 #[test]
@@ -252,26 +193,15 @@ fn synack_retransmits_are_counted_with_kind_synack() {
     let dir = scratch_dir("pods");
     let pf = pods_file(
         &dir,
-        &[
-            (&pods.a_v4, "client-0", "team-a", "client"),
-            (&pods.b_v4, "server-0", "team-b", "server"),
-        ],
+        &[(&pods.a_v4, "client-0", "team-a", "client"), (&pods.b_v4, "server-0", "team-b", "server")],
     );
     let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
     agg.wait_connected();
     // Lose a share of the SYN-ACKs on their way into the client pod.
-    pods.drop_inbound(
-        &pods.a,
-        0.3,
-        &["--sport", "8080", "--tcp-flags", "SYN,ACK", "SYN,ACK"],
-    );
+    pods.drop_inbound(&pods.a, 0.3, &["--sport", "8080", "--tcp-flags", "SYN,ACK", "SYN,ACK"]);
 
-    let synack = [
-        ("pod", "client-0"),
-        ("namespace", "team-a"),
-        ("kind", "synack"),
-        ("dest_port", "ephemeral"),
-    ];
+    let synack =
+        [("pod", "client-0"), ("namespace", "team-a"), ("kind", "synack"), ("dest_port", "ephemeral")];
     let text = agg.scrape();
     let (m_synack, m_client, m_server) = (
         sum(&text, RTX, &synack),
@@ -322,17 +252,9 @@ fn a_peer_outside_the_allow_list_cannot_read_the_stream() {
     assert!(rejected >= 1);
     std::thread::sleep(Duration::from_secs(1));
     let text = intruder.scrape();
-    assert_eq!(
-        sum(&text, "nettel_stream_connects_total", &[]),
-        0,
-        "the intruder got a stream"
-    );
+    assert_eq!(sum(&text, "nettel_stream_connects_total", &[]), 0, "the intruder got a stream");
     assert_eq!(sum(&text, "nettel_loader_connected", &[]), 0);
-    assert!(
-        loader.proc.log().contains("uid=4242"),
-        "rejection not logged:\n{}",
-        loader.proc.log()
-    );
+    assert!(loader.proc.log().contains("uid=4242"), "rejection not logged:\n{}", loader.proc.log());
 
     // The allowed uid still gets through on the same loader.
     let mut allowed = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
@@ -356,10 +278,7 @@ fn aggregator_killed_mid_traffic_reconnects_and_counts_again() {
 
     // Kill the aggregator while a transfer is running.
     let server = start_server(&pods.b, &["sink", &addr, "2"]);
-    let mut client = exec(&pods.a, traffic())
-        .args(["send", &addr, "8000000"])
-        .spawn()
-        .unwrap();
+    let mut client = exec(&pods.a, traffic()).args(["send", &addr, "8000000"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     first.proc.stop_with(rustix::process::Signal::KILL);
     let mut second = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
@@ -373,24 +292,10 @@ fn aggregator_killed_mid_traffic_reconnects_and_counts_again() {
     let k_a = retrans_segs(&pods.a);
     run_client(&pods.a, &["send", &addr, "4000000"]);
     finish(server);
-    assert_counted(
-        &second,
-        &labels,
-        before,
-        retrans_segs(&pods.a) - k_a,
-        "retransmits after the restart",
-    );
-    assert_eq!(
-        loader.status().counters.unwrap().subscribers_connected,
-        1,
-        "the killed subscriber is gone"
-    );
+    assert_counted(&second, &labels, before, retrans_segs(&pods.a) - k_a, "retransmits after the restart");
+    assert_eq!(loader.status().counters.unwrap().subscribers_connected, 1, "the killed subscriber is gone");
 
     // SIGTERM stops the loader cleanly and removes its socket.
-    assert!(
-        loader.proc.stop_with(rustix::process::Signal::TERM),
-        "loader exit:\n{}",
-        loader.proc.log()
-    );
+    assert!(loader.proc.stop_with(rustix::process::Signal::TERM), "loader exit:\n{}", loader.proc.log());
     assert!(!loader.socket.exists(), "socket left behind");
 }

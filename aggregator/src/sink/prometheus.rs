@@ -30,9 +30,7 @@ pub struct Endpoint {
 
 /// Binds `addr` (separately, so bind errors surface before serving).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
 }
 
 /// Serves until the process ends.
@@ -76,9 +74,7 @@ pub fn handle(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<byt
         endpoint,
         req.method(),
         req.uri().path(),
-        req.headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok()),
+        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     )
 }
 
@@ -90,33 +86,20 @@ pub fn respond(
     accept: Option<&str>,
 ) -> Response<Full<bytes_crate::Bytes>> {
     if method != Method::GET && method != Method::HEAD {
-        return plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are supported\n",
-        );
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported\n");
     }
     match path {
         "/metrics" => {
             let mut om = String::with_capacity(16 * 1024);
             if let Err(e) = prometheus_client::encoding::text::encode(&mut om, &endpoint.registry) {
-                return plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("encoding failed: {e}\n"),
-                );
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}\n"));
             }
             let (body, ctype) = if text_format::wants_openmetrics(accept) {
                 (om, OPENMETRICS_CONTENT_TYPE)
             } else {
-                (
-                    text_format::openmetrics_to_prometheus(&om),
-                    PROMETHEUS_CONTENT_TYPE,
-                )
+                (text_format::openmetrics_to_prometheus(&om), PROMETHEUS_CONTENT_TYPE)
             };
-            let body = if method == Method::HEAD {
-                String::new()
-            } else {
-                body
-            };
+            let body = if method == Method::HEAD { String::new() } else { body };
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, ctype)
@@ -128,16 +111,10 @@ pub fn respond(
             if endpoint.metrics.loader_connected.get() == 1 {
                 plain(StatusCode::OK, "ready\n")
             } else {
-                plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not connected to the loader\n",
-                )
+                plain(StatusCode::SERVICE_UNAVAILABLE, "not connected to the loader\n")
             }
         }
-        _ => plain(
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n",
-        ),
+        _ => plain(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n"),
     }
 }
 
@@ -145,9 +122,7 @@ fn plain(status: StatusCode, body: &str) -> Response<Full<bytes_crate::Bytes>> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(bytes_crate::Bytes::copy_from_slice(
-            body.as_bytes(),
-        )))
+        .body(Full::new(bytes_crate::Bytes::copy_from_slice(body.as_bytes())))
         .expect("static response parts are valid")
 }
 
@@ -159,10 +134,7 @@ mod tests {
 
     fn endpoint() -> Endpoint {
         let metrics = Arc::new(Metrics::default());
-        Endpoint {
-            registry: metrics.register(),
-            metrics,
-        }
+        Endpoint { registry: metrics.register(), metrics }
     }
 
     async fn body(r: Response<Full<bytes_crate::Bytes>>) -> String {
@@ -181,40 +153,17 @@ mod tests {
         };
         e.metrics.tcp_retransmits.get_or_create(&labels).inc();
         let prom = respond(&e, &Method::GET, "/metrics", None);
-        assert_eq!(
-            prom.headers()[header::CONTENT_TYPE],
-            PROMETHEUS_CONTENT_TYPE
-        );
+        assert_eq!(prom.headers()[header::CONTENT_TYPE], PROMETHEUS_CONTENT_TYPE);
         let text = body(prom).await;
-        assert!(
-            text.contains("# TYPE node_tcp_retransmits_total counter"),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE node_tcp_retransmits_total counter"), "{text}");
         assert!(!text.contains("# EOF"));
-        let om = respond(
-            &e,
-            &Method::GET,
-            "/metrics",
-            Some("application/openmetrics-text; version=1.0.0"),
-        );
+        let om = respond(&e, &Method::GET, "/metrics", Some("application/openmetrics-text; version=1.0.0"));
         assert_eq!(om.headers()[header::CONTENT_TYPE], OPENMETRICS_CONTENT_TYPE);
         assert!(body(om).await.ends_with("# EOF\n"));
-        assert_eq!(
-            respond(&e, &Method::POST, "/metrics", None).status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            respond(&e, &Method::GET, "/nope", None).status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            respond(&e, &Method::GET, "/readyz", None).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(respond(&e, &Method::POST, "/metrics", None).status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(respond(&e, &Method::GET, "/nope", None).status(), StatusCode::NOT_FOUND);
+        assert_eq!(respond(&e, &Method::GET, "/readyz", None).status(), StatusCode::SERVICE_UNAVAILABLE);
         e.metrics.loader_connected.set(1);
-        assert_eq!(
-            respond(&e, &Method::GET, "/readyz", None).status(),
-            StatusCode::OK
-        );
+        assert_eq!(respond(&e, &Method::GET, "/readyz", None).status(), StatusCode::OK);
     }
 }

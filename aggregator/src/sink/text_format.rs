@@ -12,17 +12,13 @@
 use std::collections::HashSet;
 
 /// Content type of OpenMetrics text 1.0.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether an `Accept` header asks for OpenMetrics.
 pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| {
-        a.split(',')
-            .any(|part| part.trim().starts_with("application/openmetrics-text"))
-    })
+    accept.is_some_and(|a| a.split(',').any(|part| part.trim().starts_with("application/openmetrics-text")))
 }
 
 /// Converts OpenMetrics text (as `prometheus-client` writes it) to Prometheus text 0.0.4.
@@ -39,11 +35,7 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            let suffix = if counters.contains(name) {
-                "_total"
-            } else {
-                ""
-            };
+            let suffix = if counters.contains(name) { "_total" } else { "" };
             out.push_str(&format!("# HELP {name}{suffix} {help}\n"));
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, ty) = rest.split_once(' ').unwrap_or((rest, "untyped"));

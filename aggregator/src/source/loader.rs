@@ -34,10 +34,7 @@ impl LoaderSource {
         let mut tracker = Tracker::default();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let reason = match self
-                .stream_once(&mut agg, &mut tracker, &metrics, &mut backoff)
-                .await
-            {
+            let reason = match self.stream_once(&mut agg, &mut tracker, &metrics, &mut backoff).await {
                 Ok(()) => "ended",
                 Err(Error::Connect { source, .. }) => {
                     warn!(socket = %self.socket.display(), error = %source, "Cannot reach the loader; retrying.");
@@ -53,12 +50,7 @@ impl LoaderSource {
                 }
             };
             metrics.loader_connected.set(0);
-            metrics
-                .stream_disconnects
-                .get_or_create(&ReasonLabels {
-                    reason: reason.into(),
-                })
-                .inc();
+            metrics.stream_disconnects.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
             // Full jitter: sleep uniformly in [backoff/2, backoff].
             let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
             tokio::time::sleep(jittered).await;
@@ -82,16 +74,10 @@ impl LoaderSource {
                 async move { UnixStream::connect(path).await.map(TokioIo::new) }
             }))
             .await
-            .map_err(|source| Error::Connect {
-                path: self.socket.clone(),
-                source,
-            })?;
-        let mut client =
-            TelemetryServiceClient::new(channel).max_decoding_message_size(MAX_DECODE_BYTES);
+            .map_err(|source| Error::Connect { path: self.socket.clone(), source })?;
+        let mut client = TelemetryServiceClient::new(channel).max_decoding_message_size(MAX_DECODE_BYTES);
         let mut stream = client
-            .stream_events(v1::StreamEventsRequest {
-                subscriber_name: self.subscriber_name.clone(),
-            })
+            .stream_events(v1::StreamEventsRequest { subscriber_name: self.subscriber_name.clone() })
             .await?
             .into_inner();
         tracker.stream_opened();

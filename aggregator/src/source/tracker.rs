@@ -26,10 +26,7 @@ impl Tracker {
     /// must not be used.
     pub fn observe(&mut self, msg: &v1::StreamEventsResponse, m: &Metrics) -> Result<(), Error> {
         if msg.schema_version > v1::SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                got: msg.schema_version,
-                want: v1::SCHEMA_VERSION,
-            });
+            return Err(Error::SchemaTooNew { got: msg.schema_version, want: v1::SCHEMA_VERSION });
         }
         if self.epoch.is_some_and(|e| e != msg.epoch) {
             m.loader_restarts.inc();
@@ -47,18 +44,14 @@ impl Tracker {
             let explained = expected.saturating_add(loss.subscriber_queue_drops);
             if msg.first_event_sequence > explained {
                 m.stream_gaps.inc();
-                m.stream_gap_events
-                    .inc_by(msg.first_event_sequence - explained);
+                m.stream_gap_events.inc_by(msg.first_event_sequence - explained);
             } else if msg.first_event_sequence < explained {
                 // Sequence went backwards within one epoch: count it as a gap of 0
                 // events rather than trusting either side.
                 m.stream_gaps.inc();
             }
         }
-        self.next_event = Some(
-            msg.first_event_sequence
-                .saturating_add(msg.events.len() as u64),
-        );
+        self.next_event = Some(msg.first_event_sequence.saturating_add(msg.events.len() as u64));
         Ok(())
     }
 }
@@ -89,14 +82,7 @@ mod tests {
         t.stream_opened();
         t.observe(&msg(7, 1, 10, 0, 0), &m).unwrap();
         t.observe(&msg(7, 16, 5, 5, 3), &m).unwrap(); // 5 dropped, reported
-        assert_eq!(
-            (
-                m.stream_gaps.get(),
-                m.loader_queue_dropped.get(),
-                m.kernel_lost.get()
-            ),
-            (0, 5, 3)
-        );
+        assert_eq!((m.stream_gaps.get(), m.loader_queue_dropped.get(), m.kernel_lost.get()), (0, 5, 3));
         // Reconnect in the same epoch: events published meanwhile are a gap.
         t.stream_opened();
         t.observe(&msg(7, 30, 1, 0, 0), &m).unwrap();
@@ -115,10 +101,7 @@ mod tests {
         let m = Metrics::default();
         let mut newer = msg(1, 1, 1, 0, 0);
         newer.schema_version = v1::SCHEMA_VERSION + 1;
-        let e = Tracker::default()
-            .observe(&newer, &m)
-            .unwrap_err()
-            .to_string();
+        let e = Tracker::default().observe(&newer, &m).unwrap_err().to_string();
         assert!(e.contains("upgrade the aggregator"), "{e}");
     }
 }

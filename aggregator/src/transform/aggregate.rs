@@ -35,26 +35,11 @@ impl Aggregator {
     /// An aggregator counting into `metrics`.
     pub fn new(metrics: Arc<Metrics>, pods: PodIndex, ports: PortFolder) -> Self {
         metrics.pods_indexed.set(pods.len() as i64);
-        let received_tcp = metrics
-            .events_received
-            .get_or_create(&KindLabels {
-                kind: "tcp_retransmit".into(),
-            })
-            .clone();
-        let received_synthetic = metrics
-            .events_received
-            .get_or_create(&KindLabels {
-                kind: "synthetic".into(),
-            })
-            .clone();
-        Self {
-            metrics,
-            pods,
-            ports,
-            cache: HashMap::new(),
-            received_tcp,
-            received_synthetic,
-        }
+        let received_tcp =
+            metrics.events_received.get_or_create(&KindLabels { kind: "tcp_retransmit".into() }).clone();
+        let received_synthetic =
+            metrics.events_received.get_or_create(&KindLabels { kind: "synthetic".into() }).clone();
+        Self { metrics, pods, ports, cache: HashMap::new(), received_tcp, received_synthetic }
     }
 
     /// Counts one event.
@@ -103,10 +88,7 @@ impl Aggregator {
                 }
                 .into(),
             };
-            (
-                metrics.tcp_retransmits.get_or_create(&labels).clone(),
-                pod.is_some(),
-            )
+            (metrics.tcp_retransmits.get_or_create(&labels).clone(), pod.is_some())
         });
         // Segments, like the kernel's TcpRetransSegs; 0 from an old loader means 1.
         counter.inc_by(u64::from(t.segments.max(1)));
@@ -116,12 +98,7 @@ impl Aggregator {
     }
 
     fn decode_error(&self, reason: &str) {
-        self.metrics
-            .decode_errors
-            .get_or_create(&ReasonLabels {
-                reason: reason.into(),
-            })
-            .inc();
+        self.metrics.decode_errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
 }
 
@@ -133,13 +110,7 @@ mod tests {
         rtx_segs(addr, port, kind, error, 1)
     }
 
-    fn rtx_segs(
-        addr: &[u8],
-        port: u32,
-        kind: v1::RetransmitKind,
-        error: i32,
-        segments: u32,
-    ) -> v1::Event {
+    fn rtx_segs(addr: &[u8], port: u32, kind: v1::RetransmitKind, error: i32, segments: u32) -> v1::Event {
         v1::Event {
             timestamp_boot_ns: 1,
             kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
@@ -196,21 +167,10 @@ mod tests {
             "v4 and v4-mapped hit the same pod; segments add up"
         );
         assert_eq!(value(&m, "web-0", "ephemeral", "synack"), 1);
-        assert_eq!(
-            value(&m, "", "443", "data"),
-            1,
-            "unknown address falls back to node level"
-        );
+        assert_eq!(value(&m, "", "443", "data"), 1, "unknown address falls back to node level");
         assert_eq!(m.unresolved_addresses.get(), 1);
         assert_eq!(m.tcp_retransmit_failed.get(), 1);
-        let reason = |r: &str| {
-            m.decode_errors
-                .get_or_create(&ReasonLabels { reason: r.into() })
-                .get()
-        };
-        assert_eq!(
-            (reason("bad_address"), reason("unknown_event_kind")),
-            (1, 1)
-        );
+        let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
+        assert_eq!((reason("bad_address"), reason("unknown_event_kind")), (1, 1));
     }
 }

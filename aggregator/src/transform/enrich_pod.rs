@@ -62,10 +62,7 @@ struct PodEntry {
 impl PodIndex {
     /// Loads and validates a pods file.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let read_err = |source| Error::PodsFileRead {
-            path: path.to_owned(),
-            source,
-        };
+        let read_err = |source| Error::PodsFileRead { path: path.to_owned(), source };
         let len = std::fs::metadata(path).map_err(read_err)?.len();
         if len > MAX_PODS_FILE_BYTES {
             return Err(Error::PodsFileInvalid {
@@ -74,10 +71,7 @@ impl PodIndex {
             });
         }
         let text = std::fs::read(path).map_err(read_err)?;
-        Self::parse(&text).map_err(|reason| Error::PodsFileInvalid {
-            path: path.to_owned(),
-            reason,
-        })
+        Self::parse(&text).map_err(|reason| Error::PodsFileInvalid { path: path.to_owned(), reason })
     }
 
     /// Parses pods-file JSON; the error names the offending entry.
@@ -86,30 +80,25 @@ impl PodIndex {
         let mut by_ip = HashMap::new();
         for (i, p) in file.pods.into_iter().enumerate() {
             let at = format!("pods[{i}] (`{}/{}`)", p.namespace, p.name);
-            for (field, v, required) in [
-                ("name", &p.name, true),
-                ("namespace", &p.namespace, true),
-                ("service", &p.service, false),
-            ] {
+            for (field, v, required) in
+                [("name", &p.name, true), ("namespace", &p.namespace, true), ("service", &p.service, false)]
+            {
                 if required && v.is_empty() {
                     return Err(format!("{at}: `{field}` is empty"));
                 }
                 if v.len() > MAX_LABEL_LEN || v.chars().any(char::is_control) {
-                    return Err(format!("{at}: `{field}` is longer than {MAX_LABEL_LEN} bytes or has control characters"));
+                    return Err(format!(
+                        "{at}: `{field}` is longer than {MAX_LABEL_LEN} bytes or has control characters"
+                    ));
                 }
             }
             if p.ips.is_empty() {
                 return Err(format!("{at}: `ips` is empty"));
             }
-            let meta = PodMeta {
-                name: p.name.into(),
-                namespace: p.namespace.into(),
-                service: p.service.into(),
-            };
+            let meta =
+                PodMeta { name: p.name.into(), namespace: p.namespace.into(), service: p.service.into() };
             for ip in &p.ips {
-                let addr: IpAddr = ip
-                    .parse()
-                    .map_err(|_| format!("{at}: `{ip}` is not an IP address"))?;
+                let addr: IpAddr = ip.parse().map_err(|_| format!("{at}: `{ip}` is not an IP address"))?;
                 let addr = normalize(addr);
                 if let Some(prev) = by_ip.insert(addr, meta.clone()) {
                     return Err(format!(
@@ -169,24 +158,9 @@ mod tests {
         let idx = PodIndex::parse(GOOD.as_bytes()).unwrap();
         assert_eq!(idx.len(), 3);
         let web = idx.lookup("10.0.0.2".parse().unwrap()).unwrap();
-        assert_eq!(
-            (&*web.name, &*web.namespace, &*web.service),
-            ("web-0", "shop", "web")
-        );
-        assert_eq!(
-            idx.lookup("fd00::2".parse().unwrap())
-                .unwrap()
-                .name
-                .as_ref(),
-            "web-0"
-        );
-        assert_eq!(
-            idx.lookup("::ffff:10.0.0.3".parse().unwrap())
-                .unwrap()
-                .name
-                .as_ref(),
-            "db-0"
-        );
+        assert_eq!((&*web.name, &*web.namespace, &*web.service), ("web-0", "shop", "web"));
+        assert_eq!(idx.lookup("fd00::2".parse().unwrap()).unwrap().name.as_ref(), "web-0");
+        assert_eq!(idx.lookup("::ffff:10.0.0.3".parse().unwrap()).unwrap().name.as_ref(), "db-0");
         assert_eq!(idx.lookup("10.9.9.9".parse().unwrap()), None);
     }
 
@@ -197,14 +171,8 @@ mod tests {
                 r#"{"pods":[{"name":"a","namespace":"n","ips":["10.0.0.300"]}]}"#,
                 "pods[0] (`n/a`): `10.0.0.300` is not an IP",
             ),
-            (
-                r#"{"pods":[{"name":"","namespace":"n","ips":["10.0.0.1"]}]}"#,
-                "`name` is empty",
-            ),
-            (
-                r#"{"pods":[{"name":"a","namespace":"n","ips":[]}]}"#,
-                "`ips` is empty",
-            ),
+            (r#"{"pods":[{"name":"","namespace":"n","ips":["10.0.0.1"]}]}"#, "`name` is empty"),
+            (r#"{"pods":[{"name":"a","namespace":"n","ips":[]}]}"#, "`ips` is empty"),
             (
                 r#"{"pods":[{"name":"a","namespace":"n","ips":["10.0.0.1"]},{"name":"b","namespace":"n","ips":["::ffff:10.0.0.1"]}]}"#,
                 "pods[1] (`n/b`): IP 10.0.0.1 is already assigned to `n/a`",
@@ -213,10 +181,7 @@ mod tests {
                 r#"{"pods":[{"name":"a","namespace":"n","ips":["10.0.0.1"],"extra":1}]}"#,
                 "unknown field `extra`",
             ),
-            (
-                r#"{"pods":[{"name":"a\u0007","namespace":"n","ips":["10.0.0.1"]}]}"#,
-                "control characters",
-            ),
+            (r#"{"pods":[{"name":"a\u0007","namespace":"n","ips":["10.0.0.1"]}]}"#, "control characters"),
             ("not json", "expected"),
         ];
         for (input, want) in cases {
@@ -227,10 +192,7 @@ mod tests {
 
     #[test]
     fn decodes_addresses() {
-        assert_eq!(
-            addr_from_bytes(&[10, 0, 0, 1]),
-            Some("10.0.0.1".parse().unwrap())
-        );
+        assert_eq!(addr_from_bytes(&[10, 0, 0, 1]), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(addr_from_bytes(&[0; 16]), Some("::".parse().unwrap()));
         assert_eq!(addr_from_bytes(&[1, 2, 3]), None);
     }

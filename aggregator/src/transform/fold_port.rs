@@ -52,11 +52,7 @@ mod tests {
         assert_eq!(&*f.fold(32767), "32767");
         assert_eq!(&*f.fold(32768), "ephemeral");
         assert_eq!(&*f.fold(60000), "ephemeral");
-        assert_eq!(
-            &*f.fold(70000),
-            "ephemeral",
-            "out-of-range ports from a hostile stream fold too"
-        );
+        assert_eq!(&*f.fold(70000), "ephemeral", "out-of-range ports from a hostile stream fold too");
         assert_eq!(&*PortFolder::new(1024).fold(8080), "ephemeral");
     }
 }

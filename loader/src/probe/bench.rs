@@ -19,7 +19,10 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Attached, Error> {
         .try_into()
         .map_err(|e| Error::program(program, e))?;
     prog.load().map_err(|e| Error::program(program, e))?;
-    prog.attach("syscalls", "sys_enter_getppid")
-        .map_err(|source| Error::Attach { program, attach_point: ATTACH_POINT, source })?;
+    prog.attach("syscalls", "sys_enter_getppid").map_err(|source| Error::Attach {
+        program,
+        attach_point: ATTACH_POINT,
+        source,
+    })?;
     Ok(Attached { name: program, attach_point: ATTACH_POINT })
 }

@@ -35,10 +35,7 @@ pub struct Probes {
 
 impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Probes")
-            .field("attached", &self.attached)
-            .field("pinned", &self.pinned)
-            .finish()
+        f.debug_struct("Probes").field("attached", &self.attached).field("pinned", &self.pinned).finish()
     }
 }
 
@@ -82,10 +79,7 @@ pub fn load(
         .map_pin_path(pin_dir)
         .set_max_entries(names::EVENTS_MAP, ring_bytes)
         .load(nettel_bpf::TCP_RETRANSMIT_OBJ)
-        .map_err(|source| Error::ObjectLoad {
-            object: "tcp_retransmit",
-            source,
-        })?;
+        .map_err(|source| Error::ObjectLoad { object: "tcp_retransmit", source })?;
     let mut attached = tcp_retransmit::attach(&mut ebpf)?;
     let bench = match bench_tgid {
         Some(tgid) => {
@@ -102,28 +96,12 @@ pub fn load(
     };
 
     let events = take_map(&mut ebpf, names::EVENTS_MAP)?;
-    let events = RingBuf::try_from(events).map_err(|source| Error::Map {
-        map: names::EVENTS_MAP,
-        source,
-    })?;
+    let events = RingBuf::try_from(events).map_err(|source| Error::Map { map: names::EVENTS_MAP, source })?;
     let stats = take_map(&mut ebpf, names::STATS_MAP)?;
-    let stats = PerCpuArray::try_from(stats).map_err(|source| Error::Map {
-        map: names::STATS_MAP,
-        source,
-    })?;
-    let pinned = [names::EVENTS_MAP, names::STATS_MAP]
-        .map(|m| (m, pin_dir.join(m)))
-        .to_vec();
-    Ok((
-        Probes {
-            _tcp_retransmit: ebpf,
-            _bench: bench,
-            stats,
-            attached,
-            pinned,
-        },
-        events,
-    ))
+    let stats =
+        PerCpuArray::try_from(stats).map_err(|source| Error::Map { map: names::STATS_MAP, source })?;
+    let pinned = [names::EVENTS_MAP, names::STATS_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
+    Ok((Probes { _tcp_retransmit: ebpf, _bench: bench, stats, attached, pinned }, events))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {
@@ -141,10 +119,8 @@ impl Probes {
     /// Reads and sums the per-CPU statistics map.
     pub fn kernel_stats(&self) -> Result<KernelStats, Error> {
         let sum = |idx: u32| -> Result<u64, Error> {
-            let per_cpu = self.stats.get(&idx, 0).map_err(|source| Error::Map {
-                map: names::STATS_MAP,
-                source,
-            })?;
+            let per_cpu =
+                self.stats.get(&idx, 0).map_err(|source| Error::Map { map: names::STATS_MAP, source })?;
             Ok(per_cpu.iter().sum())
         };
         Ok(KernelStats {

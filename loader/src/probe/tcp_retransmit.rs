@@ -9,18 +9,8 @@ use crate::Error;
 
 /// `(program, tracepoint category, tracepoint name, attach point label)`.
 pub const PROGRAMS: &[(&str, &str, &str, &str)] = &[
-    (
-        names::PROG_TCP_RTX,
-        "tcp",
-        "tcp_retransmit_skb",
-        "tracepoint/tcp/tcp_retransmit_skb",
-    ),
-    (
-        names::PROG_TCP_RTX_SYNACK,
-        "tcp",
-        "tcp_retransmit_synack",
-        "tracepoint/tcp/tcp_retransmit_synack",
-    ),
+    (names::PROG_TCP_RTX, "tcp", "tcp_retransmit_skb", "tracepoint/tcp/tcp_retransmit_skb"),
+    (names::PROG_TCP_RTX_SYNACK, "tcp", "tcp_retransmit_synack", "tracepoint/tcp/tcp_retransmit_synack"),
 ];
 
 /// Loads and attaches both tracepoint programs.
@@ -33,16 +23,8 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<Attached>, Error> {
             .try_into()
             .map_err(|e| Error::program(program, e))?;
         prog.load().map_err(|e| Error::program(program, e))?;
-        prog.attach(category, name)
-            .map_err(|source| Error::Attach {
-                program,
-                attach_point,
-                source,
-            })?;
-        attached.push(Attached {
-            name: program,
-            attach_point,
-        });
+        prog.attach(category, name).map_err(|source| Error::Attach { program, attach_point, source })?;
+        attached.push(Attached { name: program, attach_point });
     }
     Ok(attached)
 }

@@ -49,11 +49,8 @@ pub async fn drain(
         path: "nt_events".into(),
         source,
     })?;
-    let mut state = State {
-        next_seq: 1,
-        batch: Vec::with_capacity(cfg.max_batch),
-        last_publish: Instant::now(),
-    };
+    let mut state =
+        State { next_seq: 1, batch: Vec::with_capacity(cfg.max_batch), last_publish: Instant::now() };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -139,10 +136,7 @@ fn drain_ready(
 
 fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counters: &Counters) {
     let sum = |idx: u32| stats.get(&idx, 0).map(|v| v.iter().sum::<u64>());
-    match (
-        sum(abi::NT_STAT_SUBMITTED),
-        sum(abi::NT_STAT_RESERVE_FAILED),
-    ) {
+    match (sum(abi::NT_STAT_SUBMITTED), sum(abi::NT_STAT_RESERVE_FAILED)) {
         (Ok(submitted), Ok(failed)) => {
             counters.kernel_submitted.store(submitted, Relaxed);
             counters.kernel_reserve_failures.store(failed, Relaxed);

@@ -19,20 +19,9 @@ use std::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let parse_addr = |s: &str| {
-        s.parse::<SocketAddr>()
-            .unwrap_or_else(|e| panic!("bad address `{s}`: {e}"))
-    };
-    let parse_n = |s: &str| {
-        s.parse::<u64>()
-            .unwrap_or_else(|e| panic!("bad number `{s}`: {e}"))
-    };
-    let result = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    let parse_addr = |s: &str| s.parse::<SocketAddr>().unwrap_or_else(|e| panic!("bad address `{s}`: {e}"));
+    let parse_n = |s: &str| s.parse::<u64>().unwrap_or_else(|e| panic!("bad number `{s}`: {e}"));
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["sink", addr, n] => serve(parse_addr(addr), parse_n(n), None),
         ["source", addr, n, bytes] => serve(parse_addr(addr), parse_n(n), Some(parse_n(bytes))),
         ["send", addr, bytes] => connect(parse_addr(addr)).and_then(|mut s| {
@@ -41,8 +30,9 @@ fn main() -> ExitCode {
             // Wait for the peer to close so every byte was acknowledged.
             std::io::copy(&mut s, &mut std::io::sink()).map(drop)
         }),
-        ["recv", addr] => connect(parse_addr(addr))
-            .and_then(|mut s| std::io::copy(&mut s, &mut std::io::sink()).map(drop)),
+        ["recv", addr] => {
+            connect(parse_addr(addr)).and_then(|mut s| std::io::copy(&mut s, &mut std::io::sink()).map(drop))
+        }
         ["dial", addr, n] => (0..parse_n(n)).try_for_each(|_| connect(parse_addr(addr)).map(drop)),
         _ => {
             eprintln!("usage: see the module docs of tests/src/bin/nettel-traffic.rs");

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The loader's and aggregator's refusals, run for real: an unsafe pin dir, a
+//! pinned map that does not match, a `check` without capabilities, an
+//! aggregator started as root.
+
+use std::{
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    process::{Command, Output},
+};
+
+use nettel_integration::{process::bin, process::scratch_dir, require_kernel};
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Runs `nettel-loader run` expecting it to refuse to start.
+fn loader_refuses(pin_dir: &str, extra: &[&str]) -> String {
+    let dir = scratch_dir("guard");
+    let out = Command::new(bin("nettel-loader"))
+        .arg("run")
+        .arg("--socket")
+        .arg(dir.join("loader.sock"))
+        .args(["--pin-dir", pin_dir])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "loader started but should have refused:\n{}", text(&out));
+    text(&out)
+}
+
+#[test]
+fn loader_refuses_unsafe_pin_dirs_and_mismatched_pins() {
+    if !require_kernel("loader_refuses_unsafe_pin_dirs_and_mismatched_pins") {
+        return;
+    }
+    let pin_dir = format!("/sys/fs/bpf/nettel-guard-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&pin_dir);
+
+    // World-writable pin dir.
+    std::fs::create_dir(&pin_dir).unwrap();
+    std::fs::set_permissions(&pin_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = loader_refuses(&pin_dir, &[]);
+    assert!(e.contains("is unsafe") && e.contains("group/world-writable"), "{e}");
+    std::fs::set_permissions(&pin_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Pin with a 64 KiB ring, then ask for 128 KiB on the same pins.
+    let mut first = Command::new(bin("nettel-loader"));
+    let dir = scratch_dir("guard");
+    first.arg("run").arg("--socket").arg(dir.join("loader.sock")).args([
+        "--pin-dir",
+        &pin_dir,
+        "--ring-buffer-bytes",
+        "65536",
+    ]);
+    let mut child = first.stderr(std::process::Stdio::null()).spawn().unwrap();
+    nettel_integration::wait_for(std::time::Duration::from_secs(20), "pinned maps", || {
+        std::path::Path::new(&pin_dir).join("nt_events").exists().then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let e = loader_refuses(&pin_dir, &["--ring-buffer-bytes", "131072"]);
+    assert!(
+        e.contains("pinned map `nt_events`")
+            && e.contains("max_entries 65536")
+            && e.contains("nettel-loader cleanup"),
+        "{e}"
+    );
+    // The same size is reused without complaint; cleanup removes everything.
+    let out = Command::new(bin("nettel-loader")).args(["cleanup", "--pin-dir", &pin_dir]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nt_events") && text(&out).contains("nt_stats"), "{}", text(&out));
+    assert!(!std::path::Path::new(&pin_dir).exists(), "pin dir left behind");
+
+    // Invalid flags are refused before anything is loaded, naming the flag.
+    let e = loader_refuses(&pin_dir, &["--ring-buffer-bytes", "3000"]);
+    assert!(e.contains("--ring-buffer-bytes 3000 must be a power of two"), "{e}");
+}
+
+#[test]
+fn check_without_capabilities_names_each_failure_and_its_fix() {
+    if !require_kernel("check_without_capabilities_names_each_failure_and_its_fix") {
+        return;
+    }
+    let out = Command::new(bin("nettel-loader")).arg("check").uid(65534).gid(65534).output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAIL  capabilities") && t.contains("CAP_BPF") && t.contains("CAP_PERFMON"), "{t}");
+    assert!(t.contains("fix: run as root, or grant `capabilities.add: [BPF, PERFMON]`"), "{t}");
+    assert!(t.contains("PASS  btf") && t.contains("PASS  kernel"), "{t}");
+
+    // As root everything passes.
+    let out = Command::new(bin("nettel-loader")).arg("check").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn aggregator_refuses_root_without_the_flag() {
+    if !require_kernel("aggregator_refuses_root_without_the_flag") {
+        return;
+    }
+    let out = Command::new(bin("nettel-aggregator")).args(["--listen", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("refusing to run as root"), "{}", text(&out));
+}
