@@ -112,10 +112,16 @@ pub struct Loader {
 impl Loader {
     /// Starts a loader whose socket belongs to group `socket_gid` and admits `allow_uids`.
     pub fn start(socket_gid: u32, allow_uids: &[u32], extra: &[&str]) -> Self {
-        let dir = scratch_dir("loader");
-        let socket = dir.join("loader.sock");
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-{n}", std::process::id()));
+        Self::start_at(&pin_dir, socket_gid, allow_uids, extra)
+    }
+
+    /// Like [`Loader::start`] with an explicit pin dir.
+    pub fn start_at(pin_dir: &Path, socket_gid: u32, allow_uids: &[u32], extra: &[&str]) -> Self {
+        let pin_dir = pin_dir.to_owned();
+        let dir = scratch_dir("loader");
+        let socket = dir.join("loader.sock");
         let uids = allow_uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let mut cmd = Command::new(bin("nettel-loader"));
         cmd.arg("run")

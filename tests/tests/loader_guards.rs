@@ -103,3 +103,29 @@ fn aggregator_refuses_root_without_the_flag() {
     assert!(!out.status.success());
     assert!(text(&out).contains("refusing to run as root"), "{}", text(&out));
 }
+
+fn is_mountpoint(path: &str) -> bool {
+    Command::new("mountpoint").arg("-q").arg(path).status().unwrap().success()
+}
+
+#[test]
+fn run_mounts_missing_bpffs_and_tracefs() {
+    if !require_kernel("run_mounts_missing_bpffs_and_tracefs") {
+        return;
+    }
+    // A pin dir whose parent is not bpffs yet, and tracefs unmounted.
+    let root = scratch_dir("mounts");
+    let bpffs = root.join("bpf");
+    let pin_dir = bpffs.join("nettel");
+    let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
+    assert!(!is_mountpoint("/sys/kernel/tracing"), "could not unmount tracefs for the test");
+
+    let loader = nettel_integration::process::Loader::start_at(&pin_dir, 65534, &[65534], &[]);
+    let status = loader.status();
+    assert!(is_mountpoint("/sys/kernel/tracing"), "tracefs was not mounted:\n{}", loader.proc.log());
+    assert!(is_mountpoint(bpffs.to_str().unwrap()), "bpffs was not mounted:\n{}", loader.proc.log());
+    assert_eq!(status.probes.iter().filter(|p| p.attached).count(), 2, "{status:?}");
+    assert!(loader.proc.log().contains("Mounted bpffs.") && loader.proc.log().contains("Mounted tracefs."));
+    drop(loader);
+    let _ = Command::new("umount").arg(&bpffs).status();
+}

@@ -80,7 +80,6 @@ impl LoaderSource {
             .stream_events(v1::StreamEventsRequest { subscriber_name: self.subscriber_name.clone() })
             .await?
             .into_inner();
-        tracker.stream_opened();
         let mut first = true;
         while let Some(msg) = stream.message().await? {
             tracker.observe(&msg, metrics)?;

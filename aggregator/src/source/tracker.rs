@@ -10,18 +10,12 @@ use crate::{metrics::Metrics, Error};
 #[derive(Debug, Default)]
 pub struct Tracker {
     epoch: Option<u64>,
-    /// Sequence number the next event should carry, within `epoch`.
+    /// Sequence number the next event should carry, within `epoch`. Kept across
+    /// reconnects: events published while disconnected show up as a gap.
     next_event: Option<u64>,
-    /// Message counter of the current stream.
-    message_sequence: u64,
 }
 
 impl Tracker {
-    /// Call when a new stream opens (the loader numbers messages per stream).
-    pub fn stream_opened(&mut self) {
-        self.message_sequence = 0;
-    }
-
     /// Checks one message and accounts its loss report. On `Err` the message
     /// must not be used.
     pub fn observe(&mut self, msg: &v1::StreamEventsResponse, m: &Metrics) -> Result<(), Error> {
@@ -33,7 +27,6 @@ impl Tracker {
             self.next_event = None;
         }
         self.epoch = Some(msg.epoch);
-        self.message_sequence += 1;
 
         let loss = msg.loss.unwrap_or_default();
         m.kernel_lost.inc_by(loss.kernel_reserve_failures);
@@ -79,12 +72,10 @@ mod tests {
     fn explained_drops_are_not_gaps_and_unexplained_jumps_are() {
         let m = Metrics::default();
         let mut t = Tracker::default();
-        t.stream_opened();
         t.observe(&msg(7, 1, 10, 0, 0), &m).unwrap();
         t.observe(&msg(7, 16, 5, 5, 3), &m).unwrap(); // 5 dropped, reported
         assert_eq!((m.stream_gaps.get(), m.loader_queue_dropped.get(), m.kernel_lost.get()), (0, 5, 3));
         // Reconnect in the same epoch: events published meanwhile are a gap.
-        t.stream_opened();
         t.observe(&msg(7, 30, 1, 0, 0), &m).unwrap();
         assert_eq!((m.stream_gaps.get(), m.stream_gap_events.get()), (1, 9));
         // Loader restart: new epoch, sequence restarts, no gap.
