@@ -7,6 +7,7 @@
 
 pub mod config;
 mod error;
+pub mod kube;
 pub mod metrics;
 pub mod sink;
 pub mod source;

@@ -1,0 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Kubernetes attribution: the pod index the aggregator resolves addresses
+//! (and cgroups) against, and the list/watch that keeps it current.
+pub mod pod_index;
