@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Kubernetes attribution: the pod index the aggregator resolves addresses
 //! (and cgroups) against, and the list/watch that keeps it current.
+pub mod cgroup;
 pub mod pod_index;
