@@ -30,6 +30,8 @@ pub enum Error {
         "loader writes event schema {got}, this aggregator understands schema {want}; upgrade the aggregator"
     )]
     SchemaTooNew { got: u32, want: u32 },
+    #[error("Kubernetes client setup failed: {0}")]
+    KubeConfig(String),
     #[error("failed to bind the metrics listener on {addr}")]
     Bind {
         addr: std::net::SocketAddr,

@@ -7,10 +7,18 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use clap::Parser;
 use nettel_aggregator::{
     config::{Args, LogFormat},
+    kube::pod_index::PodIndex,
     metrics::Metrics,
     sink::prometheus::{self, Endpoint},
-    source::loader::LoaderSource,
-    transform::{aggregate::Aggregator, enrich_pod::PodIndex, fold_port::PortFolder},
+    source::{
+        kube::{self, KubeSource},
+        loader::LoaderSource,
+    },
+    transform::{
+        aggregate::Aggregator,
+        enrich_pod::{ClusterIndex, Resolver, StaticPods},
+        fold_port::PortFolder,
+    },
     Error,
 };
 use tracing::{error, info, warn};
@@ -55,18 +63,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         warn!("Running as root because --allow-root was given; the aggregator needs no privileges.");
     }
-    let pods = match &args.pods_file {
-        Some(p) => {
-            let idx = PodIndex::from_file(p)?;
-            info!(path = %p.display(), addresses = idx.len(), "Loaded the pods file.");
-            idx
-        }
-        None => {
-            info!("No pods file and no Kubernetes: every address gets node-level labels.");
-            PodIndex::default()
-        }
-    };
     let metrics = Arc::new(Metrics::default());
+    let use_kube = args.use_kube(kube::in_cluster())?;
+    let pods = if use_kube {
+        let client = kube::client(args.kubeconfig.as_deref()).await?;
+        let index = Arc::new(ClusterIndex::new(PodIndex::new(Duration::from_secs(args.pod_ttl_secs))));
+        KubeSource::new(Arc::clone(&index), Arc::clone(&metrics)).spawn(client);
+        info!(ttl_secs = args.pod_ttl_secs, "Watching Pods and EndpointSlices.");
+        Resolver::Cluster(index)
+    } else {
+        let pods = match &args.pods_file {
+            Some(p) => {
+                let idx = StaticPods::from_file(p)?;
+                info!(path = %p.display(), addresses = idx.len(), "Loaded the pods file.");
+                idx
+            }
+            None => {
+                info!("No pods file and no Kubernetes: every address gets node-level labels.");
+                StaticPods::default()
+            }
+        };
+        metrics.pods_indexed.set(pods.len() as i64);
+        Resolver::Static(Arc::new(pods))
+    };
     let registry = metrics.register();
     let listener = prometheus::bind(args.listen).await?;
     let agg = Aggregator::new(Arc::clone(&metrics), pods, PortFolder::new(args.ephemeral_port_floor));
@@ -75,7 +94,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         subscriber_name: args.subscriber_name.clone(),
         reconnect_max: Duration::from_millis(args.reconnect_max_ms.max(100)),
     };
-    let endpoint = Arc::new(Endpoint { registry, metrics: Arc::clone(&metrics) });
+    let endpoint =
+        Arc::new(Endpoint { registry, metrics: Arc::clone(&metrics), require_kube_sync: use_kube });
     tokio::spawn(source.run(agg, Arc::clone(&metrics)));
     tokio::select! {
         () = prometheus::serve(listener, endpoint) => {}

@@ -51,6 +51,17 @@ pub struct Metrics {
     pub loader_connected: Gauge,
     pub unresolved_addresses: Counter,
     pub pods_indexed: Gauge,
+    pub kube_pods: Gauge,
+    pub kube_synced: Gauge,
+    pub kube_last_sync_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub kube_watch_errors: Family<ResourceLabels, Counter>,
+    pub kube_relists: Family<ResourceLabels, Counter>,
+}
+
+/// A `resource` label (`pods`, `endpointslices`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
 }
 
 impl Metrics {
@@ -124,6 +135,31 @@ impl Metrics {
             self.unresolved_addresses.clone(),
         );
         r.register("nettel_pods_indexed", "Addresses in the pod index", self.pods_indexed.clone());
+        r.register(
+            "nettel_kube_pods",
+            "Pods held by the Kubernetes cache (deleted ones until their TTL)",
+            self.kube_pods.clone(),
+        );
+        r.register(
+            "nettel_kube_synced",
+            "1 once the Pod and EndpointSlice caches completed their initial list",
+            self.kube_synced.clone(),
+        );
+        r.register(
+            "nettel_kube_last_sync_age_seconds",
+            "Seconds since the Kubernetes watch last delivered anything (event, bookmark-free list completion)",
+            self.kube_last_sync_age.clone(),
+        );
+        r.register(
+            "nettel_kube_watch_errors",
+            "Watch errors, by resource (each followed by a backoff)",
+            self.kube_watch_errors.clone(),
+        );
+        r.register(
+            "nettel_kube_relists",
+            "Full lists (initial and after 410 Gone), by resource",
+            self.kube_relists.clone(),
+        );
         r
     }
 }

@@ -26,6 +26,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Endpoint {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// Whether readiness also waits for the Kubernetes caches to sync.
+    pub require_kube_sync: bool,
 }
 
 /// Binds `addr` (separately, so bind errors surface before serving).
@@ -108,10 +110,12 @@ pub fn respond(
         }
         "/healthz" => plain(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if endpoint.metrics.loader_connected.get() == 1 {
-                plain(StatusCode::OK, "ready\n")
-            } else {
+            if endpoint.metrics.loader_connected.get() != 1 {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "not connected to the loader\n")
+            } else if endpoint.require_kube_sync && endpoint.metrics.kube_synced.get() != 1 {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "Kubernetes caches not synced yet\n")
+            } else {
+                plain(StatusCode::OK, "ready\n")
             }
         }
         _ => plain(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n"),
@@ -134,7 +138,7 @@ mod tests {
 
     fn endpoint() -> Endpoint {
         let metrics = Arc::new(Metrics::default());
-        Endpoint { registry: metrics.register(), metrics }
+        Endpoint { registry: metrics.register(), metrics, require_kube_sync: true }
     }
 
     async fn body(r: Response<Full<bytes_crate::Bytes>>) -> String {
@@ -164,6 +168,12 @@ mod tests {
         assert_eq!(respond(&e, &Method::GET, "/nope", None).status(), StatusCode::NOT_FOUND);
         assert_eq!(respond(&e, &Method::GET, "/readyz", None).status(), StatusCode::SERVICE_UNAVAILABLE);
         e.metrics.loader_connected.set(1);
+        assert_eq!(
+            respond(&e, &Method::GET, "/readyz", None).status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kube not synced"
+        );
+        e.metrics.kube_synced.set(1);
         assert_eq!(respond(&e, &Method::GET, "/readyz", None).status(), StatusCode::OK);
     }
 }

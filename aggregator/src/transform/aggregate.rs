@@ -12,7 +12,7 @@ use nettel_proto::v1;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
-    enrich_pod::{addr_from_bytes, normalize, PodIndex},
+    enrich_pod::{addr_from_bytes, normalize, Resolver},
     fold_port::PortFolder,
 };
 use crate::metrics::{KindLabels, Metrics, ReasonLabels, RetransmitLabels};
@@ -24,7 +24,9 @@ pub const MAX_CACHED_SERIES: usize = 65536;
 #[derive(Debug)]
 pub struct Aggregator {
     metrics: Arc<Metrics>,
-    pods: PodIndex,
+    pods: Resolver,
+    /// `pods.generation()` the cache was filled under.
+    cache_generation: u64,
     ports: PortFolder,
     cache: HashMap<(IpAddr, u32, i32), (Counter, bool)>,
     received_tcp: Counter,
@@ -33,13 +35,20 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// An aggregator counting into `metrics`.
-    pub fn new(metrics: Arc<Metrics>, pods: PodIndex, ports: PortFolder) -> Self {
-        metrics.pods_indexed.set(pods.len() as i64);
+    pub fn new(metrics: Arc<Metrics>, pods: Resolver, ports: PortFolder) -> Self {
         let received_tcp =
             metrics.events_received.get_or_create(&KindLabels { kind: "tcp_retransmit".into() }).clone();
         let received_synthetic =
             metrics.events_received.get_or_create(&KindLabels { kind: "synthetic".into() }).clone();
-        Self { metrics, pods, ports, cache: HashMap::new(), received_tcp, received_synthetic }
+        Self {
+            cache_generation: pods.generation(),
+            metrics,
+            pods,
+            ports,
+            cache: HashMap::new(),
+            received_tcp,
+            received_synthetic,
+        }
     }
 
     /// Counts one event.
@@ -71,12 +80,18 @@ impl Aggregator {
         }
         let addr = normalize(addr);
         let key = (addr, t.remote_port, kind as i32);
-        if self.cache.len() >= MAX_CACHED_SERIES && !self.cache.contains_key(&key) {
+        let generation = self.pods.generation();
+        if generation != self.cache_generation
+            || (self.cache.len() >= MAX_CACHED_SERIES && !self.cache.contains_key(&key))
+        {
+            // Pods changed (or the cache is full): resolve afresh.
             self.cache.clear();
+            self.cache_generation = generation;
         }
         let (metrics, pods, ports) = (&self.metrics, &self.pods, &self.ports);
         let (counter, resolved) = self.cache.entry(key).or_insert_with(|| {
             let pod = pods.lookup(addr);
+            let pod = pod.as_ref();
             let labels = RetransmitLabels {
                 pod: pod.map_or_else(String::new, |p| p.name.to_string()),
                 namespace: pod.map_or_else(String::new, |p| p.namespace.to_string()),
@@ -105,6 +120,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transform::enrich_pod::StaticPods;
 
     fn rtx(addr: &[u8], port: u32, kind: v1::RetransmitKind, error: i32) -> v1::Event {
         rtx_segs(addr, port, kind, error, 1)
@@ -141,10 +157,12 @@ mod tests {
     #[test]
     fn attributes_folds_and_falls_back() {
         let m = Arc::new(Metrics::default());
-        let pods = PodIndex::parse(
-            br#"{"pods":[{"name":"web-0","namespace":"shop","service":"web","ips":["10.0.0.2"]}]}"#,
-        )
-        .unwrap();
+        let pods = Resolver::Static(Arc::new(
+            StaticPods::parse(
+                br#"{"pods":[{"name":"web-0","namespace":"shop","service":"web","ips":["10.0.0.2"]}]}"#,
+            )
+            .unwrap(),
+        ));
         let mut a = Aggregator::new(Arc::clone(&m), pods, PortFolder::new(32768));
         let mapped = {
             let mut b = [0u8; 16];
@@ -172,5 +190,48 @@ mod tests {
         assert_eq!(m.tcp_retransmit_failed.get(), 1);
         let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
         assert_eq!((reason("bad_address"), reason("unknown_event_kind")), (1, 1));
+    }
+
+    #[test]
+    fn cached_series_follow_ip_reuse_in_the_cluster_index() {
+        use std::time::{Duration, Instant};
+
+        use crate::{
+            kube::pod_index::{PodIndex, PodInfo, PodState},
+            transform::enrich_pod::ClusterIndex,
+        };
+        let pod = |uid: &str, name: &str| PodInfo {
+            uid: uid.into(),
+            name: name.into(),
+            namespace: "shop".into(),
+            ips: vec!["10.0.0.5".parse().unwrap()],
+            host_network: false,
+            state: PodState::Running,
+            app_label: None,
+        };
+        let m = Arc::new(Metrics::default());
+        let cluster = Arc::new(ClusterIndex::new(PodIndex::new(Duration::from_secs(30))));
+        cluster.update(|i| i.upsert_pod(pod("u1", "old")));
+        let mut a =
+            Aggregator::new(Arc::clone(&m), Resolver::Cluster(Arc::clone(&cluster)), PortFolder::new(32768));
+        let ev = rtx(&[10, 0, 0, 5], 80, v1::RetransmitKind::Data, 0);
+        a.apply(&ev);
+        cluster.update(|i| {
+            i.delete_pod("u1", Instant::now());
+            i.upsert_pod(pod("u2", "new"));
+        });
+        a.apply(&ev);
+        let count = |pod: &str| {
+            m.tcp_retransmits
+                .get_or_create(&RetransmitLabels {
+                    pod: pod.into(),
+                    namespace: "shop".into(),
+                    service: String::new(),
+                    dest_port: "80".into(),
+                    kind: "data".into(),
+                })
+                .get()
+        };
+        assert_eq!((count("old"), count("new")), (1, 1), "the cached series of `old` was not reused");
     }
 }

@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Address -> pod attribution.
-//!
-//! Until the Kubernetes watch lands, the index comes from a static pods file
-//! (`--pods-file`):
+//! Address -> pod attribution: the [`Resolver`] the aggregator asks, backed
+//! either by the Kubernetes watch ([`crate::kube::pod_index`]) or by a static
+//! pods file (`--pods-file`), for running without a cluster:
 //!
 //! ```json
 //! { "pods": [ { "name": "web-0", "namespace": "shop", "service": "web",
@@ -37,9 +36,65 @@ pub struct PodMeta {
     pub service: Arc<str>,
 }
 
-/// IP -> pod index.
+/// Where attribution comes from.
+#[derive(Debug, Clone)]
+pub enum Resolver {
+    /// A static pods file (or nothing: every address is node-level).
+    Static(Arc<StaticPods>),
+    /// The Kubernetes watch.
+    Cluster(Arc<ClusterIndex>),
+}
+
+impl Resolver {
+    /// The pod owning `addr`, if any.
+    pub fn lookup(&self, addr: IpAddr) -> Option<PodMeta> {
+        match self {
+            Self::Static(s) => s.lookup(addr).cloned(),
+            Self::Cluster(c) => c.read().lookup(addr, std::time::Instant::now()),
+        }
+    }
+
+    /// Changes whenever a lookup result may have changed; callers caching
+    /// results must drop them when it moves.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Self::Static(_) => 0,
+            Self::Cluster(c) => c.generation.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+}
+
+/// The Kubernetes-backed index shared between the watch tasks (writers) and
+/// the aggregator (reader, on cache misses only).
+#[derive(Debug)]
+pub struct ClusterIndex {
+    index: std::sync::RwLock<crate::kube::pod_index::PodIndex>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl ClusterIndex {
+    /// Wraps `index`.
+    pub fn new(index: crate::kube::pod_index::PodIndex) -> Self {
+        Self { index: std::sync::RwLock::new(index), generation: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Read access.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, crate::kube::pod_index::PodIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `f` and publishes the index's new generation.
+    pub fn update<T>(&self, f: impl FnOnce(&mut crate::kube::pod_index::PodIndex) -> T) -> T {
+        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut idx);
+        self.generation.store(idx.generation(), std::sync::atomic::Ordering::Release);
+        out
+    }
+}
+
+/// IP -> pod index from a pods file.
 #[derive(Debug, Default, Clone)]
-pub struct PodIndex {
+pub struct StaticPods {
     by_ip: HashMap<IpAddr, PodMeta>,
 }
 
@@ -59,7 +114,7 @@ struct PodEntry {
     ips: Vec<String>,
 }
 
-impl PodIndex {
+impl StaticPods {
     /// Loads and validates a pods file.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let read_err = |source| Error::PodsFileRead { path: path.to_owned(), source };
@@ -155,7 +210,7 @@ mod tests {
 
     #[test]
     fn resolves_v4_v6_and_v4_mapped() {
-        let idx = PodIndex::parse(GOOD.as_bytes()).unwrap();
+        let idx = StaticPods::parse(GOOD.as_bytes()).unwrap();
         assert_eq!(idx.len(), 3);
         let web = idx.lookup("10.0.0.2".parse().unwrap()).unwrap();
         assert_eq!((&*web.name, &*web.namespace, &*web.service), ("web-0", "shop", "web"));
@@ -185,7 +240,7 @@ mod tests {
             ("not json", "expected"),
         ];
         for (input, want) in cases {
-            let e = PodIndex::parse(input.as_bytes()).unwrap_err();
+            let e = StaticPods::parse(input.as_bytes()).unwrap_err();
             assert!(e.contains(want), "{input}: got `{e}`, want `{want}`");
         }
     }
