@@ -181,17 +181,22 @@ pub struct Aggregator {
 impl Aggregator {
     /// Starts an aggregator as `uid:gid` (no supplementary groups).
     pub fn start(socket: &Path, pods_file: Option<&Path>, uid: u32, gid: u32) -> Self {
+        let extra: Vec<String> =
+            pods_file.map(|p| vec!["--pods-file".into(), p.display().to_string()]).unwrap_or_default();
+        Self::start_with(socket, &extra, uid, gid)
+    }
+
+    /// Starts an aggregator with extra flags.
+    pub fn start_with(socket: &Path, extra: &[String], uid: u32, gid: u32) -> Self {
         let port = free_port();
         let dir = scratch_dir("aggregator");
         let mut cmd = Command::new(bin("nettel-aggregator"));
         cmd.arg("--loader-socket")
             .arg(socket)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--reconnect-max-ms", "500"])
+            .args(extra)
             .uid(uid)
             .gid(gid);
-        if let Some(p) = pods_file {
-            cmd.arg("--pods-file").arg(p);
-        }
         let mut proc = Proc::spawn("nettel-aggregator", &mut cmd, dir.join("aggregator.log"));
         wait_for(Duration::from_secs(30), "the aggregator's /healthz", || {
             assert!(proc.running(), "aggregator exited:\n{}", proc.log());
