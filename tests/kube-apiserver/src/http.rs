@@ -79,9 +79,35 @@ fn respond(shared: &Arc<Shared>, req: &Request<Incoming>, path: &str, query: &st
     if matches!(params.get("watch").map(String::as_str), Some("true" | "1")) {
         return watch::start(shared.clone(), target.kind, target.namespace.map(str::to_owned), &params);
     }
-    let (items, rv) = shared.store().list(target.kind, target.namespace);
-    shared.stats().kind_mut(target.kind).lists += 1;
-    json_response(StatusCode::OK, &list_json(target.kind, items, rv))
+    // Pagination as the real API server does it: `limit` and an opaque `continue`.
+    let limit =
+        params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let after = match params.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match decode_continue(token) {
+            Some(key) => Some(key),
+            None => return status_response(400, "invalid continue token"),
+        },
+        None => None,
+    };
+    let (items, rv, next) = shared.store().list_page(target.kind, target.namespace, limit, after.as_ref());
+    // One list = its first page.
+    if after.is_none() {
+        shared.stats().kind_mut(target.kind).lists += 1;
+    }
+    json_response(StatusCode::OK, &list_json(target.kind, items, rv, next.map(|k| encode_continue(&k))))
+}
+
+/// Opaque continue token: base64url of `namespace\0name` of the last item served.
+fn encode_continue((ns, name): &(String, String)) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{ns}\0{name}"))
+}
+
+fn decode_continue(token: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let (ns, name) = std::str::from_utf8(&raw).ok()?.split_once('\0')?;
+    Some((ns.to_owned(), name.to_owned()))
 }
 
 /// `/api/v1/[namespaces/{ns}/]pods[/{name}]` and the EndpointSlice equivalent.

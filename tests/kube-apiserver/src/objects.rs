@@ -146,12 +146,17 @@ pub fn reason_for(code: u16) -> &'static str {
     }
 }
 
-/// A list response (`PodList`, `EndpointSliceList`) at resourceVersion `rv`.
-pub(crate) fn list_json(kind: Kind, items: Vec<Value>, rv: u64) -> Value {
+/// A list response (`PodList`, `EndpointSliceList`) at resourceVersion `rv`,
+/// with `metadata.continue` when more pages remain.
+pub(crate) fn list_json(kind: Kind, items: Vec<Value>, rv: u64, continue_token: Option<String>) -> Value {
+    let mut metadata = json!({ "resourceVersion": rv.to_string() });
+    if let Some(token) = continue_token {
+        metadata["continue"] = Value::from(token);
+    }
     json!({
         "kind": kind.list_kind(),
         "apiVersion": kind.api_version(),
-        "metadata": { "resourceVersion": rv.to_string() },
+        "metadata": metadata,
         "items": items,
     })
 }

@@ -221,6 +221,29 @@ impl Store {
         (items, self.rv)
     }
 
+    /// One page of a list: at most `limit` objects after the key `after`
+    /// (exclusive), in key order, and the key to continue after if more remain.
+    /// Later pages show the store as it is then (a real API server serves them
+    /// from the first page's snapshot; the tests here do not depend on that).
+    pub fn list_page(
+        &self,
+        kind: Kind,
+        ns: Option<&str>,
+        limit: usize,
+        after: Option<&(String, String)>,
+    ) -> (Vec<Value>, u64, Option<(String, String)>) {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = self.kinds[kind.index()]
+            .objects
+            .range((start, Bound::Unbounded))
+            .filter(|((obj_ns, _), _)| ns.is_none_or(|ns| ns == obj_ns));
+        let items: Vec<(&(String, String), &Value)> = page.by_ref().take(limit).collect();
+        let more = page.next().is_some();
+        let next = if more { items.last().map(|(k, _)| (*k).clone()) } else { None };
+        (items.into_iter().map(|(_, v)| v.clone()).collect(), self.rv, next)
+    }
+
     /// The events of `kind` (in `ns` if given) after resourceVersion `since`.
     pub fn events_since(&self, kind: Kind, ns: Option<&str>, since: u64) -> Since {
         let state = &self.kinds[kind.index()];

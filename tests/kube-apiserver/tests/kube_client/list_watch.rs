@@ -139,3 +139,38 @@ async fn endpoint_slices_list_and_watch() {
     assert_eq!(server.watch_count(Kind::EndpointSlice), 1);
     assert_eq!(server.watch_count(Kind::Pod), 0);
 }
+
+#[tokio::test]
+async fn lists_paginate_with_limit_and_continue() {
+    let server = TestApiServer::start().await;
+    for i in 0..7 {
+        server
+            .create(pod_json(
+                &format!("p{i}"),
+                "default",
+                "",
+                &[&format!("10.9.0.{i}")],
+                "Running",
+                &[],
+                false,
+            ))
+            .unwrap();
+    }
+    let api: Api<Pod> = Api::all(server.client().await);
+    let mut names = Vec::new();
+    let mut params = kube::api::ListParams::default().limit(3);
+    let mut pages = 0;
+    loop {
+        let page = api.list(&params).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 3, "a page holds at most `limit` items");
+        names.extend(page.items.iter().map(|p| p.metadata.name.clone().unwrap()));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, (0..7).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    assert_eq!(server.list_count(Kind::Pod), 1, "continued pages belong to one list");
+}
