@@ -23,6 +23,20 @@ pub fn parse_counter(text: &str, group: &str, name: &str) -> Option<u64> {
     values.split_whitespace().nth(idx)?.parse().ok()
 }
 
+/// `RetransSegs` of `ns` once it has not moved for a second: a baseline that
+/// no in-flight retransmit of earlier traffic can land behind.
+pub fn quiet_retrans_segs(ns: &str) -> u64 {
+    let mut last = retrans_segs(ns);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = retrans_segs(ns);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// `RetransSegs` of `ns`.
 pub fn retrans_segs(ns: &str) -> u64 {
     counter(ns, "Tcp", "RetransSegs")

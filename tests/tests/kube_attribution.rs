@@ -9,39 +9,21 @@ use std::{os::unix::fs::PermissionsExt, time::Duration};
 use nettel_integration::{
     kernel::retrans_segs,
     metrics::{http_get, sum},
-    netns::{exec, PodPair},
+    netns::PodPair,
     process::{scratch_dir, Aggregator, Loader},
-    require_kernel, wait_for,
+    require_kernel,
+    traffic::{assert_counted, finish, run_client, start_server, RTX},
+    wait_for,
 };
 use nettel_test_apiserver::{endpoint_slice_json, pod_json, Kind, SliceEndpoint, TestApiServer};
 
 const NOBODY: u32 = 65534;
-const RTX: &str = "node_tcp_retransmits_total";
 
 fn upload(pods: &PodPair, bytes: &str) {
     let addr = format!("{}:8080", pods.b_v4);
-    let mut server = exec(&pods.b, env!("CARGO_BIN_EXE_nettel-traffic"))
-        .args(["sink", &addr, "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line)
-        .unwrap();
-    let ok =
-        exec(&pods.a, env!("CARGO_BIN_EXE_nettel-traffic")).args(["send", &addr, bytes]).status().unwrap();
-    assert!(ok.success());
-    assert!(server.wait().unwrap().success());
-}
-
-/// Waits until the retransmits labelled `labels` grew by exactly the kernel's count.
-fn assert_attributed(agg: &Aggregator, labels: &[(&str, &str)], before: u64, want: u64, what: &str) {
-    assert!(want > 0, "{what}: no retransmits happened");
-    let got = wait_for(Duration::from_secs(10), what, || {
-        let n = sum(&agg.scrape(), RTX, labels) - before;
-        (n == want).then_some(n)
-    });
-    assert_eq!(got, want);
+    let server = start_server(&pods.b, &["sink", &addr, "1"]);
+    run_client(&pods.a, &["send", &addr, bytes]);
+    finish(server);
 }
 
 #[test]
@@ -101,7 +83,7 @@ fn retransmits_name_the_pod_namespace_and_service_from_the_api_and_follow_ip_reu
     let before = sum(&agg.scrape(), RTX, &old);
     let k = retrans_segs(&pods.a);
     upload(&pods, "3000000");
-    assert_attributed(&agg, &old, before, retrans_segs(&pods.a) - k, "retransmits to checkout-0");
+    assert_counted(&agg, &old, before, retrans_segs(&pods.a) - k, "retransmits to checkout-0");
 
     // The pod is deleted and its IP reassigned to a new pod of another Service.
     api.delete(Kind::EndpointSlice, "shop", "checkout-abc12").unwrap();
@@ -127,7 +109,7 @@ fn retransmits_name_the_pod_namespace_and_service_from_the_api_and_follow_ip_reu
     let before = sum(&agg.scrape(), RTX, &new);
     let k = retrans_segs(&pods.a);
     upload(&pods, "3000000");
-    assert_attributed(
+    assert_counted(
         &agg,
         &new,
         before,

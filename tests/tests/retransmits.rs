@@ -3,46 +3,19 @@
 //! the real loader (root) and aggregator (uid 65534), compared exactly with
 //! the kernel's own per-namespace counters.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use nettel_integration::{
-    kernel::{counter, retrans_segs},
+    kernel::{counter, quiet_retrans_segs, retrans_segs},
     metrics::sum,
-    netns::{exec, PodPair},
+    netns::PodPair,
     process::{pods_file, scratch_dir, Aggregator, Loader},
-    require_kernel, wait_for,
+    require_kernel,
+    traffic::{assert_counted, finish, run_client, spawn_client, start_server, RTX},
+    wait_for,
 };
 
 const NOBODY: u32 = 65534;
-const RTX: &str = "node_tcp_retransmits_total";
-
-fn traffic() -> &'static str {
-    env!("CARGO_BIN_EXE_nettel-traffic")
-}
-
-/// Starts `nettel-traffic ARGS` in `ns` and waits for it to print `ready`.
-fn start_server(ns: &str, args: &[&str]) -> Child {
-    let mut child = exec(ns, traffic()).args(args).stdout(Stdio::piped()).spawn().expect("server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "server in {ns} did not start");
-    child
-}
-
-/// Runs `nettel-traffic ARGS` in `ns` to completion.
-fn run_client(ns: &str, args: &[&str]) {
-    let status = exec(ns, traffic()).args(args).status().expect("client");
-    assert!(status.success(), "client {args:?} in {ns} failed");
-}
-
-fn finish(mut server: Child) {
-    let status = server.wait().unwrap();
-    assert!(status.success(), "server failed");
-}
 
 /// Runs `promtool check metrics` (Prometheus's own linter) on a scrape.
 fn promtool_check(text: &str) {
@@ -58,24 +31,6 @@ fn promtool_check(text: &str) {
     let out = child.wait_with_output().unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}\n{text}");
-}
-
-/// Waits until the aggregator's count for `labels` grew by exactly `want`;
-/// panics with both numbers otherwise. `want` must be > 0 to prove the test
-/// exercised anything.
-fn assert_counted(agg: &Aggregator, labels: &[(&str, &str)], before: u64, want: u64, what: &str) {
-    assert!(want > 0, "{what}: the kernel counted no retransmits; the drop rule did not bite");
-    let mut last = 0;
-    let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(Duration::from_secs(10), what, || {
-            last = sum(&agg.scrape(), RTX, labels) - before;
-            (last == want).then_some(())
-        })
-    }));
-    assert!(settled.is_ok(), "{what}: nettel counted {last}, the kernel counted {want}\n{}", agg.scrape());
-    // Stays exact (no late duplicates).
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(sum(&agg.scrape(), RTX, labels) - before, want, "{what}: count changed after settling");
 }
 
 #[test]
@@ -278,18 +233,18 @@ fn aggregator_killed_mid_traffic_reconnects_and_counts_again() {
 
     // Kill the aggregator while a transfer is running.
     let server = start_server(&pods.b, &["sink", &addr, "2"]);
-    let mut client = exec(&pods.a, traffic()).args(["send", &addr, "8000000"]).spawn().unwrap();
+    let mut client = spawn_client(&pods.a, &["send", &addr, "8000000"]);
     std::thread::sleep(Duration::from_millis(300));
     first.proc.stop_with(rustix::process::Signal::KILL);
     let mut second = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
     second.wait_connected();
     assert!(client.wait().unwrap().success());
-    std::thread::sleep(Duration::from_secs(1));
 
-    // From here on the new aggregator must count exactly.
+    // From here on the new aggregator must count exactly. The baseline is taken
+    // once the first transfer's retransmits have stopped and been delivered.
     let labels = [("pod", "server-0"), ("dest_port", "8080")];
+    let k_a = quiet_retrans_segs(&pods.a);
     let before = sum(&second.scrape(), RTX, &labels);
-    let k_a = retrans_segs(&pods.a);
     run_client(&pods.a, &["send", &addr, "4000000"]);
     finish(server);
     assert_counted(&second, &labels, before, retrans_segs(&pods.a) - k_a, "retransmits after the restart");

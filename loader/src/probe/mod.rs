@@ -13,8 +13,32 @@ use aya::{
 };
 use nettel_bpf::{abi, names};
 
-pub use self::tcp_retransmit::PROGRAMS as TCP_RETRANSMIT_PROGRAMS;
 use crate::{pin, Error};
+
+/// A tracepoint program of a probe object and where it attaches.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracepoint {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Label for logs and the status RPC, e.g. `tracepoint/tcp/tcp_retransmit_skb`.
+    pub attach_point: &'static str,
+}
+
+impl Tracepoint {
+    /// Loads the program into the kernel and attaches it.
+    pub fn attach(&self, ebpf: &mut Ebpf) -> Result<Attached, Error> {
+        let Self { program, category, name, attach_point } = *self;
+        let prog: &mut aya::programs::TracePoint = ebpf
+            .program_mut(program)
+            .ok_or(Error::ProgramMissing { program })?
+            .try_into()
+            .map_err(|e| Error::program(program, e))?;
+        prog.load().map_err(|e| Error::program(program, e))?;
+        prog.attach(category, name).map_err(|source| Error::Attach { program, attach_point, source })?;
+        Ok(Attached { name: program, attach_point })
+    }
+}
 
 /// One attached program, as reported by the status RPC.
 #[derive(Debug, Clone)]
@@ -80,7 +104,8 @@ pub fn load(
         .set_max_entries(names::EVENTS_MAP, ring_bytes)
         .load(nettel_bpf::TCP_RETRANSMIT_OBJ)
         .map_err(|source| Error::ObjectLoad { object: "tcp_retransmit", source })?;
-    let mut attached = tcp_retransmit::attach(&mut ebpf)?;
+    let mut attached =
+        tcp_retransmit::PROGRAMS.iter().map(|tp| tp.attach(&mut ebpf)).collect::<Result<Vec<_>, _>>()?;
     let bench = match bench_tgid {
         Some(tgid) => {
             let mut bench = aya::EbpfLoader::new()
@@ -89,7 +114,7 @@ pub fn load(
                 .set_global(names::BENCH_TGID, &tgid, true)
                 .load(nettel_bpf::BENCH_OBJ)
                 .map_err(|source| Error::ObjectLoad { object: "bench", source })?;
-            attached.push(bench::attach(&mut bench)?);
+            attached.push(bench::PROGRAM.attach(&mut bench)?);
             Some(bench)
         }
         None => None,
