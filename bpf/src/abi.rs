@@ -7,7 +7,9 @@
     non_upper_case_globals,
     dead_code,
     clippy::all,
-    reason = "bindgen output mirrors C names"
+    clippy::allow_attributes_without_reason,
+    clippy::undocumented_unsafe_blocks,
+    reason = "bindgen output mirrors C names; its layout tests use unsafe offset_of-style blocks"
 )]
 include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 

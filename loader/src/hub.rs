@@ -122,6 +122,11 @@ impl Hub {
         self.lock().len()
     }
 
+    /// Whether no subscriber is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())

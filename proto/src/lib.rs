@@ -8,7 +8,13 @@
 
 /// `nettel.telemetry.v1`.
 pub mod v1 {
-    #![allow(missing_docs, missing_debug_implementations, clippy::all, reason = "generated code")]
+    #![allow(
+        missing_docs,
+        missing_debug_implementations,
+        clippy::all,
+        clippy::allow_attributes_without_reason,
+        reason = "generated code"
+    )]
     tonic::include_proto!("nettel.telemetry.v1");
 
     /// The event schema version this crate's `v1` types describe. Bump when a
