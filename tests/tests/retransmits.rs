@@ -117,7 +117,12 @@ fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mappin
     let dir = scratch_dir("pods");
     // Only the IPv4 address is listed: the server's AF_INET6 socket reports the
     // client as ::ffff:10.77.2.1, which must still resolve.
-    let pf = pods_file(&dir, &[(&pods.a_v4, "client-0", "team-a", "client")]);
+    // The server is listed too: the drop rule can hit its ACK of the client's
+    // FIN, and the client then retransmits the FIN to it.
+    let pf = pods_file(
+        &dir,
+        &[(&pods.a_v4, "client-0", "team-a", "client"), (&pods.b_v4, "server-0", "team-b", "server")],
+    );
     let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
     agg.wait_connected();
     pods.drop_inbound(&pods.a, 0.05, &["--sport", "8080"]);
