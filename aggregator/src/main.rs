@@ -88,7 +88,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let registry = metrics.register();
     let listener = prometheus::bind(args.listen).await?;
-    let agg = Aggregator::new(Arc::clone(&metrics), pods, PortFolder::new(args.ephemeral_port_floor));
+    let mut agg = Aggregator::new(Arc::clone(&metrics), pods, PortFolder::new(args.ephemeral_port_floor));
+    if use_kube {
+        // L7 events come from a process: attribute them by its cgroup first.
+        let root = nettel_aggregator::kube::cgroup::default_root();
+        info!(root = %root.display(), "Attributing HTTP requests by cgroup.");
+        agg = agg
+            .with_cgroups(nettel_aggregator::kube::cgroup::CgroupResolver::new(root, Duration::from_secs(5)));
+    }
     let source = LoaderSource {
         socket: args.loader_socket.clone(),
         subscriber_name: args.subscriber_name.clone(),

@@ -4,9 +4,51 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
     registry::Registry,
 };
+
+/// Buckets of `http_request_duration_seconds`: 1 ms to 10 s, including the
+/// seed's 0.05 and 0.1.
+pub const HTTP_BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Labels of `http_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The serving pod (by cgroup, else by the socket's local address); empty for node-level.
+    pub pod: String,
+    pub namespace: String,
+    pub service: String,
+    /// GET, POST, PUT, DELETE, HEAD, PATCH, OPTIONS, CONNECT, TRACE or OTHER.
+    pub method: String,
+    /// The 3-digit status code.
+    pub status: String,
+}
+
+/// Exemplar labels: the W3C trace id of the request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub trace_id: String,
+}
+
+fn http_histogram() -> HistogramWithExemplars<TraceLabels> {
+    HistogramWithExemplars::new(HTTP_BUCKETS.into_iter())
+}
+
+/// The HTTP latency histogram family.
+pub type HttpDurations =
+    Family<HttpLabels, HistogramWithExemplars<TraceLabels>, fn() -> HistogramWithExemplars<TraceLabels>>;
+
+/// Wrapper giving [`HttpDurations`] a `Default`.
+#[derive(Debug, Clone)]
+pub struct HttpFamily(pub HttpDurations);
+
+impl Default for HttpFamily {
+    fn default() -> Self {
+        Self(Family::new_with_constructor(http_histogram))
+    }
+}
 
 /// Labels of `node_tcp_retransmits_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +98,8 @@ pub struct Metrics {
     pub kube_last_sync_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub kube_watch_errors: Family<ResourceLabels, Counter>,
     pub kube_relists: Family<ResourceLabels, Counter>,
+    pub http_duration: HttpFamily,
+    pub http_unmatched: Family<ReasonLabels, Counter>,
 }
 
 /// A `resource` label (`pods`, `endpointslices`).
@@ -160,6 +204,43 @@ impl Metrics {
             "Full lists (initial and after 410 Gone), by resource",
             self.kube_relists.clone(),
         );
+        r.register(
+            "http_request_duration_seconds",
+            "Server-side HTTP/1.x request latency (request read to status line written), by serving pod, method and status",
+            self.http_duration.0.clone(),
+        );
+        r.register(
+            "nettel_http_unmatched",
+            "HTTP requests or responses the kernel probe could not pair, by reason (response_without_request, closed_with_pending, pipeline_full, connection_table_full)",
+            self.http_unmatched.clone(),
+        );
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_histogram_encodes_with_exemplars() {
+        let m = Metrics::default();
+        let r = m.register();
+        let labels = HttpLabels {
+            pod: "p".into(),
+            namespace: "n".into(),
+            service: "s".into(),
+            method: "GET".into(),
+            status: "200".into(),
+        };
+        m.http_duration.0.get_or_create(&labels).observe(
+            0.12,
+            Some(TraceLabels { trace_id: "ab".into() }),
+            None,
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        assert!(out.contains("http_request_duration_seconds_bucket{"), "{out}");
+        assert!(out.contains("trace_id=\"ab\""), "{out}");
     }
 }

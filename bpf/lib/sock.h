@@ -9,6 +9,31 @@
 #define NT_AF_INET6 10
 
 /**
+ * nt_read_addrs() - copy a socket's family, addresses and ports
+ * @skc: the socket's struct sock_common
+ * @family, @saddr, @daddr, @sport, @dport: outputs (addresses zeroed by the caller)
+ *
+ * Return: the address family.
+ */
+static __always_inline __u16 nt_read_addrs(const struct sock_common *skc, __u8 *family, __u8 *saddr,
+					   __u8 *daddr, __u16 *sport, __u16 *dport)
+{
+	__u16 fam = BPF_CORE_READ(skc, skc_family);
+
+	*family = (__u8)fam;
+	*sport = BPF_CORE_READ(skc, skc_num);
+	*dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	if (fam == NT_AF_INET6) {
+		bpf_core_read(saddr, 16, &skc->skc_v6_rcv_saddr);
+		bpf_core_read(daddr, 16, &skc->skc_v6_daddr);
+	} else {
+		bpf_core_read(saddr, 4, &skc->skc_rcv_saddr);
+		bpf_core_read(daddr, 4, &skc->skc_daddr);
+	}
+	return fam;
+}
+
+/**
  * nt_read_sock_common() - copy family, addresses, ports, state and netns
  * cookie of a socket into a retransmit event
  * @skc: the socket's struct sock_common (full socket or request socket)
@@ -21,19 +46,8 @@
 static __always_inline void nt_read_sock_common(const struct sock_common *skc,
 						struct nt_tcp_retransmit_event *ev)
 {
-	__u16 family = BPF_CORE_READ(skc, skc_family);
-
-	ev->family = (__u8)family;
+	nt_read_addrs(skc, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
 	ev->state = BPF_CORE_READ(skc, skc_state);
-	ev->sport = BPF_CORE_READ(skc, skc_num);
-	ev->dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
-	if (family == NT_AF_INET6) {
-		bpf_core_read(ev->saddr, sizeof(ev->saddr), &skc->skc_v6_rcv_saddr);
-		bpf_core_read(ev->daddr, sizeof(ev->daddr), &skc->skc_v6_daddr);
-	} else {
-		bpf_core_read(ev->saddr, 4, &skc->skc_rcv_saddr);
-		bpf_core_read(ev->daddr, 4, &skc->skc_daddr);
-	}
 	/* struct net gained a plain u64 net_cookie in 5.12; older kernels report 0. */
 	if (bpf_core_field_exists(struct net, net_cookie))
 		ev->netns_cookie = BPF_CORE_READ(skc, skc_net.net, net_cookie);

@@ -20,3 +20,5 @@ unsafe impl aya::Pod for nt_event_hdr {}
 unsafe impl aya::Pod for nt_tcp_retransmit_event {}
 // SAFETY: as above.
 unsafe impl aya::Pod for nt_synthetic_event {}
+// SAFETY: as above.
+unsafe impl aya::Pod for nt_http_event {}

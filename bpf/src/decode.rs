@@ -18,6 +18,8 @@ pub enum Record {
     TcpRetransmit(abi::nt_tcp_retransmit_event),
     /// `NT_EVENT_SYNTHETIC` (benchmark probe).
     Synthetic(abi::nt_synthetic_event),
+    /// `NT_EVENT_HTTP`.
+    Http(abi::nt_http_event),
 }
 
 /// Decodes one ring-buffer record.
@@ -38,6 +40,13 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             }
         }
         abi::NT_EVENT_SYNTHETIC => Ok(Record::Synthetic(read_exact(buf)?)),
+        abi::NT_EVENT_HTTP => {
+            let ev: abi::nt_http_event = read_exact(buf)?;
+            match ev.family {
+                AF_INET | AF_INET6 => Ok(Record::Http(ev)),
+                other => Err(DecodeError::UnknownFamily(other)),
+            }
+        }
         _ => Err(DecodeError::UnknownKind(hdr.kind)),
     }
 }

@@ -16,6 +16,10 @@ pub use error::DecodeError;
 pub static TCP_RETRANSMIT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmit.bpf.o"));
 
+/// The `http` probe object (`tp_btf/sys_exit` for the read/write syscall
+/// family, tracepoint `syscalls/sys_enter_close`).
+pub static HTTP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/http.bpf.o"));
+
 /// The benchmark probe object (tracepoint `syscalls/sys_enter_getppid`,
 /// filtered to one tgid). Loaded only by `nettel-loader run --bench-tgid`.
 pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
@@ -31,6 +35,10 @@ pub mod names {
     pub const PROG_TCP_RTX: &str = "nt_tcp_rtx";
     /// Program on `tcp/tcp_retransmit_synack`.
     pub const PROG_TCP_RTX_SYNACK: &str = "nt_tcp_rtx_syn";
+    /// HTTP program on `tp_btf/sys_exit`.
+    pub const PROG_HTTP_EXIT: &str = "nt_http_exit";
+    /// HTTP program on `syscalls/sys_enter_close`.
+    pub const PROG_HTTP_CLOSE: &str = "nt_http_close";
     /// Benchmark program on `syscalls/sys_enter_getppid`.
     pub const PROG_BENCH: &str = "nt_bench";
     /// Global holding the benchmark's target tgid.

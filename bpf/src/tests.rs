@@ -139,6 +139,24 @@ fn bpf_target_layout_matches_rust() {
     assert_layout!(s, nt_synthetic_event { hdr, seq, _pad });
     assert_layout!(
         s,
+        nt_http_event {
+            hdr,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            family,
+            method,
+            status,
+            flags,
+            _pad1,
+            duration_ns,
+            cgroup_id,
+            trace_id
+        }
+    );
+    assert_layout!(
+        s,
         nt_tcp_retransmit_event {
             hdr,
             saddr,
@@ -159,5 +177,7 @@ fn bpf_target_layout_matches_rust() {
 
 #[test]
 fn probe_object_is_embedded() {
-    assert!(crate::TCP_RETRANSMIT_OBJ.starts_with(b"\x7fELF"), "built without NETTEL_BPF_STUB");
+    for obj in [crate::TCP_RETRANSMIT_OBJ, crate::HTTP_OBJ, crate::BENCH_OBJ] {
+        assert!(obj.starts_with(b"\x7fELF"), "built without NETTEL_BPF_STUB");
+    }
 }

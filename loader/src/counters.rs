@@ -17,6 +17,10 @@ pub struct Counters {
     pub subscribers_connected: AtomicU32,
     pub peers_rejected: AtomicU64,
     pub connections_over_limit: AtomicU64,
+    pub http_unmatched: AtomicU64,
+    pub http_closed_pending: AtomicU64,
+    pub http_pipeline_full: AtomicU64,
+    pub http_connections_full: AtomicU64,
 }
 
 impl Counters {
@@ -31,6 +35,17 @@ impl Counters {
             subscribers_connected: self.subscribers_connected.load(Relaxed),
             peers_rejected: self.peers_rejected.load(Relaxed),
             connections_over_limit: self.connections_over_limit.load(Relaxed),
+            probe: Some(self.probe()),
+        }
+    }
+
+    /// Kernel-side probe counters (running totals).
+    pub fn probe(&self) -> v1::ProbeCounters {
+        v1::ProbeCounters {
+            http_unmatched_responses: self.http_unmatched.load(Relaxed),
+            http_closed_pending: self.http_closed_pending.load(Relaxed),
+            http_pipeline_full: self.http_pipeline_full.load(Relaxed),
+            http_connections_full: self.http_connections_full.load(Relaxed),
         }
     }
 }

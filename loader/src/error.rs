@@ -35,6 +35,8 @@ pub enum Error {
         #[source]
         source: aya::EbpfError,
     },
+    #[error("cannot read kernel BTF from /sys/kernel/btf/vmlinux: {0}")]
+    Btf(String),
     #[error("BPF program `{program}` is missing from its object")]
     ProgramMissing { program: &'static str },
     #[error("BPF map `{map}` is missing from its object")]

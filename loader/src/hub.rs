@@ -29,6 +29,8 @@ pub struct Batch {
     /// Running totals at publish time.
     pub kernel_reserve_failures_total: u64,
     pub decode_errors_total: u64,
+    /// Kernel-side probe counters at publish time.
+    pub probe: v1::ProbeCounters,
 }
 
 /// What a subscriber's queue carries.
@@ -150,6 +152,7 @@ mod tests {
             events: vec![v1::Event::default(); n],
             kernel_reserve_failures_total: 0,
             decode_errors_total: 0,
+            probe: v1::ProbeCounters::default(),
         }
     }
 

@@ -94,6 +94,7 @@ impl TelemetryService for Service {
                         decode_errors_total: b.decode_errors_total,
                     }),
                     schema_version: v1::SCHEMA_VERSION,
+                    probe_counters: Some(b.probe),
                 };
                 last_kernel = last_kernel.max(b.kernel_reserve_failures_total);
                 last_decode = last_decode.max(b.decode_errors_total);

@@ -4,7 +4,10 @@
 
 use nettel_proto::v1;
 
-use crate::{metrics::Metrics, Error};
+use crate::{
+    metrics::{Metrics, ReasonLabels},
+    Error,
+};
 
 /// What the tracker remembers across messages and reconnects.
 #[derive(Debug, Default)]
@@ -13,6 +16,8 @@ pub struct Tracker {
     /// Sequence number the next event should carry, within `epoch`. Kept across
     /// reconnects: events published while disconnected show up as a gap.
     next_event: Option<u64>,
+    /// Last kernel probe counters seen (running totals, per epoch).
+    probe: v1::ProbeCounters,
 }
 
 impl Tracker {
@@ -25,6 +30,21 @@ impl Tracker {
         if self.epoch.is_some_and(|e| e != msg.epoch) {
             m.loader_restarts.inc();
             self.next_event = None;
+            self.probe = v1::ProbeCounters::default();
+        }
+        if let Some(p) = &msg.probe_counters {
+            let add = |reason: &str, now: u64, last: u64| {
+                // Totals only grow within an epoch; a smaller one means a reset.
+                let delta = if now >= last { now - last } else { now };
+                if delta > 0 {
+                    m.http_unmatched.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(delta);
+                }
+            };
+            add("response_without_request", p.http_unmatched_responses, self.probe.http_unmatched_responses);
+            add("closed_with_pending", p.http_closed_pending, self.probe.http_closed_pending);
+            add("pipeline_full", p.http_pipeline_full, self.probe.http_pipeline_full);
+            add("connection_table_full", p.http_connections_full, self.probe.http_connections_full);
+            self.probe = *p;
         }
         self.epoch = Some(msg.epoch);
 
@@ -65,6 +85,7 @@ mod tests {
                 ..Default::default()
             }),
             schema_version: v1::SCHEMA_VERSION,
+            probe_counters: None,
         }
     }
 

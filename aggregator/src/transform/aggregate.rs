@@ -15,7 +15,31 @@ use super::{
     enrich_pod::{addr_from_bytes, normalize, Resolver},
     fold_port::PortFolder,
 };
-use crate::metrics::{KindLabels, Metrics, ReasonLabels, RetransmitLabels};
+use crate::{
+    kube::cgroup::CgroupResolver,
+    metrics::{HttpLabels, KindLabels, Metrics, ReasonLabels, RetransmitLabels, TraceLabels},
+};
+
+/// Label value of an HTTP method.
+fn method_label(m: i32) -> &'static str {
+    match v1::HttpMethod::try_from(m) {
+        Ok(v1::HttpMethod::Get) => "GET",
+        Ok(v1::HttpMethod::Post) => "POST",
+        Ok(v1::HttpMethod::Put) => "PUT",
+        Ok(v1::HttpMethod::Delete) => "DELETE",
+        Ok(v1::HttpMethod::Head) => "HEAD",
+        Ok(v1::HttpMethod::Patch) => "PATCH",
+        Ok(v1::HttpMethod::Options) => "OPTIONS",
+        Ok(v1::HttpMethod::Connect) => "CONNECT",
+        Ok(v1::HttpMethod::Trace) => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Lowercase hex of a trace id.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 
 /// Most cached series handles before the cache is cleared.
 pub const MAX_CACHED_SERIES: usize = 65536;
@@ -31,7 +55,13 @@ pub struct Aggregator {
     cache: HashMap<(IpAddr, u32, i32), (Counter, bool)>,
     received_tcp: Counter,
     received_synthetic: Counter,
+    received_http: Counter,
+    /// HTTP series handles by (cgroup id, local address, method, status).
+    http_cache: HashMap<(u64, IpAddr, i32, u32), HttpSeries>,
+    cgroups: Option<CgroupResolver>,
 }
+
+type HttpSeries = prometheus_client::metrics::exemplar::HistogramWithExemplars<TraceLabels>;
 
 impl Aggregator {
     /// An aggregator counting into `metrics`.
@@ -40,7 +70,12 @@ impl Aggregator {
             metrics.events_received.get_or_create(&KindLabels { kind: "tcp_retransmit".into() }).clone();
         let received_synthetic =
             metrics.events_received.get_or_create(&KindLabels { kind: "synthetic".into() }).clone();
+        let received_http =
+            metrics.events_received.get_or_create(&KindLabels { kind: "http_request".into() }).clone();
         Self {
+            received_http,
+            http_cache: HashMap::new(),
+            cgroups: None,
             cache_generation: pods.generation(),
             metrics,
             pods,
@@ -51,12 +86,22 @@ impl Aggregator {
         }
     }
 
+    /// Attributes HTTP events by the serving process's cgroup first (Kubernetes mode).
+    pub fn with_cgroups(mut self, cgroups: CgroupResolver) -> Self {
+        self.cgroups = Some(cgroups);
+        self
+    }
+
     /// Counts one event.
     pub fn apply(&mut self, ev: &v1::Event) {
         match &ev.kind {
             Some(v1::event::Kind::TcpRetransmit(t)) => {
                 self.received_tcp.inc();
                 self.tcp_retransmit(t);
+            }
+            Some(v1::event::Kind::HttpRequest(h)) => {
+                self.received_http.inc();
+                self.http_request(h);
             }
             // Benchmark events are counted and otherwise ignored.
             Some(v1::event::Kind::Synthetic(_)) => {
@@ -80,13 +125,9 @@ impl Aggregator {
         }
         let addr = normalize(addr);
         let key = (addr, t.remote_port, kind as i32);
-        let generation = self.pods.generation();
-        if generation != self.cache_generation
-            || (self.cache.len() >= MAX_CACHED_SERIES && !self.cache.contains_key(&key))
-        {
-            // Pods changed (or the cache is full): resolve afresh.
+        self.refresh_cache();
+        if self.cache.len() >= MAX_CACHED_SERIES && !self.cache.contains_key(&key) {
             self.cache.clear();
-            self.cache_generation = generation;
         }
         let (metrics, pods, ports) = (&self.metrics, &self.pods, &self.ports);
         let (counter, resolved) = self.cache.entry(key).or_insert_with(|| {
@@ -109,6 +150,55 @@ impl Aggregator {
         counter.inc_by(u64::from(t.segments.max(1)));
         if !*resolved {
             self.metrics.unresolved_addresses.inc();
+        }
+    }
+
+    fn http_request(&mut self, h: &v1::HttpRequest) {
+        let Some(local) = addr_from_bytes(&h.local_addr) else {
+            return self.decode_error("bad_address");
+        };
+        if !(100..=599).contains(&h.status) {
+            return self.decode_error("bad_http_status");
+        }
+        let local = normalize(local);
+        self.refresh_cache();
+        let key = (h.cgroup_id, local, h.method, h.status);
+        if self.http_cache.len() >= MAX_CACHED_SERIES && !self.http_cache.contains_key(&key) {
+            self.http_cache.clear();
+        }
+        if !self.http_cache.contains_key(&key) {
+            // The serving pod: by cgroup (Kubernetes), else by the socket's local address.
+            let now = std::time::Instant::now();
+            let by_cgroup = self
+                .cgroups
+                .as_mut()
+                .and_then(|c| c.pod_uid(h.cgroup_id, now))
+                .and_then(|uid| self.pods.lookup_uid(&uid));
+            let pod = by_cgroup.or_else(|| self.pods.lookup(local));
+            if pod.is_none() {
+                self.metrics.unresolved_addresses.inc();
+            }
+            let labels = HttpLabels {
+                pod: pod.as_ref().map_or_else(String::new, |p| p.name.to_string()),
+                namespace: pod.as_ref().map_or_else(String::new, |p| p.namespace.to_string()),
+                service: pod.as_ref().map_or_else(String::new, |p| p.service.to_string()),
+                method: method_label(h.method).into(),
+                status: h.status.to_string(),
+            };
+            let series = self.metrics.http_duration.0.get_or_create(&labels).clone();
+            self.http_cache.insert(key, series);
+        }
+        let exemplar = (h.trace_id.len() == 16).then(|| TraceLabels { trace_id: hex(&h.trace_id) });
+        self.http_cache[&key].observe(h.duration_ns as f64 / 1e9, exemplar, None);
+    }
+
+    /// Drops cached series handles when the pod index changed.
+    fn refresh_cache(&mut self) {
+        let generation = self.pods.generation();
+        if generation != self.cache_generation {
+            self.cache.clear();
+            self.http_cache.clear();
+            self.cache_generation = generation;
         }
     }
 

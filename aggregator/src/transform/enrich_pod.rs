@@ -54,6 +54,14 @@ impl Resolver {
         }
     }
 
+    /// The pod with UID `uid` (Kubernetes mode only: a pods file has no UIDs).
+    pub fn lookup_uid(&self, uid: &str) -> Option<PodMeta> {
+        match self {
+            Self::Static(_) => None,
+            Self::Cluster(c) => c.read().lookup_uid(uid, std::time::Instant::now()),
+        }
+    }
+
     /// Changes whenever a lookup result may have changed; callers caching
     /// results must drop them when it moves.
     pub fn generation(&self) -> u64 {

@@ -21,7 +21,25 @@ enum nt_event_kind {
 	NT_EVENT_UNSPEC = 0,
 	NT_EVENT_TCP_RETRANSMIT = 1,
 	NT_EVENT_SYNTHETIC = 2, /* benchmark probe only (probes/bench.bpf.c) */
+	NT_EVENT_HTTP = 3,      /* probes/http.bpf.c */
 };
+
+/* Values for nt_http_event.method. Never renumber. */
+enum nt_http_method {
+	NT_HTTP_OTHER = 0,
+	NT_HTTP_GET = 1,
+	NT_HTTP_POST = 2,
+	NT_HTTP_PUT = 3,
+	NT_HTTP_DELETE = 4,
+	NT_HTTP_HEAD = 5,
+	NT_HTTP_PATCH = 6,
+	NT_HTTP_OPTIONS = 7,
+	NT_HTTP_CONNECT = 8,
+	NT_HTTP_TRACE = 9,
+};
+
+/* nt_http_event.flags */
+#define NT_HTTP_F_TRACE 1 /* trace_id holds a W3C traceparent trace id */
 
 /* Values for nt_tcp_retransmit_event.rtx_kind. Never renumber. */
 enum nt_retransmit_kind {
@@ -34,7 +52,11 @@ enum nt_retransmit_kind {
 enum nt_stat {
 	NT_STAT_SUBMITTED = 0,       /* records committed to the ring buffer */
 	NT_STAT_RESERVE_FAILED = 1,  /* bpf_ringbuf_reserve() returned NULL */
-	NT_STAT_MAX = 4,             /* array size; spare slots for growth */
+	NT_STAT_HTTP_UNMATCHED = 2,  /* HTTP response with no pending request */
+	NT_STAT_HTTP_CLOSED = 3,     /* connection closed with requests pending */
+	NT_STAT_HTTP_PIPELINE_FULL = 4, /* request dropped: too many pipelined */
+	NT_STAT_HTTP_CONN_FULL = 5,  /* request dropped: connection map full */
+	NT_STAT_MAX = 8,             /* array size; spare slots for growth */
 };
 
 /* Common header of every ring-buffer record. */
@@ -71,6 +93,26 @@ struct nt_synthetic_event {
 	struct nt_event_hdr hdr;
 	__u64 seq;           /* per-CPU running count, for debugging only */
 	__u8 _pad[48];
+};
+
+/*
+ * One HTTP/1.x request served by a local TCP socket: from the read that
+ * carried the request line to the write that carried the status line.
+ */
+struct nt_http_event {
+	struct nt_event_hdr hdr;
+	__u8 saddr[16];      /* local (server) address, network byte order */
+	__u8 daddr[16];      /* remote (client) address */
+	__u16 sport;         /* local port, host byte order */
+	__u16 dport;         /* remote port */
+	__u8 family;         /* AF_INET or AF_INET6 */
+	__u8 method;         /* enum nt_http_method */
+	__u16 status;        /* 100..599 */
+	__u32 flags;         /* NT_HTTP_F_* */
+	__u32 _pad1;
+	__u64 duration_ns;   /* request read -> response status line written */
+	__u64 cgroup_id;     /* cgroup v2 id of the serving process */
+	__u8 trace_id[16];   /* valid with NT_HTTP_F_TRACE */
 };
 
 #endif /* __NETTEL_ABI_H */

@@ -3,6 +3,7 @@
 //! dropping them detaches every program (pinned maps stay in the pin dir).
 
 mod bench;
+mod http;
 mod tcp_retransmit;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ pub struct Attached {
 pub struct Probes {
     /// Kept alive for the links they own.
     _tcp_retransmit: Ebpf,
+    _http: Ebpf,
     _bench: Option<Ebpf>,
     pub stats: PerCpuArray<MapData, u64>,
     pub attached: Vec<Attached>,
@@ -106,6 +108,12 @@ pub fn load(
         .map_err(|source| Error::ObjectLoad { object: "tcp_retransmit", source })?;
     let mut attached =
         tcp_retransmit::PROGRAMS.iter().map(|tp| tp.attach(&mut ebpf)).collect::<Result<Vec<_>, _>>()?;
+    let mut http = aya::EbpfLoader::new()
+        .map_pin_path(pin_dir)
+        .set_max_entries(names::EVENTS_MAP, ring_bytes)
+        .load(nettel_bpf::HTTP_OBJ)
+        .map_err(|source| Error::ObjectLoad { object: "http", source })?;
+    attached.extend(http::attach(&mut http)?);
     let bench = match bench_tgid {
         Some(tgid) => {
             let mut bench = aya::EbpfLoader::new()
@@ -126,7 +134,7 @@ pub fn load(
     let stats =
         PerCpuArray::try_from(stats).map_err(|source| Error::Map { map: names::STATS_MAP, source })?;
     let pinned = [names::EVENTS_MAP, names::STATS_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
-    Ok((Probes { _tcp_retransmit: ebpf, _bench: bench, stats, attached, pinned }, events))
+    Ok((Probes { _tcp_retransmit: ebpf, _http: http, _bench: bench, stats, attached, pinned }, events))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {

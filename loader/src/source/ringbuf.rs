@@ -96,6 +96,7 @@ impl State {
             events,
             kernel_reserve_failures_total: counters.kernel_reserve_failures.load(Relaxed),
             decode_errors_total: counters.decode_errors.load(Relaxed),
+            probe: counters.probe(),
         });
         self.last_publish = Instant::now();
     }
@@ -135,19 +136,55 @@ fn drain_ready(
 }
 
 fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counters: &Counters) {
-    let sum = |idx: u32| stats.get(&idx, 0).map(|v| v.iter().sum::<u64>());
-    match (sum(abi::NT_STAT_SUBMITTED), sum(abi::NT_STAT_RESERVE_FAILED)) {
-        (Ok(submitted), Ok(failed)) => {
-            counters.kernel_submitted.store(submitted, Relaxed);
-            counters.kernel_reserve_failures.store(failed, Relaxed);
+    let slots = [
+        (abi::NT_STAT_SUBMITTED, &counters.kernel_submitted),
+        (abi::NT_STAT_RESERVE_FAILED, &counters.kernel_reserve_failures),
+        (abi::NT_STAT_HTTP_UNMATCHED, &counters.http_unmatched),
+        (abi::NT_STAT_HTTP_CLOSED, &counters.http_closed_pending),
+        (abi::NT_STAT_HTTP_PIPELINE_FULL, &counters.http_pipeline_full),
+        (abi::NT_STAT_HTTP_CONN_FULL, &counters.http_connections_full),
+    ];
+    for (idx, counter) in slots {
+        match stats.get(&idx, 0) {
+            Ok(per_cpu) => counter.store(per_cpu.iter().sum(), Relaxed),
+            Err(e) => warn!(error = %e, index = idx, "Failed to read kernel statistics map."),
         }
-        (Err(e), _) | (_, Err(e)) => warn!(error = %e, "Failed to read kernel statistics map."),
     }
 }
 
 /// Converts a decoded record to its proto event.
 pub fn to_proto(rec: &Record) -> v1::Event {
     match rec {
+        Record::Http(ev) => {
+            let alen = if ev.family == AF_INET { 4 } else { 16 };
+            let method = match u32::from(ev.method) {
+                abi::NT_HTTP_GET => v1::HttpMethod::Get,
+                abi::NT_HTTP_POST => v1::HttpMethod::Post,
+                abi::NT_HTTP_PUT => v1::HttpMethod::Put,
+                abi::NT_HTTP_DELETE => v1::HttpMethod::Delete,
+                abi::NT_HTTP_HEAD => v1::HttpMethod::Head,
+                abi::NT_HTTP_PATCH => v1::HttpMethod::Patch,
+                abi::NT_HTTP_OPTIONS => v1::HttpMethod::Options,
+                abi::NT_HTTP_CONNECT => v1::HttpMethod::Connect,
+                abi::NT_HTTP_TRACE => v1::HttpMethod::Trace,
+                _ => v1::HttpMethod::Other,
+            };
+            let traced = ev.flags & abi::NT_HTTP_F_TRACE != 0;
+            v1::Event {
+                timestamp_boot_ns: ev.hdr.ts_boot_ns,
+                kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
+                    local_addr: ev.saddr[..alen].to_vec(),
+                    remote_addr: ev.daddr[..alen].to_vec(),
+                    local_port: ev.sport.into(),
+                    remote_port: ev.dport.into(),
+                    method: method as i32,
+                    status: ev.status.into(),
+                    duration_ns: ev.duration_ns,
+                    cgroup_id: ev.cgroup_id,
+                    trace_id: if traced { ev.trace_id.to_vec() } else { Vec::new() },
+                })),
+            }
+        }
         Record::Synthetic(ev) => v1::Event {
             timestamp_boot_ns: ev.hdr.ts_boot_ns,
             kind: Some(v1::event::Kind::Synthetic(v1::Synthetic { sequence: ev.seq })),
