@@ -91,7 +91,7 @@ pub struct Metrics {
     pub stream_gap_events: Counter,
     pub loader_restarts: Counter,
     pub loader_connected: Gauge,
-    pub unresolved_addresses: Counter,
+    pub unresolved_addresses: Family<KindLabels, Counter>,
     pub pods_indexed: Gauge,
     pub kube_pods: Gauge,
     pub kube_synced: Gauge,
@@ -175,7 +175,7 @@ impl Metrics {
         );
         r.register(
             "nettel_unresolved_addresses",
-            "Events whose address matched no pod and got node-level labels",
+            "Events whose address (or cgroup) matched no pod and got node-level labels, by event kind",
             self.unresolved_addresses.clone(),
         );
         r.register("nettel_pods_indexed", "Addresses in the pod index", self.pods_indexed.clone());

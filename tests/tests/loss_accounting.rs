@@ -60,8 +60,10 @@ fn every_event_is_received_or_counted_lost_with_a_tiny_ring_buffer() {
         "sent {sent}: received {received}, kernel lost {kernel_lost}, queue dropped {queue_dropped}"
     );
 
-    // The loader's own view agrees with the kernel's per-CPU counters.
+    // The loader's view of kernel loss agrees with what reached the aggregator.
+    // (Submitted counts are not compared: this test's own HTTP scrapes of the
+    // aggregator are events too, produced by the HTTP probe while it runs.)
     let c = loader.status().counters.unwrap();
     assert_eq!(c.kernel_reserve_failures, kernel_lost);
-    assert_eq!(c.kernel_submitted, received + queue_dropped);
+    assert!(c.kernel_submitted >= received + queue_dropped);
 }

@@ -140,7 +140,7 @@ fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mappin
         sum(&agg.scrape(), RTX, &data) > before_data,
         "data retransmits from the AF_INET6 socket were attributed"
     );
-    assert_eq!(sum(&agg.scrape(), "nettel_unresolved_addresses_total", &[]), 0);
+    assert_eq!(sum(&agg.scrape(), "nettel_unresolved_addresses_total", &[("kind", "tcp_retransmit")]), 0);
 }
 
 #[test]

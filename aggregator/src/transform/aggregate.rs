@@ -56,6 +56,8 @@ pub struct Aggregator {
     received_tcp: Counter,
     received_synthetic: Counter,
     received_http: Counter,
+    unresolved_tcp: Counter,
+    unresolved_http: Counter,
     /// HTTP series handles by (cgroup id, local address, method, status).
     http_cache: HashMap<(u64, IpAddr, i32, u32), HttpSeries>,
     cgroups: Option<CgroupResolver>,
@@ -72,7 +74,13 @@ impl Aggregator {
             metrics.events_received.get_or_create(&KindLabels { kind: "synthetic".into() }).clone();
         let received_http =
             metrics.events_received.get_or_create(&KindLabels { kind: "http_request".into() }).clone();
+        let unresolved = |kind: &str| {
+            metrics.unresolved_addresses.get_or_create(&KindLabels { kind: kind.into() }).clone()
+        };
+        let (unresolved_tcp, unresolved_http) = (unresolved("tcp_retransmit"), unresolved("http_request"));
         Self {
+            unresolved_tcp,
+            unresolved_http,
             received_http,
             http_cache: HashMap::new(),
             cgroups: None,
@@ -149,7 +157,7 @@ impl Aggregator {
         // Segments, like the kernel's TcpRetransSegs; 0 from an old loader means 1.
         counter.inc_by(u64::from(t.segments.max(1)));
         if !*resolved {
-            self.metrics.unresolved_addresses.inc();
+            self.unresolved_tcp.inc();
         }
     }
 
@@ -176,7 +184,7 @@ impl Aggregator {
                 .and_then(|uid| self.pods.lookup_uid(&uid));
             let pod = by_cgroup.or_else(|| self.pods.lookup(local));
             if pod.is_none() {
-                self.metrics.unresolved_addresses.inc();
+                self.unresolved_http.inc();
             }
             let labels = HttpLabels {
                 pod: pod.as_ref().map_or_else(String::new, |p| p.name.to_string()),
@@ -276,7 +284,10 @@ mod tests {
         );
         assert_eq!(value(&m, "web-0", "ephemeral", "synack"), 1);
         assert_eq!(value(&m, "", "443", "data"), 1, "unknown address falls back to node level");
-        assert_eq!(m.unresolved_addresses.get(), 1);
+        assert_eq!(
+            m.unresolved_addresses.get_or_create(&KindLabels { kind: "tcp_retransmit".into() }).get(),
+            1
+        );
         assert_eq!(m.tcp_retransmit_failed.get(), 1);
         let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
         assert_eq!((reason("bad_address"), reason("unknown_event_kind")), (1, 1));
