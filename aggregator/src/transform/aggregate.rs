@@ -59,7 +59,7 @@ pub struct Aggregator {
     unresolved_tcp: Counter,
     unresolved_http: Counter,
     /// HTTP series handles by (cgroup id, local address, method, status).
-    http_cache: HashMap<(u64, IpAddr, i32, u32), HttpSeries>,
+    http_cache: HashMap<(u64, IpAddr, i32, u32), (HttpSeries, bool)>,
     cgroups: Option<CgroupResolver>,
 }
 
@@ -183,9 +183,6 @@ impl Aggregator {
                 .and_then(|c| c.pod_uid(h.cgroup_id, now))
                 .and_then(|uid| self.pods.lookup_uid(&uid));
             let pod = by_cgroup.or_else(|| self.pods.lookup(local));
-            if pod.is_none() {
-                self.unresolved_http.inc();
-            }
             let labels = HttpLabels {
                 pod: pod.as_ref().map_or_else(String::new, |p| p.name.to_string()),
                 namespace: pod.as_ref().map_or_else(String::new, |p| p.namespace.to_string()),
@@ -194,10 +191,14 @@ impl Aggregator {
                 status: h.status.to_string(),
             };
             let series = self.metrics.http_duration.0.get_or_create(&labels).clone();
-            self.http_cache.insert(key, series);
+            self.http_cache.insert(key, (series, pod.is_some()));
         }
         let exemplar = (h.trace_id.len() == 16).then(|| TraceLabels { trace_id: hex(&h.trace_id) });
-        self.http_cache[&key].observe(h.duration_ns as f64 / 1e9, exemplar, None);
+        let (series, resolved) = &self.http_cache[&key];
+        series.observe(h.duration_ns as f64 / 1e9, exemplar, None);
+        if !resolved {
+            self.unresolved_http.inc();
+        }
     }
 
     /// Drops cached series handles when the pod index changed.

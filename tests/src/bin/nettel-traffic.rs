@@ -7,6 +7,8 @@
 //! nettel-traffic send   CONNECT_ADDR BYTES               # connect, write BYTES, close
 //! nettel-traffic recv   CONNECT_ADDR                     # connect, read until EOF
 //! nettel-traffic dial   CONNECT_ADDR COUNT               # COUNT connect+close handshakes
+//! nettel-traffic http   LISTEN_ADDR                      # HTTP/1.1 server, routes as tests/fixtures/http_server.py
+//! nettel-traffic blob   CONNECT_ADDR COUNT               # COUNT non-HTTP request/response exchanges
 //! ```
 //! `LISTEN_ADDR` `[::]:PORT` listens dual-stack (IPv4 peers appear v4-mapped).
 
@@ -34,6 +36,9 @@ fn main() -> ExitCode {
             connect(parse_addr(addr)).and_then(|mut s| std::io::copy(&mut s, &mut std::io::sink()).map(drop))
         }
         ["dial", addr, n] => (0..parse_n(n)).try_for_each(|_| connect(parse_addr(addr)).map(drop)),
+        ["http", addr] => http_server(parse_addr(addr)),
+        ["blob", addr, n] => blob_client(parse_addr(addr), parse_n(n)),
+        ["blobd", addr] => blob_server(parse_addr(addr)),
         _ => {
             eprintln!("usage: see the module docs of tests/src/bin/nettel-traffic.rs");
             return ExitCode::from(2);
@@ -84,6 +89,96 @@ fn write_n(s: &mut TcpStream, mut n: u64) -> std::io::Result<()> {
         let k = n.min(buf.len() as u64) as usize;
         s.write_all(&buf[..k])?;
         n -= k as u64;
+    }
+    Ok(())
+}
+
+// === HTTP/1.1 server (the Rust runtime of the HTTP tests) ===
+
+fn http_server(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let conn = conn?;
+        std::thread::spawn(move || {
+            let _ = http_connection(conn);
+        });
+    }
+    Ok(())
+}
+
+fn http_connection(conn: TcpStream) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let (mut length, mut close) = (0usize, false);
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            close |= lower == "connection: close";
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        let status = match path.as_str() {
+            "/ok" => "200 OK",
+            "/fail" => "500 Internal Server Error",
+            "/sleep" => {
+                std::thread::sleep(Duration::from_millis(120));
+                "202 Accepted"
+            }
+            _ => "404 Not Found",
+        };
+        let payload = if method == "HEAD" { "" } else { "xxxxxxxxxxxxxxxx" };
+        // One write per response, as real servers do (the probe reads the
+        // status line from the first write).
+        out.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 16\r\n\r\n{payload}").as_bytes())?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+// === Non-HTTP TCP traffic: a Redis-like line protocol ===
+
+fn blob_server(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let (conn, _) = listener.accept()?;
+    let mut out = conn.try_clone()?;
+    let mut buf = [0u8; 4096];
+    let mut reader = conn;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(b"+OK\r\n")?;
+    }
+}
+
+fn blob_client(addr: SocketAddr, n: u64) -> std::io::Result<()> {
+    let mut s = connect(addr)?;
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        write!(s, "*3\r\n$3\r\nSET\r\n$3\r\nk{i}\r\n$1\r\nv\r\n")?;
+        let _ = s.read(&mut buf)?;
     }
     Ok(())
 }
