@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use nettel_bpf::{abi, decode, Record, AF_INET};
+use nettel_bpf::{abi, decode};
 use nettel_proto::v1;
 use tracing::warn;
 
@@ -113,7 +113,7 @@ fn drain_ready(
     while let Some(item) = rb.next() {
         read += 1;
         match decode(&item) {
-            Ok(rec) => state.batch.push(to_proto(&rec)),
+            Ok(rec) => state.batch.push(super::convert::to_proto(&rec)),
             Err(e) => {
                 // Logged at powers of two only: this is the per-event path.
                 let n = counters.decode_errors.fetch_add(1, Relaxed) + 1;
@@ -148,68 +148,6 @@ fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counter
         match stats.get(&idx, 0) {
             Ok(per_cpu) => counter.store(per_cpu.iter().sum(), Relaxed),
             Err(e) => warn!(error = %e, index = idx, "Failed to read kernel statistics map."),
-        }
-    }
-}
-
-/// Converts a decoded record to its proto event.
-pub fn to_proto(rec: &Record) -> v1::Event {
-    match rec {
-        Record::Http(ev) => {
-            let alen = if ev.family == AF_INET { 4 } else { 16 };
-            let method = match u32::from(ev.method) {
-                abi::NT_HTTP_GET => v1::HttpMethod::Get,
-                abi::NT_HTTP_POST => v1::HttpMethod::Post,
-                abi::NT_HTTP_PUT => v1::HttpMethod::Put,
-                abi::NT_HTTP_DELETE => v1::HttpMethod::Delete,
-                abi::NT_HTTP_HEAD => v1::HttpMethod::Head,
-                abi::NT_HTTP_PATCH => v1::HttpMethod::Patch,
-                abi::NT_HTTP_OPTIONS => v1::HttpMethod::Options,
-                abi::NT_HTTP_CONNECT => v1::HttpMethod::Connect,
-                abi::NT_HTTP_TRACE => v1::HttpMethod::Trace,
-                _ => v1::HttpMethod::Other,
-            };
-            let traced = ev.flags & abi::NT_HTTP_F_TRACE != 0;
-            v1::Event {
-                timestamp_boot_ns: ev.hdr.ts_boot_ns,
-                kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
-                    local_addr: ev.saddr[..alen].to_vec(),
-                    remote_addr: ev.daddr[..alen].to_vec(),
-                    local_port: ev.sport.into(),
-                    remote_port: ev.dport.into(),
-                    method: method as i32,
-                    status: ev.status.into(),
-                    duration_ns: ev.duration_ns,
-                    cgroup_id: ev.cgroup_id,
-                    trace_id: if traced { ev.trace_id.to_vec() } else { Vec::new() },
-                })),
-            }
-        }
-        Record::Synthetic(ev) => v1::Event {
-            timestamp_boot_ns: ev.hdr.ts_boot_ns,
-            kind: Some(v1::event::Kind::Synthetic(v1::Synthetic { sequence: ev.seq })),
-        },
-        Record::TcpRetransmit(ev) => {
-            let alen = if ev.family == AF_INET { 4 } else { 16 };
-            let kind = match u32::from(ev.rtx_kind) {
-                abi::NT_RTX_DATA => v1::RetransmitKind::Data,
-                abi::NT_RTX_SYNACK => v1::RetransmitKind::Synack,
-                _ => v1::RetransmitKind::Unspecified,
-            };
-            v1::Event {
-                timestamp_boot_ns: ev.hdr.ts_boot_ns,
-                kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-                    local_addr: ev.saddr[..alen].to_vec(),
-                    remote_addr: ev.daddr[..alen].to_vec(),
-                    local_port: ev.sport.into(),
-                    remote_port: ev.dport.into(),
-                    kind: kind as i32,
-                    tcp_state: ev.state.into(),
-                    error: ev.err,
-                    netns_cookie: ev.netns_cookie,
-                    segments: ev.segs.into(),
-                })),
-            }
         }
     }
 }
