@@ -245,3 +245,25 @@ pub fn pods_file(dir: &Path, pods: &[(&str, &str, &str, &str)]) -> PathBuf {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     path
 }
+
+/// A loader and an aggregator (both as the tests run them: root and uid 65534)
+/// attributing by a pods file, with the aggregator's stream open.
+#[derive(Debug)]
+pub struct Stack {
+    /// Dropped first: the aggregator goes before its loader.
+    pub agg: Aggregator,
+    pub loader: Loader,
+    pub pods_file: PathBuf,
+}
+
+impl Stack {
+    /// Starts the stack; `pods` as for [`pods_file`].
+    pub fn start(pods: &[(&str, &str, &str, &str)]) -> Self {
+        const NOBODY: u32 = 65534;
+        let loader = Loader::start(NOBODY, &[NOBODY], &[]);
+        let pods_file = pods_file(&scratch_dir("pods"), pods);
+        let mut agg = Aggregator::start(&loader.socket, Some(&pods_file), NOBODY, NOBODY);
+        agg.wait_connected();
+        Self { agg, loader, pods_file }
+    }
+}

@@ -14,7 +14,7 @@ use std::{
 use nettel_integration::{
     metrics::{http_get, sum},
     netns::{exec, PodPair},
-    process::{bin, pods_file, scratch_dir, Aggregator, Loader},
+    process::{bin, Stack},
     require_kernel, wait_for,
 };
 
@@ -88,13 +88,10 @@ fn http_requests_are_counted_exactly_in_three_runtimes() {
     }
     let pairs = [PodPair::new(6), PodPair::new(7), PodPair::new(8)];
     let runtimes = ["python-0", "node-0", "rust-0"];
-    let dir = scratch_dir("pods");
     let entries: Vec<(&str, &str, &str, &str)> =
         pairs.iter().zip(runtimes).map(|(p, name)| (p.b_v4.as_str(), name, "web", name)).collect();
-    let pf = pods_file(&dir, &entries);
-    let loader = Loader::start(65534, &[65534], &[]);
-    let mut agg = Aggregator::start(&loader.socket, Some(&pf), 65534, 65534);
-    agg.wait_connected();
+    let stack = Stack::start(&entries);
+    let agg = &stack.agg;
 
     let traffic = bin("nettel-traffic").display().to_string();
     for (pods, name) in pairs.iter().zip(runtimes) {

@@ -9,7 +9,7 @@ use nettel_integration::{
     kernel::{counter, quiet_retrans_segs, retrans_segs},
     metrics::sum,
     netns::PodPair,
-    process::{pods_file, scratch_dir, Aggregator, Loader},
+    process::{pods_file, scratch_dir, Aggregator, Loader, Stack},
     require_kernel,
     traffic::{assert_counted, finish, run_client, spawn_client, start_server, RTX},
     wait_for,
@@ -39,21 +39,15 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
         return;
     }
     let pods = PodPair::new(1);
-    let loader = Loader::start(NOBODY, &[NOBODY], &[]);
-    let dir = scratch_dir("pods");
-    let pf = pods_file(
-        &dir,
-        &[
-            (&pods.a_v4, "client-0", "team-a", "client"),
-            (&pods.a_v6, "client-0", "team-a", "client"),
-            (&pods.b_v4, "server-0", "team-b", "server"),
-            (&pods.b_v6, "server-0", "team-b", "server"),
-        ],
-    );
-    let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
-    agg.wait_connected();
+    let stack = Stack::start(&[
+        (&pods.a_v4, "client-0", "team-a", "client"),
+        (&pods.a_v6, "client-0", "team-a", "client"),
+        (&pods.b_v4, "server-0", "team-b", "server"),
+        (&pods.b_v6, "server-0", "team-b", "server"),
+    ]);
+    let agg = &stack.agg;
     // A second subscriber (how an aggregator is swapped) gets the full stream too.
-    let mut twin = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
+    let mut twin = Aggregator::start(&stack.loader.socket, Some(&stack.pods_file), NOBODY, NOBODY);
     twin.wait_connected();
     pods.drop_inbound(&pods.b, 0.05, &["--dport", "8080"]);
 
@@ -79,7 +73,7 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
 
         // Everything pod A retransmitted went to server-0:8080 ...
         let want = retrans_segs(&pods.a) - k_a;
-        assert_counted(&agg, &server_labels, m_server, want, &format!("{family} retransmits to server-0"));
+        assert_counted(agg, &server_labels, m_server, want, &format!("{family} retransmits to server-0"));
         assert_counted(
             &twin,
             &server_labels,
@@ -113,18 +107,15 @@ fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mappin
         return;
     }
     let pods = PodPair::new(2);
-    let loader = Loader::start(NOBODY, &[NOBODY], &[]);
-    let dir = scratch_dir("pods");
     // Only the IPv4 address is listed: the server's AF_INET6 socket reports the
     // client as ::ffff:10.77.2.1, which must still resolve.
     // The server is listed too: the drop rule can hit its ACK of the client's
     // FIN, and the client then retransmits the FIN to it.
-    let pf = pods_file(
-        &dir,
-        &[(&pods.a_v4, "client-0", "team-a", "client"), (&pods.b_v4, "server-0", "team-b", "server")],
-    );
-    let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
-    agg.wait_connected();
+    let stack = Stack::start(&[
+        (&pods.a_v4, "client-0", "team-a", "client"),
+        (&pods.b_v4, "server-0", "team-b", "server"),
+    ]);
+    let agg = &stack.agg;
     pods.drop_inbound(&pods.a, 0.05, &["--sport", "8080"]);
 
     // Every kind: the drop rule can also hit the SYN-ACK (kind="synack").
@@ -135,7 +126,7 @@ fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mappin
     let server = start_server(&pods.b, &["source", "[::]:8080", "1", "4000000"]);
     run_client(&pods.a, &["recv", &format!("{}:8080", pods.b_v4)]);
     finish(server);
-    assert_counted(&agg, &labels, before, retrans_segs(&pods.b) - k_b, "retransmits to the v4 client");
+    assert_counted(agg, &labels, before, retrans_segs(&pods.b) - k_b, "retransmits to the v4 client");
     assert!(
         sum(&agg.scrape(), RTX, &data) > before_data,
         "data retransmits from the AF_INET6 socket were attributed"
@@ -149,14 +140,11 @@ fn synack_retransmits_are_counted_with_kind_synack() {
         return;
     }
     let pods = PodPair::new(3);
-    let loader = Loader::start(NOBODY, &[NOBODY], &[]);
-    let dir = scratch_dir("pods");
-    let pf = pods_file(
-        &dir,
-        &[(&pods.a_v4, "client-0", "team-a", "client"), (&pods.b_v4, "server-0", "team-b", "server")],
-    );
-    let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
-    agg.wait_connected();
+    let stack = Stack::start(&[
+        (&pods.a_v4, "client-0", "team-a", "client"),
+        (&pods.b_v4, "server-0", "team-b", "server"),
+    ]);
+    let agg = &stack.agg;
     // Lose a share of the SYN-ACKs on their way into the client pod.
     pods.drop_inbound(&pods.a, 0.3, &["--sport", "8080", "--tcp-flags", "SYN,ACK", "SYN,ACK"]);
 
@@ -177,7 +165,7 @@ fn synack_retransmits_are_counted_with_kind_synack() {
 
     // The server pod only retransmits SYN-ACKs here: TCPSynRetrans counts them.
     assert_counted(
-        &agg,
+        agg,
         &synack,
         m_synack,
         counter(&pods.b, "TcpExt", "TCPSynRetrans") - k_syn,

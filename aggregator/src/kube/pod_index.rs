@@ -17,7 +17,7 @@
 //! * Only the fields above are stored, never whole objects.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -72,7 +72,8 @@ pub struct PodIndex {
     pods: HashMap<Arc<str>, Entry>,
     by_ip: HashMap<IpAddr, Vec<Arc<str>>>,
     slices: HashMap<(Arc<str>, Arc<str>), SliceInfo>,
-    services: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// Pod UID -> Service name -> number of slices of that Service selecting the pod.
+    services: HashMap<Arc<str>, BTreeMap<Arc<str>, u32>>,
     clock: u64,
     generation: u64,
 }
@@ -167,7 +168,12 @@ impl PodIndex {
         let key = (Arc::clone(&slice.namespace), Arc::clone(&slice.name));
         self.remove_slice(&key.0, &key.1);
         for uid in &slice.pod_uids {
-            self.services.entry(Arc::clone(uid)).or_default().insert(Arc::clone(&slice.service));
+            *self
+                .services
+                .entry(Arc::clone(uid))
+                .or_default()
+                .entry(Arc::clone(&slice.service))
+                .or_default() += 1;
         }
         self.slices.insert(key, slice);
         self.generation += 1;
@@ -177,17 +183,17 @@ impl PodIndex {
     pub fn remove_slice(&mut self, namespace: &str, name: &str) {
         let key: (Arc<str>, Arc<str>) = (namespace.into(), name.into());
         let Some(old) = self.slices.remove(&key) else { return };
+        // Reference counts: another slice of the same Service may still select the pod.
         for uid in &old.pod_uids {
-            // Another slice of the same Service may still select the pod.
-            let still = self.slices.values().any(|s| {
-                s.service == old.service && s.namespace == old.namespace && s.pod_uids.contains(uid)
-            });
-            if !still {
-                if let Some(set) = self.services.get_mut(uid) {
-                    set.remove(&old.service);
-                    if set.is_empty() {
-                        self.services.remove(uid);
+            if let Some(by_service) = self.services.get_mut(uid) {
+                if let Some(n) = by_service.get_mut(&old.service) {
+                    *n -= 1;
+                    if *n == 0 {
+                        by_service.remove(&old.service);
                     }
+                }
+                if by_service.is_empty() {
+                    self.services.remove(uid);
                 }
             }
         }
@@ -227,7 +233,7 @@ impl PodIndex {
         let service = self
             .services
             .get(&p.uid)
-            .and_then(|s| s.iter().next().cloned())
+            .and_then(|s| s.keys().next().cloned())
             .or_else(|| p.app_label.clone())
             .unwrap_or_else(|| Arc::from(""));
         PodMeta { name: Arc::clone(&p.name), namespace: Arc::clone(&p.namespace), service }
