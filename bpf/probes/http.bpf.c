@@ -7,15 +7,22 @@
  * syscalls/sys_enter_close. Kernel floor: 5.8 (tp_btf, ring buffer).
  *
  * A read on a TCP socket whose first bytes are a request line
- * (`TOKEN SP target SP HTTP/1.x`) starts a request; the next write on that
- * socket starting with `HTTP/1.x NNN` (NNN >= 200) ends the oldest pending
- * one (FIFO, so pipelined requests on separate reads are timed correctly).
+ * (`TOKEN SP target SP HTTP/1.x`) starts a request, and so does each further
+ * request line that follows a header block in the same read (pipelining).
+ * A write on that socket starting with `HTTP/1.x NNN` (NNN >= 200) ends the
+ * oldest pending request (FIFO); a write carrying several responses back to
+ * back ends one request per response. So pipelined requests are timed from
+ * the read that brought them to the write that answered them.
  * Only the first NT_HTTP_PEEK bytes are read, only for the method, the status
  * and a traceparent header; no URL or body leaves the kernel.
  *
  * Everything else (non-sockets, UDP, non-HTTP TCP) exits after at most a few
- * kernel reads. Limits: one request per read() is recognised; a connection
- * whose process exits without close() keeps its entry until LRU eviction.
+ * kernel reads. Limits: requests and responses beyond the first NT_HTTP_PEEK
+ * bytes of a read or write (or beyond iov[0] of a vectored one) are not
+ * seen, so their responses count as unmatched; a request line split across
+ * reads is recognised when the first read holds the method and the start of
+ * the path; a connection whose process exits without close() keeps its
+ * entry until LRU eviction.
  */
 #include "vmlinux/vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -30,7 +37,9 @@
 /* Connections tracked at once (kernel-side bound of the probe's state). */
 #define NT_HTTP_CONNS 65536
 /* Pending requests per connection (power of two). */
+#ifndef NT_HTTP_PIPELINE
 #define NT_HTTP_PIPELINE 4
+#endif
 
 #if defined(__TARGET_ARCH_x86)
 #define NT_NR_READ 0
@@ -64,6 +73,12 @@ struct nt_http_conn {
 	struct nt_http_pending q[NT_HTTP_PIPELINE];
 	__u32 head;
 	__u32 tail;
+	/* A 1-byte read of an uppercase letter (Go's net/http reads the next
+	 * request's first byte alone, in the background): kept for the next read,
+	 * which then starts with the rest of the method. */
+	__u64 carry_ns;
+	__u8 carry;
+	__u8 _pad[7];
 };
 
 struct nt_http_peek_buf {
@@ -115,6 +130,210 @@ static __always_inline void *nt_user_buf(__u64 arg1, int kind, __u64 *len)
 	return iov.iov_base;
 }
 
+static __always_inline struct nt_http_peek_buf *nt_peek(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&nt_http_peek, &zero);
+}
+
+/*
+ * The loops live in global (not inlined) functions over the per-CPU peek
+ * buffer: the verifier checks a global function once, whatever state its
+ * caller is in (kernel >= 5.6). Arguments and results are scalars, and every
+ * index is a constant per loop iteration, which keeps verification linear.
+ * A message that does not start the buffer (the second of two pipelined
+ * requests) is peeked again at its own start.
+ */
+
+static __always_inline int nt_ctl(__u8 c)
+{
+	return c < 0x20 || c == 0x7f;
+}
+
+/*
+ * Scans the request line in the first @n peeked bytes from offset 2: returns
+ * 1 when ` HTTP/1.` is found, 2 when the data ends first without a control
+ * character (a split or long line), 0 otherwise (another protocol). A global
+ * function of its own, so the verifier walks this loop once, not once per
+ * method-token length of the caller.
+ */
+__noinline int nt_request_version(__u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	const __u8 *b;
+	__u32 j;
+
+	if (!pk || n > NT_HTTP_PEEK)
+		return 0;
+	b = pk->buf;
+	for (j = 2; j < NT_HTTP_PEEK - 8; j++) {
+		if (j + 8 > n)
+			return 2;
+		if (nt_ctl(b[j]))
+			return 0;
+		if (b[j] == ' ' && b[j + 1] == 'H' && b[j + 2] == 'T' && b[j + 3] == 'T' && b[j + 4] == 'P' &&
+		    b[j + 5] == '/' && b[j + 6] == '1' && b[j + 7] == '.')
+			return 1;
+	}
+	return 2;
+}
+
+/*
+ * Returns 1 + enum nt_http_method if the first @n peeked bytes start with a
+ * request line (`TOKEN SP target SP HTTP/1.`), else 0. With @partial_ok, an
+ * origin-form line (`TOKEN SP /...`) that runs to the end of the peeked bytes
+ * without a control character also counts: the request line was split
+ * across reads, or is longer than the peek.
+ */
+__noinline int nt_request_line(__u32 n, int partial_ok)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	__u32 i, tl = NT_HTTP_MAX_TOKEN;
+	const __u8 *b;
+	int v;
+
+	if (!pk || n < 8 || n > NT_HTTP_PEEK)
+		return 0;
+	b = pk->buf;
+	/* Method token: 1..11 uppercase letters then a space. */
+	if (b[0] < 'A' || b[0] > 'Z')
+		return 0;
+	for (i = 1; i < NT_HTTP_MAX_TOKEN; i++) {
+		if (b[i] == ' ') {
+			tl = i;
+			break;
+		}
+		if (b[i] < 'A' || b[i] > 'Z')
+			return 0;
+	}
+	if (tl >= NT_HTTP_MAX_TOKEN || b[tl + 1] == ' ')
+		return 0;
+	v = nt_request_version(n);
+	if (v == 0 || (v == 2 && (!partial_ok || b[tl + 1] != '/')))
+		return 0;
+	return 1 + nt_method_code(b, tl);
+}
+
+/* Returns the offset just past the first blank line (`\r\n\r\n`) in the first
+ * @n peeked bytes, else 0. */
+__noinline int nt_header_end(__u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	const __u8 *b;
+	__u32 j;
+
+	if (!pk || n > NT_HTTP_PEEK)
+		return 0;
+	b = pk->buf;
+	for (j = 0; j < NT_HTTP_PEEK - 4; j++) {
+		if (j + 4 > n)
+			return 0;
+		if (b[j] == '\r' && b[j + 1] == '\n' && b[j + 2] == '\r' && b[j + 3] == '\n')
+			return j + 4;
+	}
+	return 0;
+}
+
+/* Returns the offset of a traceparent header's value in the first @n peeked
+ * bytes (`\ntraceparent:`, name case-insensitive, optional space), else 0. */
+__noinline int nt_find_traceparent(__u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	const __u8 *b;
+	__u32 j;
+
+	if (!pk || n > NT_HTTP_PEEK)
+		return 0;
+	b = pk->buf;
+	for (j = 14; j < NT_HTTP_PEEK - 52; j++) {
+		if (j + 50 > n)
+			return 0;
+		if (b[j] != '\n' || (b[j + 1] | 0x20) != 't' || (b[j + 2] | 0x20) != 'r' ||
+		    (b[j + 3] | 0x20) != 'a' || (b[j + 4] | 0x20) != 'c' || (b[j + 5] | 0x20) != 'e' ||
+		    (b[j + 6] | 0x20) != 'p' || (b[j + 7] | 0x20) != 'a' || (b[j + 8] | 0x20) != 'r' ||
+		    (b[j + 9] | 0x20) != 'e' || (b[j + 10] | 0x20) != 'n' || (b[j + 11] | 0x20) != 't' ||
+		    b[j + 12] != ':')
+			continue;
+		return j + (b[j + 13] == ' ' ? 14 : 13);
+	}
+	return 0;
+}
+
+/* Returns the status code of a status line (`HTTP/1.x NNN`) starting the
+ * first @n peeked bytes, else 0. */
+__noinline int nt_status_line(__u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	const __u8 *r;
+
+	if (!pk || n < 12 || n > NT_HTTP_PEEK)
+		return 0;
+	r = pk->buf;
+	if (r[0] != 'H' || r[1] != 'T' || r[2] != 'T' || r[3] != 'P' || r[4] != '/' || r[5] != '1' ||
+	    r[6] != '.' || r[8] != ' ')
+		return 0;
+	if (r[9] < '1' || r[9] > '5' || r[10] < '0' || r[10] > '9' || r[11] < '0' || r[11] > '9')
+		return 0;
+	return (r[9] - '0') * 100 + (r[10] - '0') * 10 + (r[11] - '0');
+}
+
+/*
+ * Returns where the response starting the first @n peeked bytes ends, as
+ * header length | body length << 16 (Content-Length, capped below 65536),
+ * or 0 when its headers do not end within the peeked bytes.
+ */
+__noinline int nt_response_extent(__u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	const __u8 *b;
+	__u32 j, body = 0;
+
+	if (!pk || n > NT_HTTP_PEEK)
+		return 0;
+	b = pk->buf;
+	for (j = 12; j < NT_HTTP_PEEK - 24; j++) {
+		if (j + 4 > n)
+			return 0;
+		if (b[j] == '\r' && b[j + 1] == '\n' && b[j + 2] == '\r' && b[j + 3] == '\n')
+			return (int)((j + 4) | body << 16);
+		if (b[j] != '\n' || (b[j + 1] | 0x20) != 'c' || (b[j + 2] | 0x20) != 'o' ||
+		    (b[j + 3] | 0x20) != 'n' || (b[j + 4] | 0x20) != 't' || (b[j + 5] | 0x20) != 'e' ||
+		    (b[j + 6] | 0x20) != 'n' || (b[j + 7] | 0x20) != 't' || b[j + 8] != '-' ||
+		    (b[j + 9] | 0x20) != 'l' || (b[j + 10] | 0x20) != 'e' || (b[j + 11] | 0x20) != 'n' ||
+		    (b[j + 12] | 0x20) != 'g' || (b[j + 13] | 0x20) != 't' || (b[j + 14] | 0x20) != 'h' ||
+		    b[j + 15] != ':')
+			continue;
+		body = 0;
+		if (b[j + 16] == ' ') {
+			__u32 k;
+
+#pragma unroll
+			for (k = 17; k < 23; k++) {
+				if (b[j + k] < '0' || b[j + k] > '9')
+					break;
+				body = body * 10 + (b[j + k] - '0');
+			}
+		}
+		if (body > 0xffff)
+			body = 0;
+	}
+	return 0;
+}
+
+/* Copies the bytes at @ubuf + @off (of @len) into the peek buffer; returns
+ * how many (0 when fewer than @min). */
+static __always_inline __u32 nt_peek_user(struct nt_http_peek_buf *pk, void *ubuf, __u64 len, __u64 off,
+					  __u32 min)
+{
+	__u64 left = len > off ? len - off : 0;
+	__u32 n = left > NT_HTTP_PEEK ? NT_HTTP_PEEK : (__u32)left;
+
+	if (n < min || n > NT_HTTP_PEEK || bpf_probe_read_user(pk->buf, n, ubuf + off))
+		return 0;
+	return n;
+}
+
 /* Parses a traceparent header value at @p ("00-<32 hex>-...") into @id. */
 static __always_inline int nt_trace_id(const __u8 *p, __u8 *id)
 {
@@ -132,165 +351,185 @@ static __always_inline int nt_trace_id(const __u8 *p, __u8 *id)
 	return p[35] == '-';
 }
 
-static __always_inline struct nt_http_peek_buf *nt_peek(void)
+static __always_inline struct nt_http_conn *nt_conn(__u64 key)
 {
-	__u32 zero = 0;
+	struct nt_http_conn *conn = bpf_map_lookup_elem(&nt_http_conns, &key);
 
-	return bpf_map_lookup_elem(&nt_http_peek, &zero);
-}
-
-/*
- * The loops live in global (not inlined) functions over the per-CPU peek
- * buffer: the verifier checks a global function once, whatever state its
- * caller is in (kernel >= 5.6). Arguments and results are scalars.
- */
-
-/* Returns 1 + enum nt_http_method if the first @n peeked bytes start with a
- * request line (`TOKEN SP target SP HTTP/1.`), else 0. */
-__noinline int nt_request_line(__u32 n)
-{
-	struct nt_http_peek_buf *pk = nt_peek();
-	__u32 i, j, tl = NT_HTTP_MAX_TOKEN;
-	const __u8 *b;
-
-	if (!pk || n < 16 || n > NT_HTTP_PEEK)
-		return 0;
-	b = pk->buf;
-	/* Method token: 1..11 uppercase letters then a space. */
-	if (b[0] < 'A' || b[0] > 'Z')
-		return 0;
-	for (i = 1; i < NT_HTTP_MAX_TOKEN; i++) {
-		if (b[i] == ' ') {
-			tl = i;
-			break;
-		}
-		if (b[i] < 'A' || b[i] > 'Z')
-			return 0;
-	}
-	if (tl >= NT_HTTP_MAX_TOKEN)
-		return 0;
-	for (j = 2; j < NT_HTTP_PEEK - 10; j++) {
-		if (j >= n - 9 || b[j] == '\n')
-			return 0;
-		if (b[j] == ' ' && b[j + 1] == 'H' && b[j + 2] == 'T' && b[j + 3] == 'T' && b[j + 4] == 'P' &&
-		    b[j + 5] == '/' && b[j + 6] == '1' && b[j + 7] == '.')
-			return 1 + nt_method_code(b, tl);
-	}
-	return 0;
-}
-
-/* Returns the offset of a traceparent header's value in the first @n peeked
- * bytes (`\ntraceparent:`, name case-insensitive, optional space), else 0. */
-__noinline int nt_find_traceparent(__u32 n)
-{
-	struct nt_http_peek_buf *pk = nt_peek();
-	const __u8 *b;
-	__u32 j;
-
-	if (!pk || n > NT_HTTP_PEEK)
-		return 0;
-	b = pk->buf;
-	for (j = 14; j < NT_HTTP_PEEK - 52; j++) {
-		if (j >= n - 50)
-			return 0;
-		if (b[j] != '\n' || (b[j + 1] | 0x20) != 't' || (b[j + 2] | 0x20) != 'r' ||
-		    (b[j + 3] | 0x20) != 'a' || (b[j + 4] | 0x20) != 'c' || (b[j + 5] | 0x20) != 'e' ||
-		    (b[j + 6] | 0x20) != 'p' || (b[j + 7] | 0x20) != 'a' || (b[j + 8] | 0x20) != 'r' ||
-		    (b[j + 9] | 0x20) != 'e' || (b[j + 10] | 0x20) != 'n' || (b[j + 11] | 0x20) != 't' ||
-		    b[j + 12] != ':')
-			continue;
-		return j + (b[j + 13] == ' ' ? 14 : 13);
-	}
-	return 0;
-}
-
-static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
-{
-	struct nt_http_pending req = {};
-	struct nt_http_peek_buf *pk = nt_peek();
-	struct nt_http_conn *conn;
-	__u32 n = len > NT_HTTP_PEEK ? NT_HTTP_PEEK : (__u32)len;
-	__u64 key = (__u64)sk;
-	int m, tp;
-
-	if (!pk || n < 16 || bpf_probe_read_user(pk->buf, n, ubuf))
-		return 0;
-	m = nt_request_line(n);
-	if (m <= 0)
-		return 0;
-	req.method = (__u8)(m - 1);
-	req.start_ns = bpf_ktime_get_ns();
-	tp = nt_find_traceparent(n);
-	if (tp > 0 && tp < NT_HTTP_PEEK - 40) {
-		__u8 val[36];
-
-		if (!bpf_probe_read_kernel(val, sizeof(val), pk->buf + tp))
-			req.has_trace = nt_trace_id(val, req.trace_id);
-	}
-
-	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
 	if (!conn) {
 		struct nt_http_conn fresh = {};
 
 		bpf_map_update_elem(&nt_http_conns, &key, &fresh, BPF_NOEXIST);
 		conn = bpf_map_lookup_elem(&nt_http_conns, &key);
-		if (!conn) {
+		if (!conn)
 			nt_stat_inc(NT_STAT_HTTP_CONN_FULL);
-			return 0;
-		}
 	}
-	if (conn->tail - conn->head >= NT_HTTP_PIPELINE) {
-		nt_stat_inc(NT_STAT_HTTP_PIPELINE_FULL);
+	return conn;
+}
+
+/*
+ * A read: the request line at its start, and each further one right after a
+ * header block (pipelining), is queued with the read's time, which is when
+ * those requests arrived.
+ */
+static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	struct nt_http_conn *conn;
+	__u64 now = bpf_ktime_get_ns(), off = 0, key = (__u64)sk;
+	__u8 carry = 0;
+	int i;
+
+	if (!pk)
+		return 0;
+	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+	if (conn && conn->carry) {
+		carry = conn->carry;
+		now = conn->carry_ns;
+		conn->carry = 0;
+	}
+	if (len == 1 && conn && !carry) {
+		__u8 c = 0;
+
+		if (!bpf_probe_read_user(&c, 1, ubuf) && c >= 'A' && c <= 'Z') {
+			conn->carry = c;
+			conn->carry_ns = now;
+		}
 		return 0;
 	}
-	conn->q[conn->tail & (NT_HTTP_PIPELINE - 1)] = req;
-	conn->tail++;
+	/* One more than the queue holds, so that an overflow is counted. */
+	for (i = 0; i <= NT_HTTP_PIPELINE; i++) {
+		struct nt_http_pending req = {};
+		__u32 n;
+		int m, end, tp;
+
+		if (i == 0 && carry) {
+			/* The carried first byte, then this read. */
+			n = len > NT_HTTP_PEEK - 1 ? NT_HTTP_PEEK - 1 : (__u32)len;
+			/* Hide what clang knows of n, so the verifier sees the bound. */
+			asm volatile("" : "+r"(n));
+			if (n < 7 || n > NT_HTTP_PEEK - 1 || bpf_probe_read_user(pk->buf + 1, n, ubuf))
+				break;
+			pk->buf[0] = carry;
+			n += 1;
+		} else {
+			n = nt_peek_user(pk, ubuf, len, off, 8);
+		}
+		if (!n)
+			break;
+		m = nt_request_line(n, i == 0);
+		if (m <= 0)
+			break;
+		if (!conn)
+			conn = nt_conn(key);
+		if (!conn)
+			return 0;
+		end = nt_header_end(n);
+		req.method = (__u8)(m - 1);
+		req.start_ns = now;
+		tp = nt_find_traceparent(end > 0 ? (__u32)end : n);
+		if (tp > 0 && tp < NT_HTTP_PEEK - 40) {
+			__u8 val[36];
+
+			if (!bpf_probe_read_kernel(val, sizeof(val), pk->buf + tp))
+				req.has_trace = nt_trace_id(val, req.trace_id);
+		}
+		if (conn->tail - conn->head >= NT_HTTP_PIPELINE) {
+			nt_stat_inc(NT_STAT_HTTP_PIPELINE_FULL);
+			return 0;
+		}
+		conn->q[conn->tail & (NT_HTTP_PIPELINE - 1)] = req;
+		conn->tail++;
+		/* Another request can only follow a complete header block. */
+		if (end <= 0)
+			break;
+		/* Offsets past the first message are in this read, without the carry. */
+		off += carry && i == 0 ? end - 1 : end;
+	}
 	return 0;
 }
 
-static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len)
+static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pending *req, __u16 status)
 {
-	struct nt_http_pending req;
-	struct nt_http_event *ev;
-	struct nt_http_conn *conn;
-	__u64 key = (__u64)sk;
-	__u8 r[12];
-	__u16 status;
+	struct nt_http_event *ev = nt_reserve(sizeof(*ev));
 
-	if (len < sizeof(r) || bpf_probe_read_user(r, sizeof(r), ubuf))
-		return 0;
-	if (r[0] != 'H' || r[1] != 'T' || r[2] != 'T' || r[3] != 'P' || r[4] != '/' || r[5] != '1' ||
-	    r[6] != '.' || r[8] != ' ')
-		return 0;
-	if (r[9] < '1' || r[9] > '5' || r[10] < '0' || r[10] > '9' || r[11] < '0' || r[11] > '9')
-		return 0;
-	status = (r[9] - '0') * 100 + (r[10] - '0') * 10 + (r[11] - '0');
-	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
-	if (!conn || conn->head == conn->tail) {
-		nt_stat_inc(NT_STAT_HTTP_UNMATCHED);
-		return 0;
-	}
-	/* 1xx are interim: the final response still follows. */
-	if (status < 200)
-		return 0;
-	req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
-	conn->head++;
-
-	ev = nt_reserve(sizeof(*ev));
 	if (!ev)
-		return 0;
+		return;
 	__builtin_memset(ev, 0, sizeof(*ev));
 	nt_hdr_init(&ev->hdr, NT_EVENT_HTTP, sizeof(*ev));
 	nt_read_addrs(&sk->__sk_common, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
-	ev->method = req.method;
+	ev->method = req->method;
 	ev->status = status;
-	ev->duration_ns = bpf_ktime_get_ns() - req.start_ns;
+	ev->duration_ns = bpf_ktime_get_ns() - req->start_ns;
 	ev->cgroup_id = bpf_get_current_cgroup_id();
-	if (req.has_trace) {
+	if (req->has_trace) {
 		ev->flags = NT_HTTP_F_TRACE;
-		__builtin_memcpy(ev->trace_id, req.trace_id, sizeof(ev->trace_id));
+		__builtin_memcpy(ev->trace_id, req->trace_id, sizeof(ev->trace_id));
 	}
 	nt_submit(ev);
+}
+
+/*
+ * A write: each final status line (one, or several back to back when a
+ * server answers pipelined requests in one write) ends the oldest pending
+ * request of the connection. The next response is looked for right after
+ * the previous one's Content-Length body, then right after its headers
+ * (HEAD, 204 and 304 responses carry none).
+ */
+static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len)
+{
+	struct nt_http_peek_buf *pk;
+	struct nt_http_conn *conn;
+	__u64 key = (__u64)sk, off = 0;
+	__u8 r[8];
+	int i;
+
+	/* Cheap test before touching the map or the peek buffer. */
+	if (len < 12 || bpf_probe_read_user(r, sizeof(r), ubuf))
+		return 0;
+	if (r[0] != 'H' || r[1] != 'T' || r[2] != 'T' || r[3] != 'P' || r[4] != '/' || r[5] != '1')
+		return 0;
+	pk = nt_peek();
+	if (!pk)
+		return 0;
+	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+	for (i = 0; i < NT_HTTP_PIPELINE; i++) {
+		struct nt_http_pending req;
+		__u32 n = nt_peek_user(pk, ubuf, len, off, 12);
+		int status, extent;
+		__u64 head, body;
+
+		if (!n)
+			break;
+		status = nt_status_line(n);
+		if (status <= 0)
+			break;
+		extent = nt_response_extent(n);
+		/* 1xx are interim: the final response still follows. */
+		if (status >= 200) {
+			if (!conn || conn->head == conn->tail) {
+				nt_stat_inc(NT_STAT_HTTP_UNMATCHED);
+				return 0;
+			}
+			req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
+			conn->head++;
+			nt_emit(sk, &req, (__u16)status);
+		}
+		if (extent <= 0)
+			break;
+		head = extent & 0xffff;
+		body = (__u32)extent >> 16;
+		if (off + head + 12 > len)
+			break;
+		/* The next status line: after a body, or right after the headers. */
+		if (body && off + head + body + 12 <= len) {
+			n = nt_peek_user(pk, ubuf, len, off + head + body, 12);
+			if (n && nt_status_line(n) > 0) {
+				off += head + body;
+				continue;
+			}
+		}
+		off += head;
+	}
 	return 0;
 }
 

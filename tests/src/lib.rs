@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod netns;
 pub mod process;
+pub mod servers;
 pub mod traffic;
 
 use std::time::{Duration, Instant};

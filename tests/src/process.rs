@@ -55,7 +55,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Self {
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Self {
         let f = fs::File::create(&log).unwrap();
         let child = cmd
             .stdin(Stdio::null())

@@ -1,61 +1,76 @@
 // SPDX-License-Identifier: Apache-2.0
-//! HTTP/1.x RED metrics end to end: servers in three runtimes (Python
-//! http.server, Node's http, a Rust std server), each in its own netns pod,
-//! driven by curl from another pod with a known mix of methods and statuses,
-//! keep-alive on and off. Counts must equal what the client sent.
+//! HTTP/1.x RED metrics end to end: servers in five runtimes (nginx, Python
+//! http.server, Node's http, Go's net/http and a Rust std server), each in its
+//! own netns pod, driven from another pod by curl and by a raw client (for
+//! pipelining and split request lines) with a known mix of methods and
+//! statuses, keep-alive on and off. Counts must equal what the clients sent.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use nettel_integration::{
     metrics::{http_get, sum},
     netns::{exec, PodPair},
-    process::{bin, Stack},
-    require_kernel, wait_for,
+    process::{bin, scratch_dir, Proc, Stack},
+    require_kernel,
+    servers::{curl, fixture, raw_client, start, Server},
+    wait_for,
 };
 
 const HIST: &str = "http_request_duration_seconds";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-fn fixture(name: &str) -> String {
-    format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+/// Whether something in `ns` listens on TCP `port`.
+fn listening(ns: &str, port: u16) -> bool {
+    let out = exec(ns, "ss").args(["-Hltn", &format!("sport = :{port}")]).output().unwrap();
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
-/// A server process, killed when dropped (also when a test panics).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// nginx (master + one worker) on `addr:8080` in `ns`, with its /sleep
+/// upstream: Node on a Unix socket, which the TCP-only probe does not see.
+fn start_nginx(ns: &str, addr: &str) -> (Proc, Server) {
+    let dir = scratch_dir("nginx");
+    let sock = dir.join("upstream.sock").display().to_string();
+    let upstream = start(ns, "node", &[fixture("http_server.js"), sock.clone()]);
+    let conf = std::fs::read_to_string(fixture("nginx.conf"))
+        .unwrap()
+        .replace("@LISTEN@", &format!("{addr}:8080"))
+        .replace("@UPSTREAM@", &sock)
+        .replace("@DIR@", &dir.display().to_string());
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let prefix = dir.display().to_string();
+    let nginx = Proc::spawn(
+        "nginx",
+        exec(ns, "nginx").args(["-p", &prefix, "-c", &conf_path.display().to_string()]),
+        dir.join("nginx.log"),
+    );
+    wait_for(Duration::from_secs(10), "nginx listening on 8080", || listening(ns, 8080).then_some(()));
+    (nginx, upstream)
 }
 
-/// Starts a server in `ns` and waits for its "ready" line.
-fn start(ns: &str, program: &str, args: &[String]) -> Server {
-    let mut child = exec(ns, program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "{program} did not start");
-    Server(child)
+/// Builds the Go server (Debian's golang-go, installed by scripts/setup).
+fn build_go_server() -> String {
+    let dir = scratch_dir("go");
+    let out = dir.join("http_server");
+    let status = Command::new("go")
+        .args(["build", "-o", &out.display().to_string(), &fixture("http_server.go")])
+        .env("GOCACHE", std::env::temp_dir().join("nettel-gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .current_dir(&dir)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run `go` ({e}): install golang-go (scripts/setup does)"));
+    assert!(status.success(), "go build of the Go test server failed");
+    out.display().to_string()
 }
 
-fn curl(ns: &str, args: &[&str]) {
-    let out =
-        exec(ns, "curl").args(["-s", "-o", "/dev/null", "--max-time", "20"]).args(args).output().unwrap();
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+fn count_of(text: &str, pod: &str, method: &str, status: &str) -> u64 {
+    sum(text, &format!("{HIST}_count"), &[("pod", pod), ("method", method), ("status", status)])
 }
 
 /// Sends the mix; returns the expected (method, status) -> count.
-fn drive(ns: &str, base: &str) -> BTreeMap<(&'static str, &'static str), u64> {
+fn drive(ns: &str, addr: &str) -> BTreeMap<(&'static str, &'static str), u64> {
+    let base = format!("http://{addr}:8080");
     let u = |path: &str| format!("{base}{path}");
     // Keep-alive: several URLs in one curl invocation share a connection.
     curl(ns, &[&u("/ok"), &u("/ok"), &u("/ok"), &u("/ok"), &u("/ok")]);
@@ -70,9 +85,15 @@ fn drive(ns: &str, base: &str) -> BTreeMap<(&'static str, &'static str), u64> {
     // Slow endpoint, one request with a W3C traceparent.
     curl(ns, &[&u("/sleep")]);
     curl(ns, &["-H", &format!("traceparent: 00-{TRACE_ID}-00f067aa0ba902b7-01"), &u("/sleep")]);
+    // Pipelining: four requests in one write, so the server reads them together.
+    let target = format!("{addr}:8080");
+    let got = raw_client(ns, &["pipeline", &target, "/ok", "/missing", "/ok", "/missing"]);
+    assert_eq!(got, "[200, 404, 200, 404]");
+    // A request line split across two reads.
+    assert_eq!(raw_client(ns, &["split", &target, "/ok"]), "200");
     BTreeMap::from([
-        (("GET", "200"), 5),
-        (("GET", "404"), 3),
+        (("GET", "200"), 8),
+        (("GET", "404"), 5),
         (("PUT", "200"), 2),
         (("POST", "500"), 2),
         (("DELETE", "404"), 1),
@@ -82,12 +103,13 @@ fn drive(ns: &str, base: &str) -> BTreeMap<(&'static str, &'static str), u64> {
 }
 
 #[test]
-fn http_requests_are_counted_exactly_in_three_runtimes() {
-    if !require_kernel("http_requests_are_counted_exactly_in_three_runtimes") {
+fn http_requests_are_counted_exactly_in_five_runtimes() {
+    if !require_kernel("http_requests_are_counted_exactly_in_five_runtimes") {
         return;
     }
-    let pairs = [PodPair::new(6), PodPair::new(7), PodPair::new(8)];
-    let runtimes = ["python-0", "node-0", "rust-0"];
+    let go_server = build_go_server();
+    let pairs = [PodPair::new(6), PodPair::new(7), PodPair::new(8), PodPair::new(9), PodPair::new(10)];
+    let runtimes = ["python-0", "node-0", "rust-0", "nginx-0", "go-0"];
     let entries: Vec<(&str, &str, &str, &str)> =
         pairs.iter().zip(runtimes).map(|(p, name)| (p.b_v4.as_str(), name, "web", name)).collect();
     let stack = Stack::start(&entries);
@@ -96,24 +118,38 @@ fn http_requests_are_counted_exactly_in_three_runtimes() {
     let traffic = bin("nettel-traffic").display().to_string();
     for (pods, name) in pairs.iter().zip(runtimes) {
         let addr = pods.b_v4.clone();
-        let server = match name {
+        let listen = format!("{addr}:8080");
+        let server: Box<dyn std::any::Any> = match name {
             "python-0" => {
-                start(&pods.b, "python3", &[fixture("http_server.py"), addr.clone(), "8080".into()])
+                Box::new(start(&pods.b, "python3", &[fixture("http_server.py"), addr.clone(), "8080".into()]))
             }
-            "node-0" => start(&pods.b, "node", &[fixture("http_server.js"), addr.clone(), "8080".into()]),
-            _ => start(&pods.b, &traffic, &["http".into(), format!("{addr}:8080")]),
+            "node-0" => {
+                Box::new(start(&pods.b, "node", &[fixture("http_server.js"), addr.clone(), "8080".into()]))
+            }
+            "rust-0" => Box::new(start(&pods.b, &traffic, &["http".into(), listen])),
+            "nginx-0" => Box::new(start_nginx(&pods.b, &addr)),
+            _ => Box::new(start(&pods.b, &go_server, &[listen])),
         };
-        let expected = drive(&pods.a, &format!("http://{addr}:8080"));
+        let expected = drive(&pods.a, &addr);
         let total: u64 = expected.values().sum();
         let count = |m: &str, s: &str| {
             sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", name), ("method", m), ("status", s)])
         };
-        wait_for(Duration::from_secs(10), &format!("{total} {name} requests"), || {
-            (sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", name)]) >= total).then_some(())
-        });
+        let series = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{HIST}_count")) || l.starts_with("nettel_http"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", name)]) < total {
+            let now = std::time::Instant::now();
+            assert!(now < deadline, "{name}: want {total} requests, have:\n{}", series(&agg.scrape()));
+            std::thread::sleep(Duration::from_millis(100));
+        }
         std::thread::sleep(Duration::from_millis(500));
         for ((method, status), n) in &expected {
-            assert_eq!(count(method, status), *n, "{name}: {method} {status}");
+            assert_eq!(count(method, status), *n, "{name}: {method} {status} in\n{}", series(&agg.scrape()));
         }
         let text = agg.scrape();
         assert_eq!(
@@ -134,6 +170,12 @@ fn http_requests_are_counted_exactly_in_three_runtimes() {
             )
         };
         assert_eq!((bucket("0.1"), bucket("0.25")), (0, 2), "{name}: latency buckets");
+        // Every 200 is fast but the split request, timed from its first byte:
+        // its second half came 300 ms later.
+        let ok =
+            |le: &str| sum(&text, &format!("{HIST}_bucket"), &[("pod", name), ("status", "200"), ("le", le)]);
+        let all_ok = expected[&("GET", "200")] + expected[&("PUT", "200")] + expected[&("OTHER", "200")];
+        assert_eq!((ok("0.25"), ok("0.5")), (all_ok - 1, all_ok), "{name}: split request timing");
 
         // The traceparent request is an exemplar (OpenMetrics only).
         let (_, om) =
@@ -162,5 +204,30 @@ fn http_requests_are_counted_exactly_in_three_runtimes() {
         );
     }
     let text = agg.scrape();
-    assert_eq!(sum(&text, "nettel_http_unmatched_total", &[("reason", "response_without_request")]), 0);
+    // Node-wide probe counters: nothing on this node went unmatched.
+    for reason in ["response_without_request", "closed_with_pending", "pipeline_full"] {
+        assert_eq!(sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]), 0, "{reason}");
+    }
+
+    // Pipelined deeper than the probe's per-connection queue (4 requests):
+    // the first four are counted, the fifth is counted as pipeline_full, and
+    // the responses to the fifth and sixth (which the probe did not queue) as
+    // response_without_request. Nothing is mis-paired: both /fail are uncounted.
+    let rust = &pairs[2];
+    let target = format!("{}:8080", rust.b_v4);
+    let _server = start(&rust.b, &traffic, &["http".into(), target.clone()]);
+    let before = count_of(&text, "rust-0", "GET", "200");
+    let got = raw_client(&rust.a, &["pipeline", &target, "/ok", "/ok", "/ok", "/ok", "/fail", "/fail"]);
+    assert_eq!(got, "[200, 200, 200, 200, 500, 500]");
+    wait_for(Duration::from_secs(10), "the probe's pipeline counters", || {
+        let text = agg.scrape();
+        (sum(&text, "nettel_http_unmatched_total", &[("reason", "response_without_request")]) >= 2)
+            .then_some(text)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let text = agg.scrape();
+    assert_eq!(count_of(&text, "rust-0", "GET", "200"), before + 4);
+    assert_eq!(count_of(&text, "rust-0", "GET", "500"), 0);
+    let unmatched = |reason: &str| sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]);
+    assert_eq!((unmatched("pipeline_full"), unmatched("response_without_request")), (1, 2));
 }

@@ -9,6 +9,8 @@
 //! nettel-traffic dial   CONNECT_ADDR COUNT               # COUNT connect+close handshakes
 //! nettel-traffic http   LISTEN_ADDR                      # HTTP/1.1 server, routes as tests/fixtures/http_server.py
 //! nettel-traffic blob   CONNECT_ADDR COUNT               # COUNT non-HTTP request/response exchanges
+//! nettel-traffic pipeline CONNECT_ADDR PATH...          # one GET per PATH, all in one write; read the responses
+//! nettel-traffic split  CONNECT_ADDR PATH                # one GET whose request line spans two writes
 //! ```
 //! `LISTEN_ADDR` `[::]:PORT` listens dual-stack (IPv4 peers appear v4-mapped).
 
@@ -39,6 +41,8 @@ fn main() -> ExitCode {
         ["http", addr] => http_server(parse_addr(addr)),
         ["blob", addr, n] => blob_client(parse_addr(addr), parse_n(n)),
         ["blobd", addr] => blob_server(parse_addr(addr)),
+        ["pipeline", addr, paths @ ..] if !paths.is_empty() => pipeline_client(parse_addr(addr), paths),
+        ["split", addr, path] => split_client(parse_addr(addr), path),
         _ => {
             eprintln!("usage: see the module docs of tests/src/bin/nettel-traffic.rs");
             return ExitCode::from(2);
@@ -152,6 +156,59 @@ fn http_connection(conn: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
     }
+}
+
+// === HTTP/1.1 clients the usual tools do not cover ===
+
+/// Sends one keep-alive GET per path in a single write (HTTP pipelining) and
+/// reads the responses; prints their status codes.
+fn pipeline_client(addr: SocketAddr, paths: &[&str]) -> std::io::Result<()> {
+    let mut s = connect(addr)?;
+    s.set_nodelay(true)?;
+    let requests: String = paths.iter().map(|p| format!("GET {p} HTTP/1.1\r\nHost: test\r\n\r\n")).collect();
+    s.write_all(requests.as_bytes())?;
+    let mut reader = std::io::BufReader::new(s);
+    let statuses = paths.iter().map(|_| read_response(&mut reader)).collect::<std::io::Result<Vec<_>>>()?;
+    println!("{statuses:?}");
+    Ok(())
+}
+
+/// Sends one GET whose request line is split across two writes 300 ms apart
+/// (so the server sees two reads), then reads the response.
+fn split_client(addr: SocketAddr, path: &str) -> std::io::Result<()> {
+    let mut s = connect(addr)?;
+    s.set_nodelay(true)?;
+    s.write_all(format!("GET {path} HT").as_bytes())?;
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"TP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let status = read_response(&mut std::io::BufReader::new(s))?;
+    println!("{status}");
+    Ok(())
+}
+
+/// Reads one response with a Content-Length body; returns its status code.
+fn read_response(r: &mut impl std::io::BufRead) -> std::io::Result<u16> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad(&line))?;
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            return Err(bad("eof in headers"));
+        }
+        let h = h.trim_end().to_ascii_lowercase();
+        if h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.strip_prefix("content-length:") {
+            length = v.trim().parse().map_err(|_| bad(&h))?;
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body)?;
+    Ok(status)
 }
 
 // === Non-HTTP TCP traffic: a Redis-like line protocol ===

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+//! HTTP servers and clients of the L7 tests: fixture servers started inside a
+//! netns pod, curl, and the raw client for what curl cannot send.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Stdio},
+};
+
+use crate::{netns::exec, process::bin};
+
+/// Path of a file in `tests/fixtures`.
+pub fn fixture(name: &str) -> String {
+    format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A server process, killed when dropped (also when a test panics).
+#[derive(Debug)]
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server in `ns` and waits for its "ready" line.
+pub fn start(ns: &str, program: &str, args: &[String]) -> Server {
+    let child = exec(ns, program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    await_ready(child, program)
+}
+
+/// Waits for the "ready" line of a started server.
+pub fn await_ready(mut child: Child, program: &str) -> Server {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{program} did not start");
+    Server(child)
+}
+
+/// Runs curl in `ns` (body discarded); panics when it fails.
+pub fn curl(ns: &str, args: &[&str]) {
+    let out =
+        exec(ns, "curl").args(["-s", "-o", "/dev/null", "--max-time", "20"]).args(args).output().unwrap();
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The raw client (`nettel-traffic pipeline|split`); returns its output.
+pub fn raw_client(ns: &str, args: &[&str]) -> String {
+    let out = exec(ns, &bin("nettel-traffic").display().to_string()).args(args).output().unwrap();
+    assert!(out.status.success(), "nettel-traffic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
