@@ -20,8 +20,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Directory holding the workspace binaries (`target/<profile>`), found from
 /// this test executable's own path (`target/<profile>/deps/<test>`).
 pub fn bin_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned()
+    let dir = exe.parent().expect("executable's directory");
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("target/<profile>") } else { dir }
+        .to_owned()
 }
 
 /// Path of workspace binary `name`; panics with the fix if it was not built.

@@ -7,7 +7,13 @@ use std::{
     process::{Child, Stdio},
 };
 
-use crate::{netns::exec, process::bin};
+use std::time::Duration;
+
+use crate::{
+    netns::exec,
+    process::{bin, scratch_dir, Proc},
+    wait_for,
+};
 
 /// Path of a file in `tests/fixtures`.
 pub fn fixture(name: &str) -> String {
@@ -55,4 +61,33 @@ pub fn raw_client(ns: &str, args: &[&str]) -> String {
     let out = exec(ns, &bin("nettel-traffic").display().to_string()).args(args).output().unwrap();
     assert!(out.status.success(), "nettel-traffic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether something in `ns` listens on TCP `port`.
+pub fn listening(ns: &str, port: u16) -> bool {
+    let out = exec(ns, "ss").args(["-Hltn", &format!("sport = :{port}")]).output().unwrap();
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+/// nginx (master + one worker) on `addr:8080` in `ns`, with its /sleep
+/// upstream: Node on a Unix socket, which the TCP-only probe does not see.
+pub fn start_nginx(ns: &str, addr: &str) -> (Proc, Server) {
+    let dir = scratch_dir("nginx");
+    let sock = dir.join("upstream.sock").display().to_string();
+    let upstream = start(ns, "node", &[fixture("http_server.js"), sock.clone()]);
+    let conf = std::fs::read_to_string(fixture("nginx.conf"))
+        .unwrap()
+        .replace("@LISTEN@", &format!("{addr}:8080"))
+        .replace("@UPSTREAM@", &sock)
+        .replace("@DIR@", &dir.display().to_string());
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let prefix = dir.display().to_string();
+    let nginx = Proc::spawn(
+        "nginx",
+        exec(ns, "nginx").args(["-p", &prefix, "-c", &conf_path.display().to_string()]),
+        dir.join("nginx.log"),
+    );
+    wait_for(Duration::from_secs(10), "nginx listening on 8080", || listening(ns, 8080).then_some(()));
+    (nginx, upstream)
 }

@@ -9,44 +9,15 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use nettel_integration::{
     metrics::{http_get, sum},
-    netns::{exec, PodPair},
-    process::{bin, scratch_dir, Proc, Stack},
+    netns::PodPair,
+    process::{bin, scratch_dir, Stack},
     require_kernel,
-    servers::{curl, fixture, raw_client, start, Server},
+    servers::{curl, fixture, raw_client, start, start_nginx},
     wait_for,
 };
 
 const HIST: &str = "http_request_duration_seconds";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-/// Whether something in `ns` listens on TCP `port`.
-fn listening(ns: &str, port: u16) -> bool {
-    let out = exec(ns, "ss").args(["-Hltn", &format!("sport = :{port}")]).output().unwrap();
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-}
-
-/// nginx (master + one worker) on `addr:8080` in `ns`, with its /sleep
-/// upstream: Node on a Unix socket, which the TCP-only probe does not see.
-fn start_nginx(ns: &str, addr: &str) -> (Proc, Server) {
-    let dir = scratch_dir("nginx");
-    let sock = dir.join("upstream.sock").display().to_string();
-    let upstream = start(ns, "node", &[fixture("http_server.js"), sock.clone()]);
-    let conf = std::fs::read_to_string(fixture("nginx.conf"))
-        .unwrap()
-        .replace("@LISTEN@", &format!("{addr}:8080"))
-        .replace("@UPSTREAM@", &sock)
-        .replace("@DIR@", &dir.display().to_string());
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let prefix = dir.display().to_string();
-    let nginx = Proc::spawn(
-        "nginx",
-        exec(ns, "nginx").args(["-p", &prefix, "-c", &conf_path.display().to_string()]),
-        dir.join("nginx.log"),
-    );
-    wait_for(Duration::from_secs(10), "nginx listening on 8080", || listening(ns, 8080).then_some(()));
-    (nginx, upstream)
-}
 
 /// Builds the Go server (Debian's golang-go, installed by scripts/setup).
 fn build_go_server() -> String {

@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: Apache-2.0
+//! HTTP probe overhead benchmark: the traced workload with the agent on and
+//! off, side by side in one run.
+//!
+//! nginx (one worker, `return 200`) serves in netns pod `nt12b`; clients run
+//! in `nt12a`. Rounds alternate the order (off/on, on/off, ...) and each
+//! figure is the median over rounds. Per round and mode:
+//! * `wrk -t1 -c16 --latency` for `--seconds`: requests/s, p50/p99 at saturation;
+//! * nginx CPU (master + worker, /proc) per request;
+//! * `hey` at a fixed `--rate` (below saturation): p50/p99 latency;
+//! * a syscall-heavy process unrelated to the network, `dd bs=64` through a
+//!   pipe: CPU per read/write syscall (the probes fire on every one).
+//!
+//! A last agent-on pass enables `kernel.bpf_stats_enabled` to report the BPF
+//! time per HTTP request and per syscall (stats are off during the timed
+//! rounds: they add their own cost).
+//!
+//! ```text
+//! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate 2000]
+//! ```
+//! Run after `cargo build --release --bins` (the loader and aggregator are
+//! taken from the same directory).
+
+use std::process::Command;
+
+use nettel_integration::{
+    netns::{exec, PodPair},
+    process::Stack,
+    servers::start_nginx,
+};
+
+const DD_BLOCKS: u64 = 2_000_000;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sample {
+    rps: f64,
+    cpu_us_per_req: f64,
+    wrk_p50_us: f64,
+    wrk_p99_us: f64,
+    rate_p50_us: f64,
+    rate_p99_us: f64,
+    dd_ns_per_syscall: f64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str, default: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let rounds: usize = flag("--rounds", "3").parse().expect("--rounds");
+    let seconds: u64 = flag("--seconds", "10").parse().expect("--seconds");
+    let rate: u64 = flag("--rate", "2000").parse().expect("--rate");
+    assert!(rustix::process::geteuid().is_root(), "run as root (network namespaces, BPF)");
+
+    let pods = PodPair::new(12);
+    let (nginx, _upstream) = start_nginx(&pods.b, &pods.b_v4);
+    let nginx_pids = nginx_pids(nginx.child.id());
+    let url = format!("http://{}:8080/ok", pods.b_v4);
+    let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
+    wrk(&pods.a, &url, 2); // warm-up
+
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for agent in order {
+            let stack = agent.then(|| Stack::start(&entries));
+            let s = measure(&pods.a, &url, seconds, rate, &nginx_pids);
+            eprintln!("round {round} agent {}: {s:?}", if agent { "on" } else { "off" });
+            if agent { &mut on } else { &mut off }.push(s);
+            drop(stack);
+        }
+    }
+
+    // BPF time, with stats enabled for this pass only.
+    let stack = Stack::start(&entries);
+    let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
+    let before = http_prog_stats();
+    let (requests, _, _, _) = wrk(&pods.a, &url, 5);
+    let after = http_prog_stats();
+    let per_request = (after.0 - before.0) as f64 / requests;
+    let calls_per_request = (after.1 - before.1) as f64 / requests;
+    let before = http_prog_stats();
+    dd_cpu();
+    let after = http_prog_stats();
+    let per_call_dd = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
+    drop(stack);
+
+    let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+    println!("\nnettel HTTP overhead: {rounds} alternating rounds, wrk {seconds} s, hey at {rate} req/s\n");
+    println!("| figure | agent off | agent on | on / off |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, f: fn(&Sample) -> f64, unit: &str| {
+        let (a, b) = (med(&off, f), med(&on, f));
+        println!("| {name} | {a:.1} {unit} | {b:.1} {unit} | {:.3} |", b / a);
+    };
+    row("requests/s (wrk -t1 -c16)", |s| s.rps, "");
+    row("nginx CPU per request", |s| s.cpu_us_per_req, "us");
+    row("p50 latency at saturation", |s| s.wrk_p50_us, "us");
+    row("p99 latency at saturation", |s| s.wrk_p99_us, "us");
+    row("p50 latency at fixed rate", |s| s.rate_p50_us, "us");
+    row("p99 latency at fixed rate", |s| s.rate_p99_us, "us");
+    row("dd through a pipe: CPU per syscall", |s| s.dd_ns_per_syscall, "ns");
+    println!(
+        "\nadded latency at fixed rate: p50 {:+.1} us, p99 {:+.1} us",
+        med(&on, |s| s.rate_p50_us) - med(&off, |s| s.rate_p50_us),
+        med(&on, |s| s.rate_p99_us) - med(&off, |s| s.rate_p99_us)
+    );
+    println!(
+        "added CPU per unrelated syscall (dd): {:+.1} ns",
+        med(&on, |s| s.dd_ns_per_syscall) - med(&off, |s| s.dd_ns_per_syscall)
+    );
+    println!(
+        "BPF time per HTTP request: {per_request:.0} ns over {calls_per_request:.1} program runs; \
+         per syscall of dd: {per_call_dd:.0} ns (kernel.bpf_stats_enabled)"
+    );
+}
+
+fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32]) -> Sample {
+    let cpu0 = cpu_seconds(nginx);
+    let (requests, rps, wrk_p50_us, wrk_p99_us) = wrk(ns, url, seconds);
+    let cpu_us_per_req = (cpu_seconds(nginx) - cpu0) * 1e6 / requests;
+    let (rate_p50_us, rate_p99_us) = hey(ns, url, rate);
+    let dd_ns_per_syscall = dd_cpu() * 1e9 / (4 * DD_BLOCKS) as f64;
+    Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, rate_p50_us, rate_p99_us, dd_ns_per_syscall }
+}
+
+/// Runs wrk; returns (requests, requests/s, p50 us, p99 us).
+fn wrk(ns: &str, url: &str, seconds: u64) -> (f64, f64, f64, f64) {
+    let out = exec(ns, "wrk")
+        .args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency", url])
+        .output()
+        .expect("wrk (scripts/setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("Non-2xx"), "wrk failed:\n{text}");
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output:\n{text}"))
+            .to_owned()
+    };
+    let total = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
+    let rps = field("Requests/sec:").parse().unwrap();
+    (total, rps, duration_us(&field("50%")), duration_us(&field("99%")))
+}
+
+/// wrk's durations: `812.00us`, `1.23ms`, `2.00s`.
+fn duration_us(s: &str) -> f64 {
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e6)
+    } else {
+        panic!("unknown duration `{s}`")
+    };
+    num.parse::<f64>().unwrap() * mult
+}
+
+/// Runs hey at a fixed total rate for 5 s; returns (p50 us, p99 us).
+fn hey(ns: &str, url: &str, rate: u64) -> (f64, f64) {
+    const WORKERS: u64 = 4;
+    let out = exec(ns, "hey")
+        .args(["-z", "5s", "-c", &WORKERS.to_string(), "-q", &(rate / WORKERS).to_string(), url])
+        .output()
+        .expect("hey (scripts/setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{p}% in ")))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {p}% in hey output:\n{text}"))
+            * 1e6
+    };
+    (pct("50"), pct("99"))
+}
+
+/// CPU seconds (user + system) of `dd bs=64` through a pipe, both ends.
+fn dd_cpu() -> f64 {
+    let script = format!(
+        "dd if=/dev/zero bs=64 count={DD_BLOCKS} 2>/dev/null | dd of=/dev/null bs=64 2>/dev/null; times"
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `times`: the shell's user/sys, then its children's.
+    let children = text.lines().nth(1).unwrap_or_else(|| panic!("no times output: {text}"));
+    children.split_whitespace().map(bash_time).sum()
+}
+
+/// `0m1.234s` -> 1.234.
+fn bash_time(s: &str) -> f64 {
+    let (m, rest) = s.split_once('m').unwrap();
+    m.parse::<f64>().unwrap() * 60.0 + rest.trim_end_matches('s').parse::<f64>().unwrap()
+}
+
+/// nginx master and its workers.
+fn nginx_pids(master: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap();
+    std::iter::once(master).chain(children.split_whitespace().map(|p| p.parse().unwrap())).collect()
+}
+
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<u64> = after_comm.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+            (f[11] + f[12]) as f64 / 100.0 // utime + stime, USER_HZ = 100
+        })
+        .sum()
+}
+
+/// (run_time_ns, run_cnt) summed over nettel's HTTP programs.
+fn http_prog_stats() -> (u64, u64) {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("nt_http")))
+        .fold((0, 0), |(t, c), p| {
+            (t + p["run_time_ns"].as_u64().unwrap_or(0), c + p["run_cnt"].as_u64().unwrap_or(0))
+        })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
