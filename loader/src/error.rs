@@ -7,6 +7,11 @@
 
 use std::{io, path::PathBuf};
 
+use crate::{
+    caps::{self, Operation},
+    sys,
+};
+
 /// Everything that can stop the loader.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,6 +82,15 @@ pub enum Error {
     },
     #[error("gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    /// The kernel answered EPERM; `needs` names the missing capability.
+    #[error("permission denied: {needs}")]
+    Permission {
+        needs: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("failed to drop capabilities after attach")]
+    DropCapabilities(#[source] io::Error),
 }
 
 impl Error {
@@ -88,5 +102,75 @@ impl Error {
             }
             other => Self::ProgramLoad { program, source: io::Error::other(other.to_string()) },
         }
+    }
+}
+
+// === impl Error: capability hints ===
+
+impl Error {
+    /// When the kernel refused this operation with EPERM, wraps it in
+    /// [`Error::Permission`] naming the capability that is missing from the
+    /// effective set (or, when none is, the likely LSM/seccomp refusal).
+    pub fn with_capability_hint(self) -> Self {
+        let op = match &self {
+            Self::Mount { .. } => Operation::Mount,
+            Self::ObjectLoad { .. } | Self::Map { .. } => Operation::Bpf,
+            Self::ProgramLoad { .. } => Operation::TracingProgLoad,
+            Self::Attach { .. } => Operation::Attach,
+            _ => return self,
+        };
+        if !self.is_eperm() {
+            return self;
+        }
+        let missing = caps::missing_for(op, sys::effective_caps().unwrap_or(0));
+        let needs = capability_hint(op, &missing);
+        Self::Permission { needs, source: Box::new(self) }
+    }
+
+    /// Whether an EPERM from the kernel is anywhere in the source chain.
+    fn is_eperm(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) == Some(1) {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
+/// The sentence of [`Error::Permission`] for `op` with `missing` capabilities.
+pub(crate) fn capability_hint(op: Operation, missing: &[&str]) -> String {
+    if missing.is_empty() {
+        return "the needed capabilities are effective, so an LSM (lockdown, SELinux, AppArmor) or a seccomp profile refused it".into();
+    }
+    let add: Vec<&str> = missing.iter().map(|m| m.trim_start_matches("CAP_")).collect();
+    match op {
+        Operation::Mount => format!(
+            "needs {}; mount it on the host instead and pass it in with a hostPath volume (deploy/base/daemonset.yaml)",
+            missing.join(" and ")
+        ),
+        _ => format!("needs {} (Kubernetes: `capabilities.add: [{}]`)", missing.join(" and "), add.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eperm_names_the_missing_capability() {
+        let load = Error::ProgramLoad { program: "nt_tcp_rtx", source: io::Error::from_raw_os_error(1) };
+        assert!(load.is_eperm());
+        let other = Error::ProgramLoad { program: "nt_tcp_rtx", source: io::Error::from_raw_os_error(13) };
+        assert!(matches!(other.with_capability_hint(), Error::ProgramLoad { .. }));
+        assert_eq!(
+            capability_hint(Operation::TracingProgLoad, &["CAP_PERFMON"]),
+            "needs CAP_PERFMON (Kubernetes: `capabilities.add: [PERFMON]`)"
+        );
+        assert!(capability_hint(Operation::Mount, &["CAP_SYS_ADMIN"])
+            .starts_with("needs CAP_SYS_ADMIN; mount it"));
+        assert!(capability_hint(Operation::Attach, &[]).contains("LSM"));
     }
 }

@@ -5,6 +5,7 @@
 // `unsafe` is allowed only in `sys`, one justified call per safe wrapper.
 #![deny(unsafe_code)]
 
+pub mod caps;
 pub mod config;
 pub mod counters;
 mod error;

@@ -7,7 +7,8 @@ use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use nettel_loader::{
-    config::{Cli, Command, LogFormat, RunArgs},
+    caps,
+    config::{Cli, Command, LogFormat, RunArgs, RunConfig},
     counters::Counters,
     hub::Hub,
     pin, preflight, probe,
@@ -26,12 +27,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(a) => return check(&a.pin_dir),
         Command::Cleanup(a) => cleanup(&a.pin_dir),
-        Command::Run(a) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("failed to start the tokio runtime")
-            .and_then(|rt| rt.block_on(run(a))),
+        Command::Run(a) => run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,18 +100,51 @@ fn mount_missing(report: &preflight::Report, pin_dir: &Path) -> Result<(), Error
     Ok(())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Everything `run` sets up while privileged, before any other thread exists.
+struct Prepared {
+    cfg: RunConfig,
+    probes: probe::Probes,
+    events: aya::maps::RingBuf<aya::maps::MapData>,
+    listener: std::os::unix::net::UnixListener,
+}
+
+/// `run`: the privileged steps on the main thread, then the capability drop,
+/// then the runtime. Capability sets are per thread, so dropping them before
+/// the tokio runtime starts leaves no thread holding any.
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let prepared = prepare(&args)?;
+    let dropped = caps::drop_after_attach().map_err(Error::DropCapabilities)?;
+    info!(
+        before = ?caps::names(dropped.before),
+        kept = ?caps::names(dropped.kept),
+        "Dropped capabilities after attach."
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?
+        .block_on(serve(args, prepared))
+}
+
+fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
     let cfg = args.validate()?;
     let report = preflight::run(pin_root(&args.pin_dir));
     if !report.runnable() {
-        return Err(Error::Preflight(report.failures()).into());
+        return Err(Error::Preflight(report.failures()));
     }
-    mount_missing(&report, &args.pin_dir)?;
-
-    let (probes, events) = probe::load(&args.pin_dir, cfg.ring_bytes, args.bench_tgid)?;
+    mount_missing(&report, &args.pin_dir).map_err(Error::with_capability_hint)?;
+    let (probes, events) =
+        probe::load(&args.pin_dir, cfg.ring_bytes, args.bench_tgid).map_err(Error::with_capability_hint)?;
     for a in &probes.attached {
         info!(program = a.name, attach_point = a.attach_point, "Probe attached.");
     }
+    let listener = socket::bind(&args.socket, args.socket_gid)?;
+    Ok(Prepared { cfg, probes, events, listener })
+}
+
+async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared { cfg, probes, events, listener } = prepared;
     let counters = Arc::new(Counters::default());
     let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
@@ -148,7 +177,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         allow_gids: args.allow_gid.clone(),
         max_connections: args.max_connections,
     };
-    let listener = socket::bind(&args.socket, args.socket_gid)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(|source| Error::Socket {
+        path: args.socket.clone(),
+        what: "cannot register with the runtime",
+        source,
+    })?;
     info!(socket = %args.socket.display(), epoch = format_args!("{:016x}", info.epoch), "Serving the event stream.");
     let incoming = tokio_stream::wrappers::ReceiverStream::new(socket::accept_loop(
         listener,

@@ -42,8 +42,14 @@ impl AccessPolicy {
 }
 
 /// Binds `path` with mode 0660 and group `gid` (if given), replacing a stale
-/// socket but refusing to replace anything else.
-pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, Error> {
+/// socket but refusing to replace anything else. Returns a non-blocking std
+/// listener, so it can be bound before the runtime starts (the loader binds
+/// while it still holds its capabilities, then drops them).
+///
+/// Setting the group needs no capability when `gid` is the loader's own
+/// primary or supplementary group (the DaemonSet runs the loader with the
+/// aggregator's group); any other gid needs CAP_CHOWN.
+pub fn bind(path: &Path, gid: Option<u32>) -> Result<std::os::unix::net::UnixListener, Error> {
     let err = |what: &'static str| move |source| Error::Socket { path: path.to_owned(), what, source };
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::DirBuilder::new()
@@ -72,7 +78,8 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, Error> {
         .map_err(err("cannot create private bind directory"))?;
     let result = (|| {
         let tmp = private.join("sock");
-        let listener = UnixListener::bind(&tmp).map_err(err("cannot bind"))?;
+        let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(err("cannot bind"))?;
+        listener.set_nonblocking(true).map_err(err("cannot make non-blocking"))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660)).map_err(err("cannot chmod"))?;
         if let Some(gid) = gid {
             std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(err("cannot chown"))?;

@@ -122,11 +122,31 @@ impl Loader {
 
     /// Like [`Loader::start`] with an explicit pin dir.
     pub fn start_at(pin_dir: &Path, socket_gid: u32, allow_uids: &[u32], extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], pin_dir, socket_gid, allow_uids, extra)
+    }
+
+    /// Like [`Loader::start_at`], run through `prefix` (e.g. `setpriv
+    /// --bounding-set=...`, a seccomp wrapper), which must exec the loader so
+    /// that the child's pid is the loader's.
+    pub fn start_wrapped(
+        prefix: &[String],
+        pin_dir: &Path,
+        socket_gid: u32,
+        allow_uids: &[u32],
+        extra: &[&str],
+    ) -> Self {
         let pin_dir = pin_dir.to_owned();
         let dir = scratch_dir("loader");
         let socket = dir.join("loader.sock");
         let uids = allow_uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        let mut cmd = Command::new(bin("nettel-loader"));
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("nettel-loader"));
+                c
+            }
+            None => Command::new(bin("nettel-loader")),
+        };
         cmd.arg("run")
             .arg("--socket")
             .arg(&socket)
