@@ -2,7 +2,11 @@
 //! The gRPC client of the loader's Unix socket: connects, consumes the event
 //! stream, and reconnects with jittered exponential backoff forever.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use hyper_util::rt::TokioIo;
 use nettel_proto::v1::{self, telemetry_service_client::TelemetryServiceClient};
@@ -30,11 +34,11 @@ pub struct LoaderSource {
 
 impl LoaderSource {
     /// Consumes the loader's stream into `agg` until the process ends.
-    pub async fn run(self, mut agg: Aggregator, metrics: Arc<Metrics>) {
+    pub async fn run(self, agg: Arc<Mutex<Aggregator>>, metrics: Arc<Metrics>) {
         let mut tracker = Tracker::default();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let reason = match self.stream_once(&mut agg, &mut tracker, &metrics, &mut backoff).await {
+            let reason = match self.stream_once(&agg, &mut tracker, &metrics, &mut backoff).await {
                 Ok(()) => "ended",
                 Err(Error::Connect { source, .. }) => {
                     warn!(socket = %self.socket.display(), error = %source, "Cannot reach the loader; retrying.");
@@ -60,7 +64,7 @@ impl LoaderSource {
 
     async fn stream_once(
         &self,
-        agg: &mut Aggregator,
+        agg: &Mutex<Aggregator>,
         tracker: &mut Tracker,
         metrics: &Metrics,
         backoff: &mut Duration,
@@ -91,9 +95,7 @@ impl LoaderSource {
                 metrics.loader_connected.set(1);
                 info!(socket = %self.socket.display(), epoch = format_args!("{:016x}", msg.epoch), "Connected to the loader.");
             }
-            for ev in &msg.events {
-                agg.apply(ev);
-            }
+            agg.lock().unwrap_or_else(|e| e.into_inner()).apply_batch(&msg.events, Instant::now());
         }
         Ok(())
     }
