@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use nettel_proto::v1::{self, telemetry_service_client::TelemetryServiceClient};
 use tokio::net::UnixStream;
 use tonic::transport::{Endpoint, Uri};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::tracker::Tracker;
 use crate::{
@@ -44,8 +44,11 @@ impl LoaderSource {
                     warn!(socket = %self.socket.display(), error = %source, "Cannot reach the loader; retrying.");
                     "connect_failed"
                 }
-                Err(e @ Error::SchemaTooNew { .. }) => {
-                    warn!(error = %e, "Disconnected from the loader.");
+                Err(e @ Error::SchemaTooNew { got, want }) => {
+                    // Nothing of this stream was counted; retry slowly in case
+                    // the loader is rolled back. /readyz stays not ready.
+                    error!(loader_schema = got, aggregator_schema = want, error = %e, "Refused the loader's event stream.");
+                    backoff = self.reconnect_max;
                     "schema_too_new"
                 }
                 Err(e) => {
@@ -84,6 +87,7 @@ impl LoaderSource {
             .stream_events(v1::StreamEventsRequest { subscriber_name: self.subscriber_name.clone() })
             .await?
             .into_inner();
+        tracker.stream_started();
         let mut first = true;
         while let Some(msg) = stream.message().await? {
             tracker.observe(&msg, metrics)?;
