@@ -449,6 +449,36 @@ mod tests {
     }
 
     #[test]
+    fn hostile_http_fields_are_counted_not_trusted() {
+        let m = Arc::new(Metrics::default());
+        let mut a = Aggregator::new(Arc::clone(&m), Resolver::Static(Arc::default()), PortFolder::new(32768));
+        let req = |status, method, trace_id: &[u8], local: &[u8]| v1::Event {
+            timestamp_boot_ns: 1,
+            kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
+                local_addr: local.to_vec(),
+                method,
+                status,
+                duration_ns: 1_000_000,
+                trace_id: trace_id.to_vec(),
+                ..Default::default()
+            })),
+        };
+        let v4 = [10, 0, 0, 1];
+        a.apply(&req(200, v1::HttpMethod::Get as i32, &[0xff; 5], &v4)); // bad trace id: counted, kept
+        a.apply(&req(200, 12345, &[0xab; 16], &v4)); // unknown method: OTHER
+        a.apply(&req(99, 2, &[], &v4));
+        a.apply(&req(600, 2, &[], &v4));
+        a.apply(&req(200, 2, &[], &[1, 2, 3, 4, 5]));
+        let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
+        assert_eq!((reason("bad_trace_id"), reason("bad_http_status"), reason("bad_address")), (1, 2, 1));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.register()).unwrap();
+        assert!(out.contains(r#"method="GET",status="200"} 1"#), "{out}");
+        assert!(out.contains(r#"method="OTHER",status="200"} 1"#), "{out}");
+        assert!(out.contains(&format!(r#"trace_id="{}""#, "ab".repeat(16))), "{out}");
+    }
+
+    #[test]
     fn cached_series_follow_ip_reuse_in_the_cluster_index() {
         use std::time::{Duration, Instant};
 
