@@ -264,10 +264,7 @@ mod tests {
             (b"", "EOF"),
             (b"{\"pods\":[{\"name\":\"a\",\"namespace\":\"n\",\"ips\":[\"10.0.0.1\\u0000\"]}]}", "not an IP"),
             (b"{\"pods\":{}}", "invalid type"),
-            (
-                b"{\"pods\":[{\"name\":\"\\ud800\",\"namespace\":\"n\",\"ips\":[\"10.0.0.1\"]}]}",
-                "hex escape",
-            ),
+            (b"{\"pods\":[{\"name\":\"\\ud800\",\"namespace\":\"n\",\"ips\":[\"10.0.0.1\"]}]}", "hex escape"),
         ];
         for (input, want) in cases {
             let e = StaticPods::parse(input).unwrap_err();
