@@ -42,6 +42,8 @@ use prometheus_client::metrics::{
     gauge::Gauge,
 };
 
+use tracing::warn;
+
 use crate::metrics::{MetricLabels, Metrics};
 
 /// The label value of every label of an overflow series.
@@ -150,6 +152,7 @@ impl RecentSet {
 /// The live series of one family, and the budget bookkeeping for it.
 #[derive(Debug)]
 pub struct SeriesTable<L, M, C = fn() -> M> {
+    name: String,
     family: Family<L, M, C>,
     live: HashMap<L, Arc<Series<M>>>,
     overflow_labels: L,
@@ -174,6 +177,7 @@ where
         let gauge = metrics.series.get_or_create(&label).clone();
         gauge.set(0);
         Self {
+            name: name.to_owned(),
             family,
             live: HashMap::new(),
             overflow_labels,
@@ -202,7 +206,10 @@ where
             return s;
         }
         if self.refusals.insert(self.hasher.hash_one(&labels)) {
-            self.refused.inc();
+            let n = self.refused.inc() + 1;
+            if n.is_power_of_two() {
+                warn!(metric = %self.name, refused = n, "Series budget spent; new label sets are counted into the overflow series.");
+            }
         }
         self.overflow_series(now_ms)
     }
