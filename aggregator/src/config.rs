@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
 
+use crate::transform::limit_cardinality::SeriesLimits;
+
 /// nettel's unprivileged half: consumes the loader's event stream, attributes
 /// addresses to pods and serves Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
@@ -43,10 +45,27 @@ pub struct Args {
     /// How long a deleted pod stays resolvable, in seconds (late events).
     #[arg(long, env = "NETTEL_POD_TTL_SECS", default_value_t = 30)]
     pub pod_ttl_secs: u64,
+    /// Most series of all cardinality-limited metrics together, overflow
+    /// series included (see README, "Cardinality budget").
+    #[arg(long, env = "NETTEL_MAX_SERIES", default_value_t = 50_000)]
+    pub max_series: usize,
+    /// Most series of one limited metric, its overflow series included; past it
+    /// new label sets are counted into the metric's `__overflow__` series.
+    #[arg(long, env = "NETTEL_MAX_SERIES_PER_METRIC", default_value_t = 20_000)]
+    pub max_series_per_metric: usize,
+    /// A series not counted into for this many seconds is removed from /metrics
+    /// (a counter that comes back starts from 0: a counter reset).
+    #[arg(long, env = "NETTEL_SERIES_TTL_SECS", default_value_t = 600)]
+    pub series_ttl_secs: u64,
     /// Log output format.
     #[arg(long, env = "NETTEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
 }
+
+/// Bounds of the series flags.
+pub const MAX_SERIES_RANGE: std::ops::RangeInclusive<usize> = 10..=10_000_000;
+/// Bounds of `--series-ttl-secs` (10 s to 7 days).
+pub const SERIES_TTL_RANGE: std::ops::RangeInclusive<u64> = 10..=604_800;
 
 /// Kubernetes attribution mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +100,34 @@ impl Args {
         }
         Ok(kube)
     }
+
+    /// The validated series limits, reporting every problem at once.
+    pub fn series_limits(&self) -> Result<SeriesLimits, crate::Error> {
+        let mut problems = Vec::new();
+        let (lo, hi) = (MAX_SERIES_RANGE.start(), MAX_SERIES_RANGE.end());
+        if !MAX_SERIES_RANGE.contains(&self.max_series) {
+            problems.push(format!("--max-series {} must be between {lo} and {hi}", self.max_series));
+        }
+        if !(2..=self.max_series).contains(&self.max_series_per_metric) {
+            problems.push(format!(
+                "--max-series-per-metric {} must be between 2 and --max-series ({})",
+                self.max_series_per_metric, self.max_series
+            ));
+        }
+        if !SERIES_TTL_RANGE.contains(&self.series_ttl_secs) {
+            let (lo, hi) = (SERIES_TTL_RANGE.start(), SERIES_TTL_RANGE.end());
+            problems
+                .push(format!("--series-ttl-secs {} must be between {lo} and {hi}", self.series_ttl_secs));
+        }
+        if !problems.is_empty() {
+            return Err(crate::Error::Config(problems.join("; ")));
+        }
+        Ok(SeriesLimits {
+            max_series: self.max_series,
+            max_per_metric: self.max_series_per_metric,
+            ttl: std::time::Duration::from_secs(self.series_ttl_secs),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +151,29 @@ mod tests {
         assert!(e.contains("--kube=off"), "{e}");
         assert!(args(&["--kube", "off", "--kubeconfig", "/k"]).use_kube(false).is_err());
         assert!(args(&["--pod-ttl-secs", "0"]).use_kube(false).is_err());
+    }
+
+    #[test]
+    fn series_limits_are_validated_naming_every_flag() {
+        let d = args(&[]).series_limits().unwrap();
+        assert_eq!(d, SeriesLimits::default());
+        let l = args(&["--max-series", "100", "--max-series-per-metric", "40", "--series-ttl-secs", "60"])
+            .series_limits()
+            .unwrap();
+        assert_eq!((l.max_series, l.max_per_metric, l.ttl.as_secs()), (100, 40, 60));
+        let e = args(&["--max-series", "5", "--max-series-per-metric", "1", "--series-ttl-secs", "0"])
+            .series_limits()
+            .unwrap_err()
+            .to_string();
+        for flag in ["--max-series 5", "--max-series-per-metric 1", "--series-ttl-secs 0"] {
+            assert!(e.contains(flag), "{e}");
+        }
+        let e = args(&["--max-series", "100", "--max-series-per-metric", "200"])
+            .series_limits()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be between 2 and --max-series (100)"), "{e}");
+        assert!(Args::try_parse_from(["a", "--max-series", "-1"]).is_err());
     }
 }
 

@@ -2,7 +2,11 @@
 //! `nettel-aggregator` entry point.
 #![forbid(unsafe_code)]
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use clap::Parser;
 use nettel_aggregator::{
@@ -15,7 +19,7 @@ use nettel_aggregator::{
         loader::LoaderSource,
     },
     transform::{
-        aggregate::Aggregator,
+        aggregate::{self, Aggregator},
         enrich_pod::{ClusterIndex, Resolver, StaticPods},
         fold_port::PortFolder,
     },
@@ -63,6 +67,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         warn!("Running as root because --allow-root was given; the aggregator needs no privileges.");
     }
+    let limits = args.series_limits()?;
     let metrics = Arc::new(Metrics::default());
     let use_kube = args.use_kube(kube::in_cluster())?;
     let pods = if use_kube {
@@ -88,7 +93,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let registry = metrics.register();
     let listener = prometheus::bind(args.listen).await?;
-    let mut agg = Aggregator::new(Arc::clone(&metrics), pods, PortFolder::new(args.ephemeral_port_floor));
+    let mut agg = Aggregator::new(Arc::clone(&metrics), pods, PortFolder::new(args.ephemeral_port_floor))
+        .with_limits(limits);
+    info!(
+        max_series = limits.max_series,
+        max_series_per_metric = limits.max_per_metric,
+        series_ttl_secs = limits.ttl.as_secs(),
+        "Series budget set."
+    );
     if use_kube {
         // L7 events come from a process: attribute them by its cgroup first.
         let root = nettel_aggregator::kube::cgroup::default_root();
@@ -103,6 +115,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let endpoint =
         Arc::new(Endpoint { registry, metrics: Arc::clone(&metrics), require_kube_sync: use_kube });
+    let agg = Arc::new(Mutex::new(agg));
+    tokio::spawn(aggregate::run_expiry(Arc::clone(&agg), aggregate::expiry_period(limits.ttl)));
     tokio::spawn(source.run(agg, Arc::clone(&metrics)));
     tokio::select! {
         () = prometheus::serve(listener, endpoint) => {}

@@ -69,6 +69,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A `metric` label: the family a self-metric is about.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabels {
+    pub metric: String,
+}
+
 /// A `kind` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -100,6 +106,18 @@ pub struct Metrics {
     pub kube_relists: Family<ResourceLabels, Counter>,
     pub http_duration: HttpFamily,
     pub http_unmatched: Family<ReasonLabels, Counter>,
+    /// Live series of each limited metric (`transform::limit_cardinality`).
+    pub series: Family<MetricLabels, Gauge>,
+    /// Events counted into an overflow series.
+    pub series_overflow_events: Family<MetricLabels, Counter>,
+    /// Distinct label sets refused by the series budget.
+    pub series_refused: Family<MetricLabels, Counter>,
+    /// Series removed after `--series-ttl-secs` without events.
+    pub series_expired: Family<MetricLabels, Counter>,
+    /// Streams refused because the loader writes a newer event schema.
+    pub schema_mismatch: Counter,
+    /// Event schema version of the loader's last stream message.
+    pub loader_schema_version: Gauge,
 }
 
 /// A `resource` label (`pods`, `endpointslices`).
@@ -213,6 +231,39 @@ impl Metrics {
             "nettel_http_unmatched",
             "HTTP requests or responses the kernel probe could not pair, by reason (response_without_request, closed_with_pending, pipeline_full, connection_table_full)",
             self.http_unmatched.clone(),
+        );
+        r.register(
+            "nettel_series",
+            "Live series of each cardinality-limited metric, its overflow series included",
+            self.series.clone(),
+        );
+        r.register(
+            "nettel_series_overflow_events",
+            "Events counted into a metric's overflow series (label values __overflow__) because its series budget was spent",
+            self.series_overflow_events.clone(),
+        );
+        r.register(
+            "nettel_series_refused",
+            "Label sets refused by the series budget (distinct among the last 65536 refused)",
+            self.series_refused.clone(),
+        );
+        r.register(
+            "nettel_series_expired",
+            "Series removed from /metrics after --series-ttl-secs without events",
+            self.series_expired.clone(),
+        );
+        r.register(
+            "nettel_schema_mismatch",
+            "Loader streams refused because they carry a newer event schema than this aggregator understands",
+            self.schema_mismatch.clone(),
+        );
+        r.register(
+            "nettel_loader_schema_version",
+            format!(
+                "Event schema version of the loader's last stream message (this aggregator understands up to {})",
+                nettel_proto::v1::SCHEMA_VERSION
+            ),
+            self.loader_schema_version.clone(),
         );
         r
     }

@@ -74,6 +74,115 @@ fn rejects_hostile_records() {
     assert_eq!(decode(&kind).unwrap_err(), DecodeError::UnknownKind(200));
 }
 
+fn http_record() -> abi::nt_http_event {
+    let mut ev = abi::nt_http_event::default();
+    ev.hdr.abi_version = abi::NT_ABI_VERSION as u16;
+    ev.hdr.kind = abi::NT_EVENT_HTTP as u8;
+    ev.hdr.len = size_of::<abi::nt_http_event>() as u32;
+    ev.family = 10;
+    ev.status = 200;
+    ev
+}
+
+fn synthetic_record() -> abi::nt_synthetic_event {
+    let mut ev = abi::nt_synthetic_event::default();
+    ev.hdr.abi_version = abi::NT_ABI_VERSION as u16;
+    ev.hdr.kind = abi::NT_EVENT_SYNTHETIC as u8;
+    ev.hdr.len = size_of::<abi::nt_synthetic_event>() as u32;
+    ev
+}
+
+fn set_len(buf: &mut [u8], len: usize) {
+    buf[offset_of!(abi::nt_event_hdr, len)..][..4].copy_from_slice(&(len as u32).to_ne_bytes());
+}
+
+/// Every kind of record, every way of being wrong: each gives its own error.
+#[test]
+fn hostile_record_table_for_every_kind() {
+    let hdr = size_of::<abi::nt_event_hdr>();
+    let family_at = [
+        Some(offset_of!(abi::nt_tcp_retransmit_event, family)),
+        Some(offset_of!(abi::nt_http_event, family)),
+        None,
+    ];
+    let goods = [bytes_of(&retransmit_record()), bytes_of(&http_record()), bytes_of(&synthetic_record())];
+    for (good, family_at) in goods.iter().zip(family_at) {
+        let full = good.len();
+        assert!(decode(good).is_ok(), "the good record decodes");
+        let mut cases: Vec<(&str, Vec<u8>, DecodeError)> = vec![
+            ("zero-length", Vec::new(), DecodeError::Short { got: 0, need: hdr }),
+            ("one byte", good[..1].to_vec(), DecodeError::Short { got: 1, need: hdr }),
+            ("truncated header", good[..hdr - 1].to_vec(), DecodeError::Short { got: hdr - 1, need: hdr }),
+            (
+                "header only, claiming the full length",
+                good[..hdr].to_vec(),
+                DecodeError::LengthMismatch { hdr: full as u32, got: hdr },
+            ),
+            (
+                "truncated body, claiming the full length",
+                good[..full - 1].to_vec(),
+                DecodeError::LengthMismatch { hdr: full as u32, got: full - 1 },
+            ),
+        ];
+        let mut short = good[..full - 8].to_vec();
+        set_len(&mut short, full - 8);
+        cases.push((
+            "truncated body, consistent header",
+            short,
+            DecodeError::Short { got: full - 8, need: full },
+        ));
+        let mut long = good.clone();
+        long.extend_from_slice(&[0xaa; 64]);
+        cases.push((
+            "oversized, claiming the kind's length",
+            long.clone(),
+            DecodeError::LengthMismatch { hdr: full as u32, got: full + 64 },
+        ));
+        set_len(&mut long, full + 64);
+        cases.push((
+            "oversized, consistent header",
+            long,
+            DecodeError::Oversized { got: full + 64, want: full },
+        ));
+        let mut huge_len = good.clone();
+        set_len(&mut huge_len, u32::MAX as usize);
+        cases.push((
+            "header length u32::MAX",
+            huge_len,
+            DecodeError::LengthMismatch { hdr: u32::MAX, got: full },
+        ));
+        for version in [0u16, abi::NT_ABI_VERSION as u16 + 1, u16::MAX] {
+            let mut v = good.clone();
+            v[..2].copy_from_slice(&version.to_ne_bytes());
+            cases.push((
+                "wrong ABI version",
+                v,
+                DecodeError::AbiVersion { got: version, want: abi::NT_ABI_VERSION as u16 },
+            ));
+        }
+        for kind in [abi::NT_EVENT_UNSPEC as u8, 4, 255] {
+            let mut k = good.clone();
+            k[offset_of!(abi::nt_event_hdr, kind)] = kind;
+            cases.push(("unknown kind", k, DecodeError::UnknownKind(kind)));
+        }
+        if let Some(at) = family_at {
+            for family in [0u8, 1, 255] {
+                let mut f = good.clone();
+                f[at] = family;
+                cases.push(("unknown family", f, DecodeError::UnknownFamily(family)));
+            }
+        }
+        for (what, input, want) in cases {
+            let got = decode(&input).expect_err(what);
+            assert_eq!(got, want, "{what}");
+            assert!(
+                !got.to_string().is_empty() && !got.reason().is_empty(),
+                "{what}: a clear error and reason"
+            );
+        }
+    }
+}
+
 // === BTF layout check ===
 
 /// Struct layouts from a BPF object's `.BTF` section: name -> (size, members).

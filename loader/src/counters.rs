@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use nettel_proto::v1;
+use tracing::warn;
 
 /// Monotonic counters since the loader started.
 #[derive(Debug, Default)]
@@ -47,5 +48,39 @@ impl Counters {
             http_pipeline_full: self.http_pipeline_full.load(Relaxed),
             http_connections_full: self.http_connections_full.load(Relaxed),
         }
+    }
+}
+
+/// Stores a kernel running total (a sum over CPUs of a `nt_stats` slot), never
+/// letting it go backwards: the totals feed subscribers' loss deltas, and a
+/// smaller sum (which a per-CPU counter cannot produce, but a map replaced
+/// under the loader could) would otherwise be reported as a negative loss.
+/// Returns whether the new sum was smaller; that is logged, naming the slot.
+pub fn store_total(counter: &AtomicU64, sum: u64, slot: u32) -> bool {
+    let prev = counter.fetch_max(sum, Relaxed);
+    let backwards = sum < prev;
+    if backwards {
+        warn!(
+            slot,
+            previous = prev,
+            now = sum,
+            "A kernel statistics total went backwards; keeping the previous value."
+        );
+    }
+    backwards
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_totals_never_go_backwards() {
+        let c = AtomicU64::new(0);
+        assert!(!store_total(&c, 10, 1));
+        assert!(store_total(&c, 4, 1), "reported");
+        assert_eq!(c.load(Relaxed), 10, "kept");
+        assert!(!store_total(&c, 12, 1));
+        assert_eq!(c.load(Relaxed), 12);
     }
 }

@@ -54,6 +54,12 @@ impl Service {
     }
 }
 
+/// The subscriber name as logged: at most 64 characters, control characters
+/// (which could forge log lines) replaced by `?`.
+pub fn subscriber_label(name: &str) -> String {
+    name.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::StreamEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -64,7 +70,7 @@ impl TelemetryService for Service {
         &self,
         request: Request<v1::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let name: String = request.into_inner().subscriber_name.chars().take(64).collect();
+        let name = subscriber_label(&request.into_inner().subscriber_name);
         let mut sub = self.hub.subscribe();
         let epoch = self.info.epoch;
         let baseline = (
@@ -124,5 +130,17 @@ impl TelemetryService for Service {
             counters: Some(self.counters.to_proto()),
             heartbeat_interval_ms: i.heartbeat.as_millis().try_into().unwrap_or(u32::MAX),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriber_names_are_cut_and_cannot_forge_log_lines() {
+        assert_eq!(subscriber_label("agg-1"), "agg-1");
+        assert_eq!(subscriber_label("a\nINFO forged\u{1b}[31m"), "a?INFO forged?[31m");
+        assert_eq!(subscriber_label(&"é".repeat(100)).chars().count(), 64);
     }
 }

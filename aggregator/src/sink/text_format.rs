@@ -47,9 +47,10 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
             };
             out.push_str(&format!("# TYPE {name}{name_suffix} {ty}\n"));
         } else {
-            // Exemplars follow ` # ` after the value; label values cannot contain
-            // an unescaped ` # ` sequence outside braces, so cut after the labels.
-            let body_start = line.find('}').map_or(0, |i| i + 1);
+            // Exemplars follow ` # ` after the value. Label values may hold `}`
+            // and ` # ` (a pods file may name a service anything), so search
+            // only after the closing brace of the label set.
+            let body_start = labels_end(line);
             match line[body_start..].find(" # ") {
                 Some(i) => out.push_str(&line[..body_start + i]),
                 None => out.push_str(line),
@@ -60,9 +61,46 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
     out
 }
 
+/// Byte offset just past a sample line's label set (`{...}`), skipping quoted
+/// label values with their `\\` escapes; 0 when the sample has no labels.
+fn labels_end(line: &str) -> usize {
+    let bytes = line.as_bytes();
+    let Some(open) = line.find(['{', ' ']).filter(|&i| bytes[i] == b'{') else {
+        return 0;
+    };
+    let (mut in_quotes, mut escaped) = (false, false);
+    for (i, &b) in bytes.iter().enumerate().skip(open + 1) {
+        match (in_quotes, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, false, b'"') => in_quotes = !in_quotes,
+            (false, _, b'}') => return i + 1,
+            _ => {}
+        }
+    }
+    line.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (guarded by the fuzz target `exposition`): a label value holding `}` and
+    /// ` # ` cut the sample line in half.
+    #[test]
+    fn label_values_with_braces_and_hashes_stay_whole() {
+        let om = "# TYPE c counter\nc_total{service=\"a} # b\",pod=\"x\\\"} # y\"} 7\n\
+                  h_bucket{le=\"0.1\",s=\"} # \"} 1 # {trace_id=\"ab\"} 0.05\nplain 3 # {a=\"b\"} 1\n# EOF\n";
+        let p = openmetrics_to_prometheus(om);
+        assert_eq!(
+            p,
+            "# TYPE c_total counter\nc_total{service=\"a} # b\",pod=\"x\\\"} # y\"} 7\n\
+             h_bucket{le=\"0.1\",s=\"} # \"} 1\nplain 3\n"
+        );
+        assert_eq!(labels_end("x 1"), 0);
+        assert_eq!(labels_end("x{a=\"}\"} 1"), 8);
+        assert_eq!(labels_end("x{a=\"unterminated"), 17);
+    }
 
     #[test]
     fn negotiates() {

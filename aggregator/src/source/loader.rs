@@ -2,13 +2,17 @@
 //! The gRPC client of the loader's Unix socket: connects, consumes the event
 //! stream, and reconnects with jittered exponential backoff forever.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use hyper_util::rt::TokioIo;
 use nettel_proto::v1::{self, telemetry_service_client::TelemetryServiceClient};
 use tokio::net::UnixStream;
 use tonic::transport::{Endpoint, Uri};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::tracker::Tracker;
 use crate::{
@@ -30,18 +34,21 @@ pub struct LoaderSource {
 
 impl LoaderSource {
     /// Consumes the loader's stream into `agg` until the process ends.
-    pub async fn run(self, mut agg: Aggregator, metrics: Arc<Metrics>) {
+    pub async fn run(self, agg: Arc<Mutex<Aggregator>>, metrics: Arc<Metrics>) {
         let mut tracker = Tracker::default();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let reason = match self.stream_once(&mut agg, &mut tracker, &metrics, &mut backoff).await {
+            let reason = match self.stream_once(&agg, &mut tracker, &metrics, &mut backoff).await {
                 Ok(()) => "ended",
                 Err(Error::Connect { source, .. }) => {
                     warn!(socket = %self.socket.display(), error = %source, "Cannot reach the loader; retrying.");
                     "connect_failed"
                 }
-                Err(e @ Error::SchemaTooNew { .. }) => {
-                    warn!(error = %e, "Disconnected from the loader.");
+                Err(e @ Error::SchemaTooNew { got, want }) => {
+                    // Nothing of this stream was counted; retry slowly in case
+                    // the loader is rolled back. /readyz stays not ready.
+                    error!(loader_schema = got, aggregator_schema = want, error = %e, "Refused the loader's event stream.");
+                    backoff = self.reconnect_max;
                     "schema_too_new"
                 }
                 Err(e) => {
@@ -60,7 +67,7 @@ impl LoaderSource {
 
     async fn stream_once(
         &self,
-        agg: &mut Aggregator,
+        agg: &Mutex<Aggregator>,
         tracker: &mut Tracker,
         metrics: &Metrics,
         backoff: &mut Duration,
@@ -80,6 +87,7 @@ impl LoaderSource {
             .stream_events(v1::StreamEventsRequest { subscriber_name: self.subscriber_name.clone() })
             .await?
             .into_inner();
+        tracker.stream_started();
         let mut first = true;
         while let Some(msg) = stream.message().await? {
             tracker.observe(&msg, metrics)?;
@@ -91,9 +99,7 @@ impl LoaderSource {
                 metrics.loader_connected.set(1);
                 info!(socket = %self.socket.display(), epoch = format_args!("{:016x}", msg.epoch), "Connected to the loader.");
             }
-            for ev in &msg.events {
-                agg.apply(ev);
-            }
+            agg.lock().unwrap_or_else(|e| e.into_inner()).apply_batch(&msg.events, Instant::now());
         }
         Ok(())
     }

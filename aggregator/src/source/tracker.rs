@@ -1,8 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Stream bookkeeping: schema check, loader restarts (epoch changes), sequence
 //! gaps and the in-band loss reports. Pure logic, no I/O.
+//!
+//! Running totals from the loader (loss-report totals, kernel probe counters)
+//! only grow within one epoch, and the per-subscriber drop total within one
+//! stream. A total that goes backwards anyway is counted in
+//! `nettel_decode_errors_total{reason="counter_backwards"}` and never turned
+//! into a negative or reset-sized delta: the baseline stays at the highest
+//! value seen, so nothing is counted twice when the total climbs back.
 
 use nettel_proto::v1;
+
+use tracing::warn;
 
 use crate::{
     metrics::{Metrics, ReasonLabels},
@@ -16,42 +25,79 @@ pub struct Tracker {
     /// Sequence number the next event should carry, within `epoch`. Kept across
     /// reconnects: events published while disconnected show up as a gap.
     next_event: Option<u64>,
-    /// Last kernel probe counters seen (running totals, per epoch).
+    /// Highest kernel probe counters seen (running totals, per epoch).
     probe: v1::ProbeCounters,
+    /// Highest loader-wide loss totals seen in this epoch: (kernel reserve
+    /// failures, decode errors).
+    loss_totals: (u64, u64),
+    /// Highest subscriber-drop total seen on this stream.
+    stream_drops_total: u64,
+    /// Totals seen going backwards (for log rate limiting).
+    backwards: u64,
 }
 
 impl Tracker {
+    /// A new stream starts: per-stream totals start over.
+    pub fn stream_started(&mut self) {
+        self.stream_drops_total = 0;
+    }
+
     /// Checks one message and accounts its loss report. On `Err` the message
-    /// must not be used.
+    /// must not be used, nor any later message of its stream.
     pub fn observe(&mut self, msg: &v1::StreamEventsResponse, m: &Metrics) -> Result<(), Error> {
+        m.loader_schema_version.set(i64::from(msg.schema_version));
         if msg.schema_version > v1::SCHEMA_VERSION {
+            m.schema_mismatch.inc();
             return Err(Error::SchemaTooNew { got: msg.schema_version, want: v1::SCHEMA_VERSION });
         }
         if self.epoch.is_some_and(|e| e != msg.epoch) {
             m.loader_restarts.inc();
             self.next_event = None;
             self.probe = v1::ProbeCounters::default();
-        }
-        if let Some(p) = &msg.probe_counters {
-            let add = |reason: &str, now: u64, last: u64| {
-                // Totals only grow within an epoch; a smaller one means a reset.
-                let delta = if now >= last { now - last } else { now };
-                if delta > 0 {
-                    m.http_unmatched.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(delta);
-                }
-            };
-            add("response_without_request", p.http_unmatched_responses, self.probe.http_unmatched_responses);
-            add("closed_with_pending", p.http_closed_pending, self.probe.http_closed_pending);
-            add("pipeline_full", p.http_pipeline_full, self.probe.http_pipeline_full);
-            add("connection_table_full", p.http_connections_full, self.probe.http_connections_full);
-            self.probe = *p;
+            self.loss_totals = (0, 0);
         }
         self.epoch = Some(msg.epoch);
+        if let Some(p) = &msg.probe_counters {
+            let last = self.probe;
+            let mut add = |reason: &str, now: u64, last: u64| {
+                if now < last {
+                    self.counter_backwards(m, reason, now, last);
+                } else if now > last {
+                    m.http_unmatched
+                        .get_or_create(&ReasonLabels { reason: reason.into() })
+                        .inc_by(now - last);
+                }
+            };
+            add("response_without_request", p.http_unmatched_responses, last.http_unmatched_responses);
+            add("closed_with_pending", p.http_closed_pending, last.http_closed_pending);
+            add("pipeline_full", p.http_pipeline_full, last.http_pipeline_full);
+            add("connection_table_full", p.http_connections_full, last.http_connections_full);
+            self.probe = v1::ProbeCounters {
+                http_unmatched_responses: p.http_unmatched_responses.max(last.http_unmatched_responses),
+                http_closed_pending: p.http_closed_pending.max(last.http_closed_pending),
+                http_pipeline_full: p.http_pipeline_full.max(last.http_pipeline_full),
+                http_connections_full: p.http_connections_full.max(last.http_connections_full),
+            };
+        }
 
         let loss = msg.loss.unwrap_or_default();
         m.kernel_lost.inc_by(loss.kernel_reserve_failures);
         m.loader_queue_dropped.inc_by(loss.subscriber_queue_drops);
         m.loader_decode_errors.inc_by(loss.decode_errors);
+        // The totals are for cross-checking only: the deltas above are what counts.
+        let (kernel, decode) = self.loss_totals;
+        for (name, now, last) in [
+            ("kernel_reserve_failures_total", loss.kernel_reserve_failures_total, kernel),
+            ("decode_errors_total", loss.decode_errors_total, decode),
+            ("subscriber_queue_drops_total", loss.subscriber_queue_drops_total, self.stream_drops_total),
+        ] {
+            if now < last {
+                self.counter_backwards(m, name, now, last);
+            }
+        }
+        self.loss_totals =
+            (kernel.max(loss.kernel_reserve_failures_total), decode.max(loss.decode_errors_total));
+        self.stream_drops_total = self.stream_drops_total.max(loss.subscriber_queue_drops_total);
 
         if let Some(expected) = self.next_event {
             let explained = expected.saturating_add(loss.subscriber_queue_drops);
@@ -66,6 +112,20 @@ impl Tracker {
         }
         self.next_event = Some(msg.first_event_sequence.saturating_add(msg.events.len() as u64));
         Ok(())
+    }
+
+    fn counter_backwards(&mut self, m: &Metrics, counter: &str, now: u64, last: u64) {
+        m.decode_errors.get_or_create(&ReasonLabels { reason: "counter_backwards".into() }).inc();
+        self.backwards += 1;
+        if self.backwards.is_power_of_two() {
+            warn!(
+                counter,
+                now,
+                highest = last,
+                total = self.backwards,
+                "A loader running total went backwards within one epoch; ignoring the decrease."
+            );
+        }
     }
 }
 
@@ -115,5 +175,66 @@ mod tests {
         newer.schema_version = v1::SCHEMA_VERSION + 1;
         let e = Tracker::default().observe(&newer, &m).unwrap_err().to_string();
         assert!(e.contains("upgrade the aggregator"), "{e}");
+        assert!(e.contains("schema 2") && e.contains("schema 1"), "names both versions: {e}");
+        assert_eq!((m.schema_mismatch.get(), m.loader_schema_version.get()), (1, 2));
+        assert_eq!(m.loader_restarts.get() + m.kernel_lost.get(), 0, "nothing of the message was used");
+        // An older (or unset) schema is fine.
+        let mut older = msg(1, 1, 1, 0, 0);
+        older.schema_version = 0;
+        Tracker::default().observe(&older, &m).unwrap();
+    }
+
+    fn backwards(m: &Metrics) -> u64 {
+        m.decode_errors.get_or_create(&ReasonLabels { reason: "counter_backwards".into() }).get()
+    }
+
+    #[test]
+    fn totals_going_backwards_are_reported_and_never_double_counted() {
+        let m = Metrics::default();
+        let mut t = Tracker::default();
+        let probe = |n| v1::ProbeCounters { http_unmatched_responses: n, ..Default::default() };
+        let unmatched = |m: &Metrics| {
+            m.http_unmatched.get_or_create(&ReasonLabels { reason: "response_without_request".into() }).get()
+        };
+        let mut a = msg(7, 1, 0, 0, 0);
+        a.probe_counters = Some(probe(10));
+        a.loss.as_mut().unwrap().kernel_reserve_failures_total = 5;
+        t.observe(&a, &m).unwrap();
+        assert_eq!((unmatched(&m), backwards(&m)), (10, 0));
+        // Same epoch, both totals smaller: reported, nothing added.
+        let mut b = msg(7, 1, 0, 0, 0);
+        b.probe_counters = Some(probe(4));
+        b.loss.as_mut().unwrap().kernel_reserve_failures_total = 3;
+        t.observe(&b, &m).unwrap();
+        assert_eq!((unmatched(&m), backwards(&m)), (10, 2));
+        // Climbing back to the old high is not counted twice; past it is.
+        let mut c = msg(7, 1, 0, 0, 0);
+        c.probe_counters = Some(probe(12));
+        c.loss.as_mut().unwrap().kernel_reserve_failures_total = 5;
+        t.observe(&c, &m).unwrap();
+        assert_eq!((unmatched(&m), backwards(&m)), (12, 2));
+        // A new epoch starts from zero without being reported.
+        let mut d = msg(8, 1, 0, 0, 0);
+        d.probe_counters = Some(probe(1));
+        t.observe(&d, &m).unwrap();
+        assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (13, 2, 1));
+    }
+
+    #[test]
+    fn subscriber_drop_totals_restart_with_each_stream() {
+        let m = Metrics::default();
+        let mut t = Tracker::default();
+        let with_total = |first, total| {
+            let mut x = msg(7, first, 0, 0, 0);
+            x.loss.as_mut().unwrap().subscriber_queue_drops_total = total;
+            x
+        };
+        t.stream_started();
+        t.observe(&with_total(1, 30), &m).unwrap();
+        t.observe(&with_total(1, 20), &m).unwrap();
+        assert_eq!(backwards(&m), 1, "backwards within one stream");
+        t.stream_started();
+        t.observe(&with_total(1, 0), &m).unwrap();
+        assert_eq!(backwards(&m), 1, "a new stream starts from 0");
     }
 }

@@ -2,18 +2,26 @@
 //! Counts events into series.
 //!
 //! Series handles are resolved once per distinct (address, port, kind) and
-//! cached, so the per-event path is one hash lookup and an atomic add. The
+//! cached, so the per-event path is one hash lookup and a few atomic adds. The
 //! cache is bounded: past [`MAX_CACHED_SERIES`] entries it is cleared and
-//! rebuilt on demand.
+//! rebuilt on demand. New label sets go through the series budget
+//! ([`super::limit_cardinality`]) on a cache miss; [`Aggregator::expire`], run
+//! on a timer, removes idle series and the cached handles pointing to them.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use nettel_proto::v1;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
-    enrich_pod::{addr_from_bytes, normalize, Resolver},
+    enrich_pod::{addr_from_bytes, normalize, Resolver, MAX_LABEL_LEN},
     fold_port::PortFolder,
+    limit_cardinality::{Budget, Series, SeriesLimits, SeriesTable, OVERFLOW},
 };
 use crate::{
     kube::cgroup::CgroupResolver,
@@ -36,13 +44,48 @@ fn method_label(m: i32) -> &'static str {
     }
 }
 
-/// Lowercase hex of a trace id.
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Lowercase hex of a 16-byte trace id (per event: no formatting machinery).
+fn hex(b: &[u8; 16]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for x in b {
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 0xf)]));
+    }
+    out
+}
+
+/// A label value from attribution, cut to [`MAX_LABEL_LEN`] bytes (on a char
+/// boundary) whatever the source, so no label string is unbounded.
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_LABEL_LEN {
+        return s.to_owned();
+    }
+    let mut end = MAX_LABEL_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 /// Most cached series handles before the cache is cleared.
 pub const MAX_CACHED_SERIES: usize = 65536;
+
+type HttpSeries = prometheus_client::metrics::exemplar::HistogramWithExemplars<TraceLabels>;
+
+/// A cached handle: the series and whether its address resolved to a pod.
+#[derive(Debug)]
+struct Cached<M> {
+    series: Arc<Series<M>>,
+    resolved: bool,
+}
+
+impl<M> Cached<M> {
+    /// Still counting into a live, non-overflow series (kept across expiry).
+    fn keep(&self) -> bool {
+        !self.series.is_expired() && !self.series.overflow
+    }
+}
 
 /// Applies events to metrics.
 #[derive(Debug)]
@@ -52,21 +95,25 @@ pub struct Aggregator {
     /// `pods.generation()` the cache was filled under.
     cache_generation: u64,
     ports: PortFolder,
-    cache: HashMap<(IpAddr, u32, i32), (Counter, bool)>,
+    cache: HashMap<(IpAddr, u32, i32), Cached<Counter>>,
     received_tcp: Counter,
     received_synthetic: Counter,
     received_http: Counter,
     unresolved_tcp: Counter,
     unresolved_http: Counter,
     /// HTTP series handles by (cgroup id, local address, method, status).
-    http_cache: HashMap<(u64, IpAddr, i32, u32), (HttpSeries, bool)>,
+    http_cache: HashMap<(u64, IpAddr, i32, u32), Cached<HttpSeries>>,
     cgroups: Option<CgroupResolver>,
+    budget: Budget,
+    tcp_series: SeriesTable<RetransmitLabels, Counter>,
+    http_series: SeriesTable<HttpLabels, HttpSeries, fn() -> HttpSeries>,
+    /// Clock of series touches: milliseconds since `start`, set per batch.
+    start: Instant,
+    now_ms: u64,
 }
 
-type HttpSeries = prometheus_client::metrics::exemplar::HistogramWithExemplars<TraceLabels>;
-
 impl Aggregator {
-    /// An aggregator counting into `metrics`.
+    /// An aggregator counting into `metrics`, with the default [`SeriesLimits`].
     pub fn new(metrics: Arc<Metrics>, pods: Resolver, ports: PortFolder) -> Self {
         let received_tcp =
             metrics.events_received.get_or_create(&KindLabels { kind: "tcp_retransmit".into() }).clone();
@@ -78,6 +125,19 @@ impl Aggregator {
             metrics.unresolved_addresses.get_or_create(&KindLabels { kind: kind.into() }).clone()
         };
         let (unresolved_tcp, unresolved_http) = (unresolved("tcp_retransmit"), unresolved("http_request"));
+        let o = || OVERFLOW.to_owned();
+        let tcp_series = SeriesTable::new(
+            "node_tcp_retransmits_total",
+            metrics.tcp_retransmits.clone(),
+            RetransmitLabels { pod: o(), namespace: o(), service: o(), dest_port: o(), kind: o() },
+            &metrics,
+        );
+        let http_series = SeriesTable::new(
+            "http_request_duration_seconds",
+            metrics.http_duration.0.clone(),
+            HttpLabels { pod: o(), namespace: o(), service: o(), method: o(), status: o() },
+            &metrics,
+        );
         Self {
             unresolved_tcp,
             unresolved_http,
@@ -91,6 +151,11 @@ impl Aggregator {
             cache: HashMap::new(),
             received_tcp,
             received_synthetic,
+            budget: Budget::new(SeriesLimits::default(), 2),
+            tcp_series,
+            http_series,
+            start: Instant::now(),
+            now_ms: 0,
         }
     }
 
@@ -100,7 +165,21 @@ impl Aggregator {
         self
     }
 
-    /// Counts one event.
+    /// Replaces the series limits (before any event is applied).
+    pub fn with_limits(mut self, limits: SeriesLimits) -> Self {
+        self.budget = Budget::new(limits, 2);
+        self
+    }
+
+    /// Counts a batch of events received at `now`.
+    pub fn apply_batch(&mut self, events: &[v1::Event], now: Instant) {
+        self.set_now(now);
+        for ev in events {
+            self.apply(ev);
+        }
+    }
+
+    /// Counts one event (touching series at the time of the last batch or expiry).
     pub fn apply(&mut self, ev: &v1::Event) {
         match &ev.kind {
             Some(v1::event::Kind::TcpRetransmit(t)) => {
@@ -119,6 +198,32 @@ impl Aggregator {
         }
     }
 
+    /// Removes the series not counted into for the TTL (from `/metrics` and
+    /// from the handle caches); returns how many were removed.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        self.set_now(now);
+        let ttl_ms = u64::try_from(self.budget.limits().ttl.as_millis()).unwrap_or(u64::MAX);
+        let removed = self.tcp_series.expire(&mut self.budget, self.now_ms, ttl_ms)
+            + self.http_series.expire(&mut self.budget, self.now_ms, ttl_ms);
+        if removed > 0 {
+            // Expired handles count into detached series; overflow handles are
+            // dropped too, so their label sets are reconsidered now there is room.
+            self.cache.retain(|_, c| c.keep());
+            self.http_cache.retain(|_, c| c.keep());
+        }
+        removed
+    }
+
+    /// Live series of (`node_tcp_retransmits_total`, `http_request_duration_seconds`).
+    pub fn series(&self) -> (usize, usize) {
+        (self.tcp_series.len(), self.http_series.len())
+    }
+
+    fn set_now(&mut self, now: Instant) {
+        let ms = now.saturating_duration_since(self.start).as_millis();
+        self.now_ms = u64::try_from(ms).unwrap_or(u64::MAX);
+    }
+
     fn tcp_retransmit(&mut self, t: &v1::TcpRetransmit) {
         let Some(addr) = addr_from_bytes(&t.remote_addr) else {
             return self.decode_error("bad_address");
@@ -133,32 +238,44 @@ impl Aggregator {
         }
         let addr = normalize(addr);
         let key = (addr, t.remote_port, kind as i32);
+        // Segments, like the kernel's TcpRetransSegs; 0 from an old loader means 1.
+        let segments = u64::from(t.segments.max(1));
         self.refresh_cache();
-        if self.cache.len() >= MAX_CACHED_SERIES && !self.cache.contains_key(&key) {
+        if let Some(c) = self.cache.get(&key) {
+            c.series.touch(self.now_ms);
+            c.series.handle.inc_by(segments);
+            if c.series.overflow {
+                self.tcp_series.count_overflow();
+            }
+            if !c.resolved {
+                self.unresolved_tcp.inc();
+            }
+            return;
+        }
+        if self.cache.len() >= MAX_CACHED_SERIES {
             self.cache.clear();
         }
-        let (metrics, pods, ports) = (&self.metrics, &self.pods, &self.ports);
-        let (counter, resolved) = self.cache.entry(key).or_insert_with(|| {
-            let pod = pods.lookup(addr);
-            let pod = pod.as_ref();
-            let labels = RetransmitLabels {
-                pod: pod.map_or_else(String::new, |p| p.name.to_string()),
-                namespace: pod.map_or_else(String::new, |p| p.namespace.to_string()),
-                service: pod.map_or_else(String::new, |p| p.service.to_string()),
-                dest_port: ports.fold(t.remote_port).to_string(),
-                kind: match kind {
-                    v1::RetransmitKind::Synack => "synack",
-                    _ => "data",
-                }
-                .into(),
-            };
-            (metrics.tcp_retransmits.get_or_create(&labels).clone(), pod.is_some())
-        });
-        // Segments, like the kernel's TcpRetransSegs; 0 from an old loader means 1.
-        counter.inc_by(u64::from(t.segments.max(1)));
-        if !*resolved {
+        let pod = self.pods.lookup(addr);
+        let labels = RetransmitLabels {
+            pod: pod.as_ref().map_or_else(String::new, |p| bounded(&p.name)),
+            namespace: pod.as_ref().map_or_else(String::new, |p| bounded(&p.namespace)),
+            service: pod.as_ref().map_or_else(String::new, |p| bounded(&p.service)),
+            dest_port: self.ports.fold(t.remote_port).to_string(),
+            kind: match kind {
+                v1::RetransmitKind::Synack => "synack",
+                _ => "data",
+            }
+            .into(),
+        };
+        let series = self.tcp_series.get_or_admit(labels, &mut self.budget, self.now_ms);
+        series.handle.inc_by(segments);
+        if series.overflow {
+            self.tcp_series.count_overflow();
+        }
+        if pod.is_none() {
             self.unresolved_tcp.inc();
         }
+        self.cache.insert(key, Cached { series, resolved: pod.is_some() });
     }
 
     fn http_request(&mut self, h: &v1::HttpRequest) {
@@ -168,37 +285,56 @@ impl Aggregator {
         if !(100..=599).contains(&h.status) {
             return self.decode_error("bad_http_status");
         }
+        let exemplar = match <&[u8; 16]>::try_from(h.trace_id.as_slice()) {
+            Ok(id) => Some(TraceLabels { trace_id: hex(id) }),
+            Err(_) if h.trace_id.is_empty() => None,
+            // Counted, and the request still is, without an exemplar.
+            Err(_) => {
+                self.decode_error("bad_trace_id");
+                None
+            }
+        };
+        let seconds = h.duration_ns as f64 / 1e9;
         let local = normalize(local);
         self.refresh_cache();
         let key = (h.cgroup_id, local, h.method, h.status);
-        if self.http_cache.len() >= MAX_CACHED_SERIES && !self.http_cache.contains_key(&key) {
+        if let Some(c) = self.http_cache.get(&key) {
+            c.series.touch(self.now_ms);
+            c.series.handle.observe(seconds, exemplar, None);
+            if c.series.overflow {
+                self.http_series.count_overflow();
+            }
+            if !c.resolved {
+                self.unresolved_http.inc();
+            }
+            return;
+        }
+        if self.http_cache.len() >= MAX_CACHED_SERIES {
             self.http_cache.clear();
         }
-        if !self.http_cache.contains_key(&key) {
-            // The serving pod: by cgroup (Kubernetes), else by the socket's local address.
-            let now = std::time::Instant::now();
-            let by_cgroup = self
-                .cgroups
-                .as_mut()
-                .and_then(|c| c.pod_uid(h.cgroup_id, now))
-                .and_then(|uid| self.pods.lookup_uid(&uid));
-            let pod = by_cgroup.or_else(|| self.pods.lookup(local));
-            let labels = HttpLabels {
-                pod: pod.as_ref().map_or_else(String::new, |p| p.name.to_string()),
-                namespace: pod.as_ref().map_or_else(String::new, |p| p.namespace.to_string()),
-                service: pod.as_ref().map_or_else(String::new, |p| p.service.to_string()),
-                method: method_label(h.method).into(),
-                status: h.status.to_string(),
-            };
-            let series = self.metrics.http_duration.0.get_or_create(&labels).clone();
-            self.http_cache.insert(key, (series, pod.is_some()));
+        // The serving pod: by cgroup (Kubernetes), else by the socket's local address.
+        let by_cgroup = self
+            .cgroups
+            .as_mut()
+            .and_then(|c| c.pod_uid(h.cgroup_id, Instant::now()))
+            .and_then(|uid| self.pods.lookup_uid(&uid));
+        let pod = by_cgroup.or_else(|| self.pods.lookup(local));
+        let labels = HttpLabels {
+            pod: pod.as_ref().map_or_else(String::new, |p| bounded(&p.name)),
+            namespace: pod.as_ref().map_or_else(String::new, |p| bounded(&p.namespace)),
+            service: pod.as_ref().map_or_else(String::new, |p| bounded(&p.service)),
+            method: method_label(h.method).into(),
+            status: h.status.to_string(),
+        };
+        let series = self.http_series.get_or_admit(labels, &mut self.budget, self.now_ms);
+        series.handle.observe(seconds, exemplar, None);
+        if series.overflow {
+            self.http_series.count_overflow();
         }
-        let exemplar = (h.trace_id.len() == 16).then(|| TraceLabels { trace_id: hex(&h.trace_id) });
-        let (series, resolved) = &self.http_cache[&key];
-        series.observe(h.duration_ns as f64 / 1e9, exemplar, None);
-        if !resolved {
+        if pod.is_none() {
             self.unresolved_http.inc();
         }
+        self.http_cache.insert(key, Cached { series, resolved: pod.is_some() });
     }
 
     /// Drops cached series handles when the pod index changed.
@@ -214,6 +350,24 @@ impl Aggregator {
     fn decode_error(&self, reason: &str) {
         self.metrics.decode_errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
+}
+
+/// Runs [`Aggregator::expire`] every `period` until the process ends.
+pub async fn run_expiry(agg: Arc<Mutex<Aggregator>>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let removed = agg.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now());
+        if removed > 0 {
+            tracing::info!(removed, "Removed series idle for longer than --series-ttl-secs.");
+        }
+    }
+}
+
+/// How often expiry runs for a TTL: a tenth of it, between 1 s and 60 s.
+pub fn expiry_period(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 #[cfg(test)]
@@ -292,6 +446,36 @@ mod tests {
         assert_eq!(m.tcp_retransmit_failed.get(), 1);
         let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
         assert_eq!((reason("bad_address"), reason("unknown_event_kind")), (1, 1));
+    }
+
+    #[test]
+    fn hostile_http_fields_are_counted_not_trusted() {
+        let m = Arc::new(Metrics::default());
+        let mut a = Aggregator::new(Arc::clone(&m), Resolver::Static(Arc::default()), PortFolder::new(32768));
+        let req = |status, method, trace_id: &[u8], local: &[u8]| v1::Event {
+            timestamp_boot_ns: 1,
+            kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
+                local_addr: local.to_vec(),
+                method,
+                status,
+                duration_ns: 1_000_000,
+                trace_id: trace_id.to_vec(),
+                ..Default::default()
+            })),
+        };
+        let v4 = [10, 0, 0, 1];
+        a.apply(&req(200, v1::HttpMethod::Get as i32, &[0xff; 5], &v4)); // bad trace id: counted, kept
+        a.apply(&req(200, 12345, &[0xab; 16], &v4)); // unknown method: OTHER
+        a.apply(&req(99, 2, &[], &v4));
+        a.apply(&req(600, 2, &[], &v4));
+        a.apply(&req(200, 2, &[], &[1, 2, 3, 4, 5]));
+        let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
+        assert_eq!((reason("bad_trace_id"), reason("bad_http_status"), reason("bad_address")), (1, 2, 1));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.register()).unwrap();
+        assert!(out.contains(r#"method="GET",status="200"} 1"#), "{out}");
+        assert!(out.contains(r#"method="OTHER",status="200"} 1"#), "{out}");
+        assert!(out.contains(&format!(r#"trace_id="{}""#, "ab".repeat(16))), "{out}");
     }
 
     #[test]

@@ -254,6 +254,31 @@ mod tests {
     }
 
     #[test]
+    fn rejects_invalid_utf8_and_hostile_shapes() {
+        let cases: [(&[u8], &str); 6] = [
+            (
+                b"{\"pods\":[{\"name\":\"a\xff\",\"namespace\":\"n\",\"ips\":[\"10.0.0.1\"]}]}",
+                "invalid unicode",
+            ),
+            (b"\xef\xbb\xbf{\"pods\":[]}", "expected value"),
+            (b"", "EOF"),
+            (b"{\"pods\":[{\"name\":\"a\",\"namespace\":\"n\",\"ips\":[\"10.0.0.1\\u0000\"]}]}", "not an IP"),
+            (b"{\"pods\":{}}", "invalid type"),
+            (b"{\"pods\":[{\"name\":\"\\ud800\",\"namespace\":\"n\",\"ips\":[\"10.0.0.1\"]}]}", "hex escape"),
+        ];
+        for (input, want) in cases {
+            let e = StaticPods::parse(input).unwrap_err();
+            assert!(e.contains(want), "{}: got `{e}`, want `{want}`", String::from_utf8_lossy(input));
+        }
+        let long = "x".repeat(MAX_LABEL_LEN + 1);
+        let e = StaticPods::parse(
+            format!(r#"{{"pods":[{{"name":"{long}","namespace":"n","ips":["10.0.0.1"]}}]}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.contains("longer than 253 bytes"), "{e}");
+    }
+
+    #[test]
     fn decodes_addresses() {
         assert_eq!(addr_from_bytes(&[10, 0, 0, 1]), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(addr_from_bytes(&[0; 16]), Some("::".parse().unwrap()));

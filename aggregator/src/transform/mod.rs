@@ -4,3 +4,4 @@
 pub mod aggregate;
 pub mod enrich_pod;
 pub mod fold_port;
+pub mod limit_cardinality;

@@ -11,12 +11,12 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use nettel_bpf::{abi, decode};
+use nettel_bpf::{abi, decode, DecodeError};
 use nettel_proto::v1;
 use tracing::warn;
 
 use crate::{
-    counters::Counters,
+    counters::{self, Counters},
     hub::{Batch, Hub},
     probe::Probes,
     Error,
@@ -112,16 +112,7 @@ fn drain_ready(
     let mut read = 0u64;
     while let Some(item) = rb.next() {
         read += 1;
-        match decode(&item) {
-            Ok(rec) => state.batch.push(super::convert::to_proto(&rec)),
-            Err(e) => {
-                // Logged at powers of two only: this is the per-event path.
-                let n = counters.decode_errors.fetch_add(1, Relaxed) + 1;
-                if n.is_power_of_two() {
-                    warn!(reason = e.reason(), error = %e, total = n, "Dropped an undecodable ring-buffer record.");
-                }
-            }
-        }
+        let _ = ingest(&item, &mut state.batch, counters);
         drop(item);
         if state.batch.len() >= cfg.max_batch {
             state.publish(hub, counters);
@@ -131,6 +122,25 @@ fn drain_ready(
         counters.records_read.fetch_add(read, Relaxed);
         if !state.batch.is_empty() {
             state.publish(hub, counters);
+        }
+    }
+}
+
+/// Decodes one ring-buffer record into `batch`; a record that does not decode
+/// is dropped, counted in `decode_errors` (reported to subscribers in-band) and
+/// logged at powers of two of the count (this is the per-event path).
+pub fn ingest(record: &[u8], batch: &mut Vec<v1::Event>, counters: &Counters) -> Result<(), DecodeError> {
+    match decode(record) {
+        Ok(rec) => {
+            batch.push(super::convert::to_proto(&rec));
+            Ok(())
+        }
+        Err(e) => {
+            let n = counters.decode_errors.fetch_add(1, Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(reason = e.reason(), error = %e, total = n, "Dropped an undecodable ring-buffer record.");
+            }
+            Err(e)
         }
     }
 }
@@ -146,8 +156,14 @@ fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counter
     ];
     for (idx, counter) in slots {
         match stats.get(&idx, 0) {
-            Ok(per_cpu) => counter.store(per_cpu.iter().sum(), Relaxed),
+            Ok(per_cpu) => {
+                let sum = per_cpu.iter().fold(0, |a: u64, b| a.wrapping_add(*b));
+                counters::store_total(counter, sum, idx);
+            }
             Err(e) => warn!(error = %e, index = idx, "Failed to read kernel statistics map."),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
