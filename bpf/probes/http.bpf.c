@@ -109,6 +109,9 @@ struct nt_sys_enter_close {
 
 enum { NT_DIR_IN, NT_DIR_OUT };
 
+#define NT_MSG_PEEK 2
+#define NT_TCP_CLOSE 7
+
 /* First user buffer of a syscall: the buffer itself, or iov[0] of an iovec/msghdr. */
 static __always_inline void *nt_user_buf(__u64 arg1, int kind, __u64 *len)
 {
@@ -533,58 +536,141 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(nt_http_exit, struct pt_regs *regs, long ret)
+/* The syscall @nr, when it is one of the read/write family: its direction
+ * and how its second argument holds the buffer (0 plain, 1 iovec, 2 msghdr). */
+static __always_inline int nt_syscall_io(__u64 nr, int *dir, int *kind)
 {
-	__u64 nr, fd, arg1, len = ret;
-	int dir, kind;
-	struct sock *sk;
-	void *ubuf;
-
-	if (ret <= 0)
-		return 0;
-#if defined(__TARGET_ARCH_x86)
-	nr = BPF_CORE_READ(regs, orig_ax);
-	fd = BPF_CORE_READ(regs, di);
-	arg1 = BPF_CORE_READ(regs, si);
-#elif defined(__TARGET_ARCH_arm64)
-	nr = BPF_CORE_READ(regs, syscallno);
-	fd = BPF_CORE_READ(regs, orig_x0);
-	arg1 = BPF_CORE_READ(regs, user_regs.regs[1]);
-#endif
 	switch (nr) {
 	case NT_NR_READ:
 	case NT_NR_RECVFROM:
-		dir = NT_DIR_IN, kind = 0;
-		break;
+		*dir = NT_DIR_IN, *kind = 0;
+		return 1;
 	case NT_NR_READV:
-		dir = NT_DIR_IN, kind = 1;
-		break;
+		*dir = NT_DIR_IN, *kind = 1;
+		return 1;
 	case NT_NR_RECVMSG:
-		dir = NT_DIR_IN, kind = 2;
-		break;
+		*dir = NT_DIR_IN, *kind = 2;
+		return 1;
 	case NT_NR_WRITE:
 	case NT_NR_SENDTO:
-		dir = NT_DIR_OUT, kind = 0;
-		break;
+		*dir = NT_DIR_OUT, *kind = 0;
+		return 1;
 	case NT_NR_WRITEV:
-		dir = NT_DIR_OUT, kind = 1;
-		break;
+		*dir = NT_DIR_OUT, *kind = 1;
+		return 1;
 	case NT_NR_SENDMSG:
-		dir = NT_DIR_OUT, kind = 2;
-		break;
-	default:
-		return 0;
+		*dir = NT_DIR_OUT, *kind = 2;
+		return 1;
 	}
-	sk = nt_fd_tcp_sock(fd);
-	if (!sk)
-		return 0;
-	ubuf = nt_user_buf(arg1, kind, &len);
+	return 0;
+}
+
+static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1, __u64 len)
+{
+	void *ubuf = nt_user_buf(arg1, kind, &len);
+
 	if (!ubuf)
 		return 0;
 	if (dir == NT_DIR_IN)
 		return nt_on_request(sk, ubuf, len);
 	return nt_on_response(sk, ubuf, len);
+}
+
+/*
+ * Socket hooks (kernel >= 6.3, the default where available): the
+ * sock_recv_length/sock_send_length tracepoints fire only for socket I/O and
+ * hand over the sock itself, so no other syscall on the node pays anything and
+ * nothing is looked up by fd. The user buffer comes from the syscall's saved
+ * registers (bpf_task_pt_regs); socket I/O from other paths (io_uring,
+ * sendfile, splice, in-kernel sockets) is not a read/write syscall and is
+ * skipped.
+ */
+static __always_inline int nt_sock_io(struct sock *sk, int ret, int want)
+{
+	struct pt_regs *regs;
+	__u64 nr, arg1;
+	int dir, kind;
+
+	if (ret <= 0 || sk->sk_protocol != NT_IPPROTO_TCP || sk->sk_type != NT_SOCK_STREAM)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+#if defined(__TARGET_ARCH_x86)
+	nr = regs->orig_ax;
+	arg1 = regs->si;
+#elif defined(__TARGET_ARCH_arm64)
+	nr = regs->syscallno;
+	arg1 = regs->user_regs.regs[1];
+#endif
+	if (!nt_syscall_io(nr, &dir, &kind) || dir != want)
+		return 0;
+	return nt_io(sk, dir, kind, arg1, (__u64)ret);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(nt_http_recv, struct sock *sk, int ret, int flags)
+{
+	/* A peek is read again: count the real read only. */
+	if (flags & NT_MSG_PEEK)
+		return 0;
+	return nt_sock_io(sk, ret, NT_DIR_IN);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(nt_http_send, struct sock *sk, int ret, int flags)
+{
+	return nt_sock_io(sk, ret, NT_DIR_OUT);
+}
+
+/* A TCP socket reaching CLOSE ends its connection state, whoever closed it
+ * (close(), exit, reset). */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(nt_http_state, struct sock *sk, int oldstate, int newstate)
+{
+	struct nt_http_conn *conn;
+	__u64 key = (__u64)sk;
+
+	if (newstate != NT_TCP_CLOSE)
+		return 0;
+	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+	if (!conn)
+		return 0;
+	if (conn->head != conn->tail)
+		nt_stat_inc(NT_STAT_HTTP_CLOSED);
+	bpf_map_delete_elem(&nt_http_conns, &key);
+	return 0;
+}
+
+/*
+ * Syscall hooks (kernels 5.8 to 6.2, or --http-hook=syscall): one program on
+ * every syscall exit, which resolves the fd to a TCP sock, and sys_enter_close.
+ */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(nt_http_exit, struct pt_regs *regs, long ret)
+{
+	__u64 nr, fd, arg1;
+	int dir, kind;
+	struct sock *sk;
+
+	if (ret <= 0)
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	nr = BPF_CORE_READ(regs, orig_ax);
+#elif defined(__TARGET_ARCH_arm64)
+	nr = BPF_CORE_READ(regs, syscallno);
+#endif
+	if (!nt_syscall_io(nr, &dir, &kind))
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	fd = BPF_CORE_READ(regs, di);
+	arg1 = BPF_CORE_READ(regs, si);
+#elif defined(__TARGET_ARCH_arm64)
+	fd = BPF_CORE_READ(regs, orig_x0);
+	arg1 = BPF_CORE_READ(regs, user_regs.regs[1]);
+#endif
+	sk = nt_fd_tcp_sock(fd);
+	if (!sk)
+		return 0;
+	return nt_io(sk, dir, kind, arg1, (__u64)ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")

@@ -35,8 +35,14 @@ pub mod names {
     pub const PROG_TCP_RTX: &str = "nt_tcp_rtx";
     /// Program on `tcp/tcp_retransmit_synack`.
     pub const PROG_TCP_RTX_SYNACK: &str = "nt_tcp_rtx_syn";
-    /// HTTP program on `tp_btf/sys_exit`.
+    /// HTTP program on `tp_btf/sys_exit` (syscall hooks).
     pub const PROG_HTTP_EXIT: &str = "nt_http_exit";
+    /// HTTP program on `tp_btf/sock_recv_length` (socket hooks).
+    pub const PROG_HTTP_RECV: &str = "nt_http_recv";
+    /// HTTP program on `tp_btf/sock_send_length` (socket hooks).
+    pub const PROG_HTTP_SEND: &str = "nt_http_send";
+    /// HTTP program on `tp_btf/inet_sock_set_state` (socket hooks).
+    pub const PROG_HTTP_STATE: &str = "nt_http_state";
     /// HTTP program on `syscalls/sys_enter_close`.
     pub const PROG_HTTP_CLOSE: &str = "nt_http_close";
     /// Benchmark program on `syscalls/sys_enter_getppid`.

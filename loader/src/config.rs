@@ -83,6 +83,19 @@ pub struct RunArgs {
     /// getppid() of this process id. Never set in production.
     #[arg(long, env = "NETTEL_BENCH_TGID")]
     pub bench_tgid: Option<u32>,
+    /// Hooks of the HTTP probe: `socket` (sock_recv_length/sock_send_length,
+    /// kernel >= 6.3: only socket I/O pays), `syscall` (sys_exit: every syscall
+    /// exit pays, kernels >= 5.8), or `auto` (socket where available).
+    #[arg(long, env = "NETTEL_HTTP_HOOK", value_enum, default_value_t = HttpHook::Auto)]
+    pub http_hook: HttpHook,
+}
+
+/// Hooks of the HTTP probe (see `probe::http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpHook {
+    Auto,
+    Socket,
+    Syscall,
 }
 
 /// Validated `run` settings.

@@ -282,8 +282,13 @@ pub struct Stack {
 impl Stack {
     /// Starts the stack; `pods` as for [`pods_file`].
     pub fn start(pods: &[(&str, &str, &str, &str)]) -> Self {
+        Self::start_with(pods, &[])
+    }
+
+    /// Starts the stack with extra loader flags.
+    pub fn start_with(pods: &[(&str, &str, &str, &str)], loader_args: &[&str]) -> Self {
         const NOBODY: u32 = 65534;
-        let loader = Loader::start(NOBODY, &[NOBODY], &[]);
+        let loader = Loader::start(NOBODY, &[NOBODY], loader_args);
         let pods_file = pods_file(&scratch_dir("pods"), pods);
         let mut agg = Aggregator::start(&loader.socket, Some(&pods_file), NOBODY, NOBODY);
         agg.wait_connected();

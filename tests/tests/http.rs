@@ -74,17 +74,33 @@ fn drive(ns: &str, addr: &str) -> BTreeMap<(&'static str, &'static str), u64> {
 }
 
 #[test]
-fn http_requests_are_counted_exactly_in_five_runtimes() {
-    if !require_kernel("http_requests_are_counted_exactly_in_five_runtimes") {
+fn http_requests_are_counted_exactly_in_five_runtimes_with_socket_hooks() {
+    if !require_kernel("http_requests_are_counted_exactly_in_five_runtimes_with_socket_hooks") {
         return;
     }
+    five_runtimes("socket");
+}
+
+#[test]
+fn http_requests_are_counted_exactly_in_five_runtimes_with_syscall_hooks() {
+    if !require_kernel("http_requests_are_counted_exactly_in_five_runtimes_with_syscall_hooks") {
+        return;
+    }
+    five_runtimes("syscall");
+}
+
+/// The whole HTTP scenario with the loader's `--http-hook=<hook>`.
+fn five_runtimes(hook: &str) {
     let go_server = build_go_server();
     let pairs = [PodPair::new(6), PodPair::new(7), PodPair::new(8), PodPair::new(9), PodPair::new(10)];
     let runtimes = ["python-0", "node-0", "rust-0", "nginx-0", "go-0"];
     let entries: Vec<(&str, &str, &str, &str)> =
         pairs.iter().zip(runtimes).map(|(p, name)| (p.b_v4.as_str(), name, "web", name)).collect();
-    let stack = Stack::start(&entries);
+    let stack = Stack::start_with(&entries, &["--http-hook", hook]);
     let agg = &stack.agg;
+    let hook_point = if hook == "socket" { "tp_btf/sock_recv_length" } else { "tp_btf/sys_exit" };
+    let status = stack.loader.status();
+    assert!(status.probes.iter().any(|p| p.attached && p.attach_point == hook_point), "{status:?}");
 
     let traffic = bin("nettel-traffic").display().to_string();
     for (pods, name) in pairs.iter().zip(runtimes) {

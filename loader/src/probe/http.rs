@@ -1,16 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The `http` object: a BTF raw tracepoint on `sys_exit` for the read/write
-//! syscall family, and the `sys_enter_close` tracepoint.
+//! The `http` object, with two interchangeable sets of hooks:
+//!
+//! * socket hooks (kernel >= 6.3): `tp_btf/sock_recv_length`,
+//!   `tp_btf/sock_send_length` and `tp_btf/inet_sock_set_state`. They run
+//!   only for socket I/O, so the rest of the node's syscalls pay nothing;
+//! * syscall hooks (kernels 5.8 to 6.2): `tp_btf/sys_exit` for the read/write
+//!   syscall family (it runs on every syscall exit) and `sys_enter_close`.
+
+use std::path::Path;
 
 use aya::{programs::BtfTracePoint, Btf, Ebpf};
 use nettel_bpf::names;
 
 use super::{Attached, Tracepoint};
-use crate::Error;
+use crate::{config::HttpHook, Error};
 
-const EXIT_ATTACH_POINT: &str = "tp_btf/sys_exit";
-
-/// The close program.
+/// The close program of the syscall hooks.
 pub const CLOSE: Tracepoint = Tracepoint {
     program: names::PROG_HTTP_CLOSE,
     category: "syscalls",
@@ -18,16 +23,50 @@ pub const CLOSE: Tracepoint = Tracepoint {
     attach_point: "tracepoint/syscalls/sys_enter_close",
 };
 
-/// Loads and attaches both programs.
-pub fn attach(ebpf: &mut Ebpf) -> Result<Vec<Attached>, Error> {
-    let program = names::PROG_HTTP_EXIT;
+/// Socket hooks: (program, BTF tracepoint, attach point).
+const SOCKET_HOOKS: [(&str, &str, &str); 3] = [
+    (names::PROG_HTTP_RECV, "sock_recv_length", "tp_btf/sock_recv_length"),
+    (names::PROG_HTTP_SEND, "sock_send_length", "tp_btf/sock_send_length"),
+    (names::PROG_HTTP_STATE, "inet_sock_set_state", "tp_btf/inet_sock_set_state"),
+];
+
+/// The tracefs event whose presence means the socket hooks exist (Linux 6.3).
+const SOCK_SEND_EVENT: &str = "events/sock/sock_send_length";
+
+/// Resolves `auto`: socket hooks where the kernel has them.
+pub fn resolve(hook: HttpHook, tracefs: &Path) -> HttpHook {
+    match hook {
+        HttpHook::Auto if tracefs.join(SOCK_SEND_EVENT).exists() => HttpHook::Socket,
+        HttpHook::Auto => HttpHook::Syscall,
+        chosen => chosen,
+    }
+}
+
+/// Loads and attaches the programs of `hook` (already resolved).
+pub fn attach(ebpf: &mut Ebpf, hook: HttpHook) -> Result<Vec<Attached>, Error> {
     let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
+    match hook {
+        HttpHook::Syscall => Ok(vec![
+            btf_tracepoint(ebpf, &btf, names::PROG_HTTP_EXIT, "sys_exit", "tp_btf/sys_exit")?,
+            CLOSE.attach(ebpf)?,
+        ]),
+        _ => SOCKET_HOOKS.iter().map(|(p, tp, at)| btf_tracepoint(ebpf, &btf, p, tp, at)).collect(),
+    }
+}
+
+fn btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    program: &'static str,
+    tracepoint: &str,
+    attach_point: &'static str,
+) -> Result<Attached, Error> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .ok_or(Error::ProgramMissing { program })?
         .try_into()
         .map_err(|e| Error::program(program, e))?;
-    prog.load("sys_exit", &btf).map_err(|e| Error::program(program, e))?;
-    prog.attach().map_err(|source| Error::Attach { program, attach_point: EXIT_ATTACH_POINT, source })?;
-    Ok(vec![Attached { name: program, attach_point: EXIT_ATTACH_POINT }, CLOSE.attach(ebpf)?])
+    prog.load(tracepoint, btf).map_err(|e| Error::program(program, e))?;
+    prog.attach().map_err(|source| Error::Attach { program, attach_point, source })?;
+    Ok(Attached { name: program, attach_point })
 }

@@ -94,6 +94,7 @@ pub fn load(
     pin_dir: &Path,
     ring_bytes: u32,
     bench_tgid: Option<u32>,
+    http_hook: crate::config::HttpHook,
 ) -> Result<(Probes, RingBuf<MapData>), Error> {
     if nettel_bpf::TCP_RETRANSMIT_OBJ.is_empty() {
         return Err(Error::StubObject);
@@ -113,7 +114,8 @@ pub fn load(
         .set_max_entries(names::EVENTS_MAP, ring_bytes)
         .load(nettel_bpf::HTTP_OBJ)
         .map_err(|source| Error::ObjectLoad { object: "http", source })?;
-    attached.extend(http::attach(&mut http)?);
+    let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
+    attached.extend(http::attach(&mut http, http_hook)?);
     let bench = match bench_tgid {
         Some(tgid) => {
             let mut bench = aya::EbpfLoader::new()

@@ -3,17 +3,19 @@
 //! off, side by side in one run.
 //!
 //! nginx (one worker, `return 200`) serves in netns pod `nt12b`; clients run
-//! in `nt12a`. Rounds alternate the order (off/on, on/off, ...) and each
-//! figure is the median over rounds. Per round and mode:
+//! in `nt12a`. Three modes: agent off, agent on with the socket hooks
+//! (`--http-hook socket`) and with the syscall hooks (`--http-hook syscall`).
+//! Rounds rotate the order of the modes and each figure is the median over
+//! rounds. Per round and mode:
 //! * `wrk -t1 -c16 --latency` for `--seconds`: requests/s, p50/p99 at saturation;
 //! * nginx CPU (master + worker, /proc) per request;
 //! * `hey` at a fixed `--rate` (below saturation): p50/p99 latency;
 //! * a syscall-heavy process unrelated to the network, `dd bs=64` through a
 //!   pipe: CPU per read/write syscall (the probes fire on every one).
 //!
-//! A last agent-on pass enables `kernel.bpf_stats_enabled` to report the BPF
-//! time per HTTP request and per syscall (stats are off during the timed
-//! rounds: they add their own cost).
+//! A last pass per hook set enables `kernel.bpf_stats_enabled` to report the
+//! BPF time per HTTP request and per dd syscall (stats are off during the
+//! timed rounds: they add their own cost).
 //!
 //! ```text
 //! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate 2000]
@@ -63,41 +65,49 @@ fn main() {
     let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
     wrk(&pods.a, &url, 2); // warm-up
 
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    const MODES: [Option<&str>; 3] = [None, Some("socket"), Some("syscall")];
+    let mut samples: [Vec<Sample>; 3] = Default::default();
     for round in 0..rounds {
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
-        for agent in order {
-            let stack = agent.then(|| Stack::start(&entries));
+        for k in 0..MODES.len() {
+            let m = (round + k) % MODES.len();
+            let stack = MODES[m].map(|hook| Stack::start_with(&entries, &["--http-hook", hook]));
             let s = measure(&pods.a, &url, seconds, rate, &nginx_pids);
-            eprintln!("round {round} agent {}: {s:?}", if agent { "on" } else { "off" });
-            if agent { &mut on } else { &mut off }.push(s);
+            eprintln!("round {round} agent {}: {s:?}", MODES[m].unwrap_or("off"));
+            samples[m].push(s);
             drop(stack);
         }
     }
 
-    // BPF time, with stats enabled for this pass only.
-    let stack = Stack::start(&entries);
+    // BPF time, with stats enabled for these passes only.
     let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
-    let before = http_prog_stats();
-    let (requests, _, _, _) = wrk(&pods.a, &url, 5);
-    let after = http_prog_stats();
-    let per_request = (after.0 - before.0) as f64 / requests;
-    let calls_per_request = (after.1 - before.1) as f64 / requests;
-    let before = http_prog_stats();
-    dd_cpu();
-    let after = http_prog_stats();
-    let per_call_dd = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
-    drop(stack);
+    let mut bpf_lines = Vec::new();
+    for hook in ["socket", "syscall"] {
+        let stack = Stack::start_with(&entries, &["--http-hook", hook]);
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
+        let before = http_prog_stats();
+        let (requests, _, _, _) = wrk(&pods.a, &url, 5);
+        let after = http_prog_stats();
+        let per_request = (after.0 - before.0) as f64 / requests;
+        let runs_per_request = (after.1 - before.1) as f64 / requests;
+        let before = http_prog_stats();
+        dd_cpu();
+        let after = http_prog_stats();
+        let dd_per_syscall = (after.0 - before.0) as f64 / (4 * DD_BLOCKS) as f64;
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
+        bpf_lines.push(format!(
+            "| {hook} | {per_request:.0} ns | {runs_per_request:.1} | {dd_per_syscall:.0} ns | {} |",
+            after.1 - before.1
+        ));
+        drop(stack);
+    }
 
-    let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-    println!("\nnettel HTTP overhead: {rounds} alternating rounds, wrk {seconds} s, hey at {rate} req/s\n");
-    println!("| figure | agent off | agent on | on / off |");
-    println!("|---|---|---|---|");
+    let med = |m: usize, f: fn(&Sample) -> f64| median(samples[m].iter().map(f).collect());
+    println!("\nnettel HTTP overhead: {rounds} rotating rounds, wrk {seconds} s, hey at {rate} req/s\n");
+    println!("| figure | agent off | socket hooks | ratio | syscall hooks | ratio |");
+    println!("|---|---|---|---|---|---|");
     let row = |name: &str, f: fn(&Sample) -> f64, unit: &str| {
-        let (a, b) = (med(&off, f), med(&on, f));
-        println!("| {name} | {a:.1} {unit} | {b:.1} {unit} | {:.3} |", b / a);
+        let (a, b, c) = (med(0, f), med(1, f), med(2, f));
+        println!("| {name} | {a:.1} {unit} | {b:.1} {unit} | {:.3} | {c:.1} {unit} | {:.3} |", b / a, c / a);
     };
     row("requests/s (wrk -t1 -c16)", |s| s.rps, "");
     row("nginx CPU per request", |s| s.cpu_us_per_req, "us");
@@ -106,19 +116,21 @@ fn main() {
     row("p50 latency at fixed rate", |s| s.rate_p50_us, "us");
     row("p99 latency at fixed rate", |s| s.rate_p99_us, "us");
     row("dd through a pipe: CPU per syscall", |s| s.dd_ns_per_syscall, "ns");
-    println!(
-        "\nadded latency at fixed rate: p50 {:+.1} us, p99 {:+.1} us",
-        med(&on, |s| s.rate_p50_us) - med(&off, |s| s.rate_p50_us),
-        med(&on, |s| s.rate_p99_us) - med(&off, |s| s.rate_p99_us)
-    );
-    println!(
-        "added CPU per unrelated syscall (dd): {:+.1} ns",
-        med(&on, |s| s.dd_ns_per_syscall) - med(&off, |s| s.dd_ns_per_syscall)
-    );
-    println!(
-        "BPF time per HTTP request: {per_request:.0} ns over {calls_per_request:.1} program runs; \
-         per syscall of dd: {per_call_dd:.0} ns (kernel.bpf_stats_enabled)"
-    );
+    println!();
+    for (m, hook) in [(1, "socket"), (2, "syscall")] {
+        println!(
+            "{hook} hooks: added latency at fixed rate p50 {:+.1} us, p99 {:+.1} us; added CPU per dd syscall {:+.1} ns",
+            med(m, |s| s.rate_p50_us) - med(0, |s| s.rate_p50_us),
+            med(m, |s| s.rate_p99_us) - med(0, |s| s.rate_p99_us),
+            med(m, |s| s.dd_ns_per_syscall) - med(0, |s| s.dd_ns_per_syscall)
+        );
+    }
+    println!("\nBPF time (kernel.bpf_stats_enabled, separate pass):\n");
+    println!("| hooks | BPF time per HTTP request | program runs per request | BPF time per dd syscall | program runs during dd |");
+    println!("|---|---|---|---|---|");
+    for l in bpf_lines {
+        println!("{l}");
+    }
 }
 
 fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32]) -> Sample {
