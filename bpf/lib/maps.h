@@ -58,16 +58,27 @@ static __always_inline void *nt_reserve(__u32 size)
 	return rec;
 }
 
+/* Unread bytes at which a submit wakes the consumer: an eighth of the ring,
+ * at most 32 KiB. Below it, records wait for the loader's 100 ms tick. */
+#define NT_WAKEUP_MAX_BYTES (32 * 1024)
+
 /**
  * nt_submit() - commit a reserved record and count it
  * @rec: record returned by nt_reserve()
  *
- * Flags 0 selects adaptive wakeup: the consumer is only woken when it has
- * caught up, so a busy consumer drains batches without a wakeup per event.
+ * Wakeups are batched: the consumer is woken only once the unread data
+ * reaches NT_WAKEUP_MAX_BYTES or an eighth of the ring, whichever is less;
+ * otherwise the loader's periodic drain (100 ms) collects the records. A
+ * wakeup per event costs the traced workload a cross-CPU interrupt and a
+ * context switch of the loader.
  */
 static __always_inline void nt_submit(void *rec)
 {
-	bpf_ringbuf_submit(rec, 0);
+	__u64 avail = bpf_ringbuf_query(&nt_events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&nt_events, BPF_RB_RING_SIZE);
+	__u64 mark = size / 8 < NT_WAKEUP_MAX_BYTES ? size / 8 : NT_WAKEUP_MAX_BYTES;
+
+	bpf_ringbuf_submit(rec, avail >= mark ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	nt_stat_inc(NT_STAT_SUBMITTED);
 }
 

@@ -34,6 +34,17 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
+/* bpf_ringbuf_submit() flags and bpf_ringbuf_query() selectors (UAPI). */
+enum {
+	BPF_RB_NO_WAKEUP = 1,
+	BPF_RB_FORCE_WAKEUP = 2,
+};
+
+enum {
+	BPF_RB_AVAIL_DATA = 0,
+	BPF_RB_RING_SIZE = 1,
+};
+
 enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
