@@ -576,6 +576,19 @@ static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1,
 	return nt_on_response(sk, ubuf, len);
 }
 
+/* Drops the state of connection @key, counting requests left unanswered. */
+static __always_inline int nt_conn_end(__u64 key)
+{
+	struct nt_http_conn *conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+
+	if (!conn)
+		return 0;
+	if (conn->head != conn->tail)
+		nt_stat_inc(NT_STAT_HTTP_CLOSED);
+	bpf_map_delete_elem(&nt_http_conns, &key);
+	return 0;
+}
+
 /*
  * Socket hooks (kernel >= 6.3, the default where available): the
  * sock_recv_length/sock_send_length tracepoints fire only for socket I/O and
@@ -626,18 +639,9 @@ int BPF_PROG(nt_http_send, struct sock *sk, int ret, int flags)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(nt_http_state, struct sock *sk, int oldstate, int newstate)
 {
-	struct nt_http_conn *conn;
-	__u64 key = (__u64)sk;
-
 	if (newstate != NT_TCP_CLOSE)
 		return 0;
-	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
-	if (!conn)
-		return 0;
-	if (conn->head != conn->tail)
-		nt_stat_inc(NT_STAT_HTTP_CLOSED);
-	bpf_map_delete_elem(&nt_http_conns, &key);
-	return 0;
+	return nt_conn_end((__u64)sk);
 }
 
 /*
@@ -676,19 +680,11 @@ int BPF_PROG(nt_http_exit, struct pt_regs *regs, long ret)
 SEC("tracepoint/syscalls/sys_enter_close")
 int nt_http_close(struct nt_sys_enter_close *ctx)
 {
-	struct nt_http_conn *conn;
 	struct sock *sk = nt_fd_tcp_sock(ctx->fd);
-	__u64 key = (__u64)sk;
 
 	if (!sk)
 		return 0;
-	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
-	if (!conn)
-		return 0;
-	if (conn->head != conn->tail)
-		nt_stat_inc(NT_STAT_HTTP_CLOSED);
-	bpf_map_delete_elem(&nt_http_conns, &key);
-	return 0;
+	return nt_conn_end((__u64)sk);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -5,34 +5,12 @@
 use std::{
     fs,
     os::unix::fs::MetadataExt,
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use nettel_aggregator::kube::cgroup::{default_root, CgroupResolver};
-use nettel_integration::require_kernel;
-
-struct CgroupTree(PathBuf);
-
-impl Drop for CgroupTree {
-    fn drop(&mut self) {
-        // cgroups are removed leaf first; rmdir fails while a process is inside.
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut stack = vec![self.0.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = fs::read_dir(&d) {
-                stack.extend(
-                    rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
-                );
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = fs::remove_dir(d);
-        }
-    }
-}
+use nettel_integration::{cgroup::CgroupTree, require_kernel};
 
 #[test]
 fn resolves_a_process_cgroup_to_its_pod_uid() {

@@ -119,9 +119,6 @@ fn five_runtimes(hook: &str) {
         };
         let expected = drive(&pods.a, &addr);
         let total: u64 = expected.values().sum();
-        let count = |m: &str, s: &str| {
-            sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", name), ("method", m), ("status", s)])
-        };
         let series = |text: &str| {
             text.lines()
                 .filter(|l| l.starts_with(&format!("{HIST}_count")) || l.starts_with("nettel_http"))
@@ -136,7 +133,12 @@ fn five_runtimes(hook: &str) {
         }
         std::thread::sleep(Duration::from_millis(500));
         for ((method, status), n) in &expected {
-            assert_eq!(count(method, status), *n, "{name}: {method} {status} in\n{}", series(&agg.scrape()));
+            assert_eq!(
+                count_of(&agg.scrape(), name, method, status),
+                *n,
+                "{name}: {method} {status} in\n{}",
+                series(&agg.scrape())
+            );
         }
         let text = agg.scrape();
         assert_eq!(

@@ -5,10 +5,11 @@
 //! to the pod UID and the UID to the pod from the (test) API server. A second
 //! server outside any pod cgroup stays unattributed.
 
-use std::{fs, os::unix::fs::PermissionsExt, path::PathBuf};
+use std::{fs, os::unix::fs::PermissionsExt};
 
 use nettel_aggregator::kube::cgroup::default_root;
 use nettel_integration::{
+    cgroup::CgroupTree,
     metrics::sum,
     netns::PodPair,
     process::{bin, scratch_dir, Aggregator, Loader},
@@ -20,27 +21,6 @@ use nettel_test_apiserver::{pod_json, TestApiServer};
 
 const NOBODY: u32 = 65534;
 const HIST: &str = "http_request_duration_seconds_count";
-
-/// A cgroup subtree, removed leaf first on drop (processes must have left).
-struct CgroupTree(PathBuf);
-
-impl Drop for CgroupTree {
-    fn drop(&mut self) {
-        let mut dirs = Vec::new();
-        let mut stack = vec![self.0.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = fs::read_dir(&d) {
-                stack.extend(
-                    rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
-                );
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = fs::remove_dir(d);
-        }
-    }
-}
 
 #[test]
 fn http_requests_are_attributed_by_cgroup_to_a_host_network_pod() {
