@@ -112,6 +112,13 @@ async fn compaction_forces_relist_and_reflector_converges() {
     let want: BTreeMap<String, String> =
         [("b", "10.1.0.22"), ("c", "10.1.0.3")].map(|(n, ip)| (n.to_owned(), ip.to_owned())).into();
     eventually(15, "convergence after 410", || state() == want).await;
+    // The store converges when the re-list lands; the watch from the new version
+    // is opened just after it, so wait for that request before reading the stats.
+    let current = server.resource_version().to_string();
+    eventually(5, "watch after the re-list", || {
+        server.stats().pods.watch_resource_versions.last() == Some(&current)
+    })
+    .await;
     let stats = server.stats();
     assert!(stats.pods.expired_watches >= 1, "{stats:?}");
     assert!(stats.pods.lists > lists_before, "410 must cause a re-list");
