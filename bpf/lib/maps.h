@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Maps shared by every nettel probe: the event ring buffer and the per-CPU
- * statistics array. Both are pinned by name under the loader's pin dir.
+ * Maps shared by every nettel probe: the event ring buffer, the per-CPU
+ * statistics array and the loader's cursor. All are pinned by name under the
+ * loader's pin dir, so they outlive a loader restart.
  */
 #ifndef __NETTEL_MAPS_H
 #define __NETTEL_MAPS_H
@@ -26,6 +27,15 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nt_stats SEC(".maps");
+
+/* The loader's cursor (struct nt_cursor); no program reads or writes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nt_cursor);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_cursor SEC(".maps");
 
 /**
  * nt_stat_inc() - add one to a per-CPU statistics slot

@@ -4,7 +4,7 @@
  *
  * Attach point: tracepoint syscalls/sys_enter_getppid. Loaded only by
  * `nettel-loader run --bench-tgid PID`, never in production. The filter
- * makes every other process pay one comparison. Shares the pinned ring buffer
+ * makes every other process pay one array lookup and a comparison. Shares the pinned ring buffer
  * and statistics map with the product probes, so it exercises exactly the
  * production pipeline.
  */
@@ -13,14 +13,25 @@
 
 #include "maps.h"
 
-/* Set by the loader at load time. */
-const volatile __u32 nt_bench_tgid = 0;
+/*
+ * The traced tgid, written by the loader into slot 0. A map rather than a
+ * load-time constant: the attached program outlives the loader (its link is
+ * pinned), and a restarted loader re-targets it without reattaching.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_bench_cfg SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nt_bench_seq SEC(".maps");
 
 SEC("tracepoint/syscalls/sys_enter_getppid")
@@ -28,9 +39,11 @@ int nt_bench(void *ctx)
 {
 	struct nt_synthetic_event *ev;
 	__u32 zero = 0;
+	__u32 *tgid;
 	__u64 *seq;
 
-	if ((bpf_get_current_pid_tgid() >> 32) != nt_bench_tgid)
+	tgid = bpf_map_lookup_elem(&nt_bench_cfg, &zero);
+	if (!tgid || (bpf_get_current_pid_tgid() >> 32) != *tgid)
 		return 0;
 	ev = nt_reserve(sizeof(*ev));
 	if (!ev)

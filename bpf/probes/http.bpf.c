@@ -90,6 +90,7 @@ struct {
 	__uint(max_entries, NT_HTTP_CONNS);
 	__type(key, __u64); /* struct sock * */
 	__type(value, struct nt_http_conn);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* shared with a restarted loader's programs */
 } nt_http_conns SEC(".maps");
 
 struct {
@@ -97,6 +98,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct nt_http_peek_buf);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nt_http_peek SEC(".maps");
 
 /* syscalls/sys_enter_close format (stable tracepoint ABI). */

@@ -22,3 +22,5 @@ unsafe impl aya::Pod for nt_tcp_retransmit_event {}
 unsafe impl aya::Pod for nt_synthetic_event {}
 // SAFETY: as above.
 unsafe impl aya::Pod for nt_http_event {}
+// SAFETY: as above (two u64 fields, no padding).
+unsafe impl aya::Pod for nt_cursor {}

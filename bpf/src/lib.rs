@@ -47,8 +47,10 @@ pub mod names {
     pub const PROG_HTTP_CLOSE: &str = "nt_http_close";
     /// Benchmark program on `syscalls/sys_enter_getppid`.
     pub const PROG_BENCH: &str = "nt_bench";
-    /// Global holding the benchmark's target tgid.
-    pub const BENCH_TGID: &str = "nt_bench_tgid";
+    /// The loader's cursor (`struct nt_cursor`, `lib/maps.h`).
+    pub const CURSOR_MAP: &str = "nt_cursor";
+    /// Array holding the benchmark's target tgid (`probes/bench.bpf.c`).
+    pub const BENCH_CFG_MAP: &str = "nt_bench_cfg";
 }
 
 #[cfg(test)]

@@ -31,9 +31,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Check BTF, kernel version, capabilities, bpffs and tracefs; exit non-zero on any failure.
     Check(CheckArgs),
-    /// Load and attach the probes, pin maps and serve the event stream.
+    /// Load the probes, adopt the pinned ones or attach and pin them, and serve
+    /// the event stream. On exit the probes stay attached (pinned), so a
+    /// restarted loader loses no event the ring buffer could hold.
     Run(RunArgs),
-    /// Remove everything the loader pinned under the pin dir.
+    /// Detach the probes and remove every link and map the loader pinned under
+    /// the pin dir (for uninstalling; a restart needs no cleanup).
     Cleanup(CheckArgs),
 }
 
@@ -85,7 +88,8 @@ pub struct RunArgs {
     pub bench_tgid: Option<u32>,
     /// Hooks of the HTTP probe: `socket` (sock_recv_length/sock_send_length,
     /// kernel >= 6.3: only socket I/O pays), `syscall` (sys_exit: every syscall
-    /// exit pays, kernels >= 5.8), or `auto` (socket where available).
+    /// exit pays, kernels >= 5.8), `auto` (socket where available), or `off`
+    /// (no HTTP probe: TCP retransmits only).
     #[arg(long, env = "NETTEL_HTTP_HOOK", value_enum, default_value_t = HttpHook::Auto)]
     pub http_hook: HttpHook,
 }
@@ -96,6 +100,7 @@ pub enum HttpHook {
     Auto,
     Socket,
     Syscall,
+    Off,
 }
 
 /// Validated `run` settings.

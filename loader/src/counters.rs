@@ -14,6 +14,11 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     pub kernel_submitted: AtomicU64,
     pub kernel_reserve_failures: AtomicU64,
+    /// The reserve-failure total as of the last batch offered to at least one
+    /// subscriber (and carried over from the previous loader by the cursor):
+    /// a new subscriber's baseline, so failures while nobody listened are
+    /// reported to the next subscriber instead of vanishing.
+    pub kernel_reserve_failures_reported: AtomicU64,
     pub subscriber_queue_drops: AtomicU64,
     pub subscribers_connected: AtomicU32,
     pub peers_rejected: AtomicU64,

@@ -33,7 +33,9 @@ pub enum Error {
     #[error("pin dir {} is unsafe: {reason}", .path.display())]
     UnsafePinDir { path: PathBuf, reason: String },
     #[error("pinned map `{map}` at {} does not match this loader: {reason}; remove it with `nettel-loader cleanup`", .path.display())]
-    PinnedMapMismatch { map: &'static str, path: PathBuf, reason: String },
+    PinnedMapMismatch { map: String, path: PathBuf, reason: String },
+    #[error("cannot parse BPF object `{object}`: {reason}")]
+    ObjectParse { object: &'static str, reason: String },
     #[error("failed to load BPF object `{object}`")]
     ObjectLoad {
         object: &'static str,
@@ -60,6 +62,8 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("the link of `{program}` cannot be pinned ({reason}); pinned links need Linux >= 5.15")]
+    Unpinnable { program: &'static str, reason: String },
     #[error("BPF map `{map}` failed")]
     Map {
         map: &'static str,

@@ -9,6 +9,11 @@
 //! the queue item rather than read from a shared counter, the sequence
 //! invariant of the proto (`first_event_sequence` advances by events + drops)
 //! holds exactly.
+//!
+//! A subscriber that disconnects leaves the batches still in its queue
+//! behind. Those events are counted as queue drops and reported in-band to the
+//! next subscriber (as its first `dropped_before`), so an aggregator that
+//! reconnects sees them explained rather than as a sequence gap.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},
@@ -58,6 +63,9 @@ pub struct Hub {
     next_id: AtomicU64,
     queue_batches: usize,
     counters: Arc<Counters>,
+    /// Events left in the queues of subscribers that disconnected, not yet
+    /// reported to anyone.
+    orphaned: AtomicU64,
 }
 
 /// A subscriber's end: its queue and its registration (unregistered on drop).
@@ -65,6 +73,10 @@ pub struct Hub {
 pub struct Subscription {
     pub rx: mpsc::Receiver<Delivery>,
     pub id: u64,
+    /// Kernel reserve-failure total this subscriber's loss deltas start from:
+    /// the total last reported to any subscriber, so failures while nobody
+    /// listened are reported to this one.
+    pub reserve_failures_baseline: u64,
     hub: Arc<Hub>,
 }
 
@@ -76,6 +88,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             queue_batches: queue_batches.max(1),
             counters,
+            orphaned: AtomicU64::new(0),
         })
     }
 
@@ -83,9 +96,15 @@ impl Hub {
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_batches);
         let id = self.next_id.fetch_add(1, Relaxed);
-        self.lock().push(Slot { id, tx, pending_drops: 0, dropped_total: 0 });
+        let orphaned = self.orphaned.swap(0, Relaxed);
+        let mut slots = self.lock();
+        // Read under the lock `publish` updates it under: no batch can fall
+        // between the baseline and this subscriber's first delivery.
+        let reserve_failures_baseline = self.counters.kernel_reserve_failures_reported.load(Relaxed);
+        slots.push(Slot { id, tx, pending_drops: orphaned, dropped_total: orphaned });
+        drop(slots);
         self.counters.subscribers_connected.fetch_add(1, Relaxed);
-        Subscription { rx, id, hub: Arc::clone(self) }
+        Subscription { rx, id, reserve_failures_baseline, hub: Arc::clone(self) }
     }
 
     /// Offers `batch` to every subscriber without waiting.
@@ -111,6 +130,12 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        if !slots.is_empty() {
+            // Every subscriber has now heard of these failures.
+            self.counters
+                .kernel_reserve_failures_reported
+                .fetch_max(batch.kernel_reserve_failures_total, Relaxed);
+        }
     }
 
     /// Closes every subscriber queue: their streams end once drained. Used at
@@ -132,6 +157,30 @@ impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Subscription {
+    /// Unregisters the subscriber and counts the events still queued for it
+    /// as queue drops, to be reported to the next subscriber. Returns them.
+    pub fn close(&mut self) -> u64 {
+        // Drops counted for this subscriber but not yet reported to it.
+        let mut unreported = 0;
+        self.hub.lock().retain(|s| {
+            if s.id == self.id {
+                unreported = s.pending_drops;
+            }
+            s.id != self.id
+        });
+        self.rx.close();
+        let mut orphaned = 0;
+        while let Ok(d) = self.rx.try_recv() {
+            orphaned += d.batch.events.len() as u64;
+            unreported += d.dropped_before;
+        }
+        self.hub.counters.subscriber_queue_drops.fetch_add(orphaned, Relaxed);
+        self.hub.orphaned.fetch_add(orphaned + unreported, Relaxed);
+        orphaned
     }
 }
 
@@ -184,5 +233,25 @@ mod tests {
         drop(fast);
         assert_eq!(hub.len(), 1);
         assert_eq!(counters.subscribers_connected.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn events_queued_for_a_departed_subscriber_are_reported_to_the_next() {
+        let counters = Arc::new(Counters::default());
+        let hub = Hub::new(2, Arc::clone(&counters));
+        let mut gone = hub.subscribe();
+        for first in [1, 11, 21] {
+            hub.publish(batch(first, 10)); // the third is dropped: queue of 2
+        }
+        assert_eq!(gone.close(), 20, "two queued batches");
+        drop(gone);
+        assert!(hub.is_empty());
+        assert_eq!(counters.subscriber_queue_drops.load(Relaxed), 30);
+        let mut next = hub.subscribe();
+        hub.publish(batch(31, 10));
+        let d = next.rx.recv().await.unwrap();
+        // 20 orphaned + 10 dropped and never reported: the sequence is explained.
+        assert_eq!((d.dropped_before, d.dropped_total), (30, 30));
+        assert_eq!(d.batch.first_sequence, 1 + d.dropped_before);
     }
 }

@@ -68,10 +68,9 @@ fn check(pin_dir: &Path) -> ExitCode {
     }
 }
 
+/// Removes every pinned link (detaching its program) and map.
 fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
-    let mut names: Vec<&str> = probe::map_specs(0).iter().map(|s| s.name).collect();
-    names.sort_unstable();
-    for p in pin::cleanup(pin_dir, &names)? {
+    for p in pin::cleanup(pin_dir)? {
         println!("removed {}", p.display());
     }
     Ok(())
@@ -137,15 +136,16 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
     let (probes, events) = probe::load(&args.pin_dir, cfg.ring_bytes, args.bench_tgid, args.http_hook)
         .map_err(Error::with_capability_hint)?;
     for a in &probes.attached {
-        info!(program = a.name, attach_point = a.attach_point, "Probe attached.");
+        info!(program = a.name, attach_point = a.attach_point, origin = a.origin.as_str(), "Probe running.");
     }
     let listener = socket::bind(&args.socket, args.socket_gid)?;
     Ok(Prepared { cfg, probes, events, listener })
 }
 
 async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
-    let Prepared { cfg, probes, events, listener } = prepared;
+    let Prepared { cfg, mut probes, events, listener } = prepared;
     let counters = Arc::new(Counters::default());
+    let cursor = ringbuf::resume(&probes, &counters);
     let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
     let info = LoaderInfo {
@@ -159,6 +159,7 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
                 name: a.name.into(),
                 attach_point: a.attach_point.into(),
                 attached: true,
+                origin: a.origin.as_str().into(),
             })
             .collect(),
         pinned_maps: probes
@@ -210,7 +211,8 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
     });
 
     let drain_cfg = DrainConfig { max_batch: cfg.max_batch, heartbeat };
-    let drained = ringbuf::drain(&probes, events, hub, Arc::clone(&counters), drain_cfg, stop_rx).await;
+    let drained =
+        ringbuf::drain(&mut probes, cursor, events, hub, Arc::clone(&counters), drain_cfg, stop_rx).await;
     if let Err(e) = &drained {
         error!(error = %e, "Ring-buffer drain failed.");
     }
@@ -221,7 +223,11 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
     }
     socket::remove(&args.socket);
     drop(probes);
-    info!("Probes detached; pinned maps kept under the pin dir.");
+    info!(
+        pin_dir = %args.pin_dir.display(),
+        "Exiting; the probes stay attached through their pinned links and keep filling the ring buffer \
+         for the next loader (`nettel-loader cleanup` detaches them)."
+    );
     Ok(drained?)
 }
 

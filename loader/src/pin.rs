@@ -2,6 +2,10 @@
 //! The pin dir under bpffs: created private, refused when anyone but root can
 //! write to it, and every map already pinned there is verified before aya is
 //! allowed to reuse it (aya reuses a pinned map by name without checks).
+//!
+//! Layout: `<pin dir>/nt_*` maps (every map declared with
+//! `LIBBPF_PIN_BY_NAME`) and `<pin dir>/links/nt_*` program links
+//! (`probe::link`).
 
 use std::{
     fs,
@@ -9,18 +13,63 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapInfo, MapType};
+use aya::maps::MapInfo;
+use nettel_bpf::names;
+use tracing::warn;
 
 use crate::{sys, Error};
 
 /// What a pinned map must look like to be reused.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapSpec {
-    pub name: &'static str,
-    pub map_type: MapType,
+    pub name: String,
+    /// `bpf_map_type` number.
+    pub map_type: u32,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+}
+
+/// Maps whose contents must survive a restart: a pinned one that does not
+/// match is an error (removing it loses unread events or totals). Any other
+/// pinned map that does not match is per-program state and is replaced.
+pub const DURABLE: [&str; 3] = [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP];
+
+/// What an object pins and runs, from its ELF: the maps it pins by name
+/// (as this loader would create them: the ring buffer with `ring_bytes`
+/// entries) and its programs.
+#[derive(Debug, Clone)]
+pub struct ObjectPins {
+    pub object: &'static str,
+    pub maps: Vec<MapSpec>,
+    pub programs: Vec<String>,
+}
+
+/// Parses each object of `objects`.
+pub fn object_pins(objects: &[(&'static str, &[u8])], ring_bytes: u32) -> Result<Vec<ObjectPins>, Error> {
+    objects
+        .iter()
+        .map(|(object, bytes)| {
+            let parsed = aya_obj::Object::parse(bytes)
+                .map_err(|e| Error::ObjectParse { object, reason: e.to_string() })?;
+            let mut maps: Vec<MapSpec> = parsed
+                .maps
+                .iter()
+                .filter(|(_, m)| m.pinning() == aya_obj::maps::PinningType::ByName)
+                .map(|(name, m)| MapSpec {
+                    name: name.clone(),
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries: if name == names::EVENTS_MAP { ring_bytes } else { m.max_entries() },
+                })
+                .collect();
+            maps.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut programs: Vec<String> = parsed.programs.keys().cloned().collect();
+            programs.sort();
+            Ok(ObjectPins { object, maps, programs })
+        })
+        .collect()
 }
 
 /// Creates `dir` (mode 0700) if missing and verifies it is a bpffs directory
@@ -57,56 +106,89 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
-/// Verifies every map of `specs` that is already pinned in `dir`.
-pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<(), Error> {
+/// Verifies every map of `specs` that is already pinned in `dir`, so that aya
+/// (which reuses a pin by name without checks) reuses only what matches. A
+/// durable map that does not match is an error; any other is unpinned, to be
+/// recreated. Returns the names that are not pinned now (missing, or just
+/// unpinned): the load will create them.
+pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Error> {
+    let mut fresh = Vec::new();
     for spec in specs {
-        let path = dir.join(spec.name);
+        let path = dir.join(&spec.name);
         if !path.exists() {
+            fresh.push(spec.name.clone());
             continue;
         }
-        let mismatch =
-            |reason: String| Error::PinnedMapMismatch { map: spec.name, path: path.clone(), reason };
-        let meta = fs::symlink_metadata(&path).map_err(|e| mismatch(format!("cannot stat: {e}")))?;
-        if meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
-            return Err(mismatch(format!(
-                "owner uid {} mode {:o} is not private",
-                meta.uid(),
-                meta.mode() & 0o7777
-            )));
+        let Err(reason) = check(&path, spec) else { continue };
+        if DURABLE.contains(&spec.name.as_str()) {
+            return Err(Error::PinnedMapMismatch { map: spec.name.clone(), path, reason });
         }
-        let info = MapInfo::from_pin(&path).map_err(|e| mismatch(format!("not a BPF map: {e}")))?;
-        let ty = info.map_type().map_err(|e| mismatch(format!("unknown map type: {e}")))?;
-        let got = (ty, info.key_size(), info.value_size(), info.max_entries());
-        let want = (spec.map_type, spec.key_size, spec.value_size, spec.max_entries);
-        if got != want {
-            return Err(mismatch(format!(
-                "found (type {:?}, key {}, value {}, max_entries {}), expected (type {:?}, key {}, value {}, max_entries {})",
-                got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
-            )));
-        }
+        warn!(map = %spec.name, %reason, "A pinned map does not match this loader; replacing it.");
+        fs::remove_file(&path).map_err(|source| Error::Io {
+            what: "failed to remove pinned map",
+            path,
+            source,
+        })?;
+        fresh.push(spec.name.clone());
+    }
+    Ok(fresh)
+}
+
+fn check(path: &Path, spec: &MapSpec) -> Result<(), String> {
+    let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+    if meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
+        return Err(format!("owner uid {} mode {:o} is not private", meta.uid(), meta.mode() & 0o7777));
+    }
+    let info = MapInfo::from_pin(path).map_err(|e| format!("not a BPF map: {e}"))?;
+    let ty = info.map_type().map_err(|e| format!("unknown map type: {e}"))? as u32;
+    let got = (ty, info.key_size(), info.value_size(), info.max_entries());
+    let want = (spec.map_type, spec.key_size, spec.value_size, spec.max_entries);
+    if got != want {
+        return Err(format!(
+            "found (type {}, key {}, value {}, max_entries {}), expected (type {}, key {}, value {}, max_entries {})",
+            got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
+        ));
     }
     Ok(())
 }
 
-/// Removes every pin of `names` from `dir`, then `dir` itself if empty.
-/// Returns the paths removed.
-pub fn cleanup(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>, Error> {
+/// Removes what the loader pinned: every `nt_*` entry of `dir/links` and of
+/// `dir`, then both directories if empty. Only `nt_*` names are touched, so a
+/// pin dir pointed at a shared bpffs directory loses nothing of other tools.
+/// Removing a link's pin detaches its program. Returns the paths removed.
+pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut removed = Vec::new();
-    for name in names {
-        let path = dir.join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => removed.push(path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(Error::Io { what: "failed to remove pin", path, source }),
+    for d in [dir.join(crate::probe::link::LINKS_DIR), dir.to_owned()] {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(Error::Io { what: "failed to list pin dir", path: d, source }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::Io {
+                what: "failed to list pin dir",
+                path: d.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            if !entry.file_name().to_string_lossy().starts_with("nt_") || path.is_dir() {
+                continue;
+            }
+            fs::remove_file(&path).map_err(|source| Error::Io {
+                what: "failed to remove pin",
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path);
         }
-    }
-    if dir.exists() && fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-        fs::remove_dir(dir).map_err(|source| Error::Io {
-            what: "failed to remove pin dir",
-            path: dir.to_owned(),
-            source,
-        })?;
-        removed.push(dir.to_owned());
+        if fs::read_dir(&d).is_ok_and(|mut e| e.next().is_none()) {
+            fs::remove_dir(&d).map_err(|source| Error::Io {
+                what: "failed to remove pin dir",
+                path: d.clone(),
+                source,
+            })?;
+            removed.push(d);
+        }
     }
     Ok(removed)
 }

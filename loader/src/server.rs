@@ -74,7 +74,7 @@ impl TelemetryService for Service {
         let mut sub = self.hub.subscribe();
         let epoch = self.info.epoch;
         let baseline = (
-            self.counters.kernel_reserve_failures.load(std::sync::atomic::Ordering::Relaxed),
+            sub.reserve_failures_baseline,
             self.counters.decode_errors.load(std::sync::atomic::Ordering::Relaxed),
         );
         info!(subscriber = %name, id = sub.id, "Subscriber attached.");
@@ -83,7 +83,14 @@ impl TelemetryService for Service {
         tokio::spawn(async move {
             let (mut last_kernel, mut last_decode) = baseline;
             let mut message_sequence = 0u64;
-            while let Some(d) = sub.rx.recv().await {
+            loop {
+                // A subscriber that disconnected is unregistered at once, so the
+                // drain stops feeding a queue nobody reads (and, with no
+                // subscriber left, leaves events in the ring).
+                let d = tokio::select! {
+                    d = sub.rx.recv() => match d { Some(d) => d, None => break },
+                    () = tx.closed() => break,
+                };
                 message_sequence += 1;
                 let b = &d.batch;
                 let msg = v1::StreamEventsResponse {
@@ -108,7 +115,8 @@ impl TelemetryService for Service {
                     break;
                 }
             }
-            info!(subscriber = %name, id = sub.id, "Subscriber detached.");
+            let orphaned = sub.close();
+            info!(subscriber = %name, id = sub.id, orphaned, "Subscriber detached.");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -93,6 +93,28 @@ pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// This process's descriptors that are BPF links (`anon_inode:bpf-link`).
+pub fn bpf_link_fds() -> io::Result<std::collections::BTreeSet<i32>> {
+    let mut fds = std::collections::BTreeSet::new();
+    for entry in fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        // Descriptors close between the listing and the readlink (read_dir's own).
+        let Ok(target) = fs::read_link(entry.path()) else { continue };
+        if target.as_os_str() == "anon_inode:bpf-link" {
+            if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+                fds.insert(fd);
+            }
+        }
+    }
+    Ok(fds)
+}
+
+/// `/proc/self/fdinfo/FD`: for a BPF link, `link_type`, `link_id`, `prog_tag`
+/// and `prog_id` lines.
+pub fn fdinfo(fd: i32) -> io::Result<String> {
+    fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

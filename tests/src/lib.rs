@@ -6,7 +6,9 @@
 //! Kernel tests need root and BTF. Outside CI a missing prerequisite skips the
 //! test with a loud message; with `CI` set it fails the test.
 
+pub mod bpftool;
 pub mod cgroup;
+pub mod generator;
 pub mod kernel;
 pub mod metrics;
 pub mod netns;

@@ -104,12 +104,14 @@ impl Drop for Proc {
     }
 }
 
-/// A running `nettel-loader run`.
+/// A running `nettel-loader run`. On drop it is stopped and its pins are
+/// removed (`nettel-loader cleanup`), unless [`Loader::exit`] let it go.
 #[derive(Debug)]
 pub struct Loader {
     pub proc: Proc,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
+    keep_pins: bool,
 }
 
 impl Loader {
@@ -135,9 +137,51 @@ impl Loader {
         allow_uids: &[u32],
         extra: &[&str],
     ) -> Self {
+        Self::spawn(
+            prefix,
+            pin_dir,
+            &scratch_dir("loader").join("loader.sock"),
+            socket_gid,
+            allow_uids,
+            extra,
+        )
+    }
+
+    /// Starts a loader on `pin_dir` serving at `socket`: with both taken from
+    /// a loader that [`Loader::exit`]ed, a restart its aggregator reconnects to.
+    pub fn restart(
+        pin_dir: &Path,
+        socket: &Path,
+        socket_gid: u32,
+        allow_uids: &[u32],
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn(&[], pin_dir, socket, socket_gid, allow_uids, extra)
+    }
+
+    /// Stops the loader with `signal` and leaves its pins (the probes stay
+    /// attached). Returns the pin dir and socket path for [`Loader::restart`].
+    pub fn exit(mut self, signal: rustix::process::Signal) -> (PathBuf, PathBuf) {
+        self.proc.stop_with(signal);
+        self.keep_pins = true;
+        (self.pin_dir.clone(), self.socket.clone())
+    }
+
+    fn spawn(
+        prefix: &[String],
+        pin_dir: &Path,
+        socket: &Path,
+        socket_gid: u32,
+        allow_uids: &[u32],
+        extra: &[&str],
+    ) -> Self {
         let pin_dir = pin_dir.to_owned();
-        let dir = scratch_dir("loader");
-        let socket = dir.join("loader.sock");
+        let socket = socket.to_owned();
+        let dir = socket.parent().expect("socket in a directory").to_owned();
+        // A killed loader leaves its socket; the next one replaces it, but the
+        // wait below must see the new one.
+        let _ = fs::remove_file(&socket);
+        let log = dir.join(format!("loader-{}.log", COUNTER.fetch_add(1, Ordering::Relaxed)));
         let uids = allow_uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let mut cmd = match prefix.split_first() {
             Some((program, args)) => {
@@ -154,12 +198,12 @@ impl Loader {
             .arg(&pin_dir)
             .args(["--socket-gid", &socket_gid.to_string(), "--allow-uid", &uids])
             .args(extra);
-        let mut proc = Proc::spawn("nettel-loader", &mut cmd, dir.join("loader.log"));
+        let mut proc = Proc::spawn("nettel-loader", &mut cmd, log);
         wait_for(Duration::from_secs(30), "the loader socket", || {
             assert!(proc.running(), "loader exited:\n{}", proc.log());
             socket.exists().then_some(())
         });
-        Self { proc, socket, pin_dir }
+        Self { proc, socket, pin_dir, keep_pins: false }
     }
 
     /// The status RPC.
@@ -188,6 +232,9 @@ impl Loader {
 
 impl Drop for Loader {
     fn drop(&mut self) {
+        if self.keep_pins {
+            return;
+        }
         self.proc.stop_with(rustix::process::Signal::TERM);
         let _ =
             Command::new(bin("nettel-loader")).arg("cleanup").arg("--pin-dir").arg(&self.pin_dir).output();

@@ -22,8 +22,9 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Tracker {
     epoch: Option<u64>,
-    /// Sequence number the next event should carry, within `epoch`. Kept across
-    /// reconnects: events published while disconnected show up as a gap.
+    /// Sequence number the next event should carry. Kept across reconnects and
+    /// loader restarts (the loader's sequence survives them): events published
+    /// while disconnected, or lost with a killed loader, show up as a gap.
     next_event: Option<u64>,
     /// Highest kernel probe counters seen (running totals, per epoch).
     probe: v1::ProbeCounters,
@@ -52,7 +53,12 @@ impl Tracker {
         }
         if self.epoch.is_some_and(|e| e != msg.epoch) {
             m.loader_restarts.inc();
-            self.next_event = None;
+            // A restarted loader continues the sequence (its cursor is pinned),
+            // so events the old one published but never delivered are a gap.
+            // A sequence that went back means the pin dir was removed: start over.
+            if self.next_event.is_some_and(|next| msg.first_event_sequence < next) {
+                self.next_event = None;
+            }
             self.probe = v1::ProbeCounters::default();
             self.loss_totals = (0, 0);
         }
@@ -159,13 +165,26 @@ mod tests {
         // Reconnect in the same epoch: events published meanwhile are a gap.
         t.observe(&msg(7, 30, 1, 0, 0), &m).unwrap();
         assert_eq!((m.stream_gaps.get(), m.stream_gap_events.get()), (1, 9));
-        // Loader restart: new epoch, sequence restarts, no gap.
+        // Loader restart with the pin dir removed: new epoch, sequence restarts, no gap.
         t.observe(&msg(9, 1, 1, 0, 0), &m).unwrap();
         assert_eq!((m.loader_restarts.get(), m.stream_gaps.get()), (1, 1));
         // Heartbeat (no events) keeps the expectation.
         t.observe(&msg(9, 2, 0, 0, 0), &m).unwrap();
         t.observe(&msg(9, 2, 1, 0, 0), &m).unwrap();
         assert_eq!(m.stream_gaps.get(), 1);
+    }
+
+    #[test]
+    fn a_restarted_loader_continues_the_sequence_and_crash_losses_are_gaps() {
+        let m = Metrics::default();
+        let mut t = Tracker::default();
+        t.observe(&msg(7, 1, 10, 0, 0), &m).unwrap();
+        // Graceful restart: the new loader starts where the old one stopped.
+        t.observe(&msg(8, 11, 5, 0, 0), &m).unwrap();
+        assert_eq!((m.loader_restarts.get(), m.stream_gaps.get()), (1, 0));
+        // kill -9 with 4 events published but never delivered.
+        t.observe(&msg(9, 20, 1, 0, 0), &m).unwrap();
+        assert_eq!((m.loader_restarts.get(), m.stream_gaps.get(), m.stream_gap_events.get()), (2, 1, 4));
     }
 
     #[test]

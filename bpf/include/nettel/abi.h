@@ -59,6 +59,18 @@ enum nt_stat {
 	NT_STAT_MAX = 8,             /* array size; spare slots for growth */
 };
 
+/*
+ * The loader's cursor, one entry of the pinned array `nt_cursor`. Written by
+ * the loader only (no program touches it) and kept in bpffs so that a
+ * restarted loader continues where the previous one stopped: event sequence
+ * numbers stay continuous, and kernel reserve failures that happened while no
+ * subscriber was connected are reported to the next one, exactly once.
+ */
+struct nt_cursor {
+	__u64 next_sequence;             /* sequence number of the next event published */
+	__u64 reported_reserve_failures; /* NT_STAT_RESERVE_FAILED total already reported */
+};
+
 /* Common header of every ring-buffer record. */
 struct nt_event_hdr {
 	__u16 abi_version; /* NT_ABI_VERSION */

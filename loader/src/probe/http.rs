@@ -9,10 +9,13 @@
 
 use std::path::Path;
 
-use aya::{programs::BtfTracePoint, Btf, Ebpf};
+use aya::{
+    programs::{links::FdLink, BtfTracePoint},
+    Btf, Ebpf,
+};
 use nettel_bpf::names;
 
-use super::{Attached, Tracepoint};
+use super::{link, Attached, Tracepoint};
 use crate::{config::HttpHook, Error};
 
 /// The close program of the syscall hooks.
@@ -42,24 +45,24 @@ pub fn resolve(hook: HttpHook, tracefs: &Path) -> HttpHook {
     }
 }
 
-/// Loads and attaches the programs of `hook` (already resolved).
-pub fn attach(ebpf: &mut Ebpf, hook: HttpHook) -> Result<Vec<Attached>, Error> {
+/// Loads the programs of `hook` (already resolved, not `Off`) and adopts or
+/// attaches each (see [`link`]).
+pub fn ensure(ebpf: &mut Ebpf, hook: HttpHook, links: &Path) -> Result<Vec<Attached>, Error> {
     let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
     match hook {
         HttpHook::Syscall => Ok(vec![
-            btf_tracepoint(ebpf, &btf, names::PROG_HTTP_EXIT, "sys_exit", "tp_btf/sys_exit")?,
-            CLOSE.attach(ebpf)?,
+            btf_tracepoint(ebpf, &btf, (names::PROG_HTTP_EXIT, "sys_exit", "tp_btf/sys_exit"), links)?,
+            CLOSE.ensure(ebpf, links)?,
         ]),
-        _ => SOCKET_HOOKS.iter().map(|(p, tp, at)| btf_tracepoint(ebpf, &btf, p, tp, at)).collect(),
+        _ => SOCKET_HOOKS.iter().map(|hook| btf_tracepoint(ebpf, &btf, *hook, links)).collect(),
     }
 }
 
 fn btf_tracepoint(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    program: &'static str,
-    tracepoint: &str,
-    attach_point: &'static str,
+    (program, tracepoint, attach_point): (&'static str, &str, &'static str),
+    links: &Path,
 ) -> Result<Attached, Error> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
@@ -67,6 +70,11 @@ fn btf_tracepoint(
         .try_into()
         .map_err(|e| Error::program(program, e))?;
     prog.load(tracepoint, btf).map_err(|e| Error::program(program, e))?;
-    prog.attach().map_err(|source| Error::Attach { program, attach_point, source })?;
-    Ok(Attached { name: program, attach_point })
+    let tag = prog.info().map_err(|e| Error::program(program, e))?.tag();
+    let origin = link::ensure(links, program, tag, || {
+        let attach_err = |source| Error::Attach { program, attach_point, source };
+        let id = prog.attach().map_err(attach_err)?;
+        Ok(FdLink::from(prog.take_link(id).map_err(attach_err)?))
+    })?;
+    Ok(Attached { name: program, attach_point, origin })
 }

@@ -1,20 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Loading and attaching the probes. The loaded [`Probes`] own the aya objects:
-//! dropping them detaches every program (pinned maps stay in the pin dir).
+//! Loading and attaching the probes. Every program's link and every shared map
+//! is pinned (see [`link`] and [`pin`]): the probes stay attached when the
+//! loader exits, and the next loader adopts them. `nettel-loader cleanup`
+//! detaches them.
 
 mod bench;
 mod http;
+pub mod link;
 mod tcp_retransmit;
 
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{MapData, MapType, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::links::FdLink,
     Ebpf,
 };
 use nettel_bpf::{abi, names};
 
-use crate::{pin, Error};
+use tracing::warn;
+
+use crate::{config::HttpHook, pin, Error};
 
 /// A tracepoint program of a probe object and where it attaches.
 #[derive(Debug, Clone, Copy)]
@@ -27,8 +33,9 @@ pub struct Tracepoint {
 }
 
 impl Tracepoint {
-    /// Loads the program into the kernel and attaches it.
-    pub fn attach(&self, ebpf: &mut Ebpf) -> Result<Attached, Error> {
+    /// Loads the program into the kernel, then adopts its pinned link or
+    /// attaches and pins it (see [`link::ensure`]).
+    pub fn ensure(&self, ebpf: &mut Ebpf, links: &Path) -> Result<Attached, Error> {
         let Self { program, category, name, attach_point } = *self;
         let prog: &mut aya::programs::TracePoint = ebpf
             .program_mut(program)
@@ -36,25 +43,32 @@ impl Tracepoint {
             .try_into()
             .map_err(|e| Error::program(program, e))?;
         prog.load().map_err(|e| Error::program(program, e))?;
-        prog.attach(category, name).map_err(|source| Error::Attach { program, attach_point, source })?;
-        Ok(Attached { name: program, attach_point })
+        let tag = prog.info().map_err(|e| Error::program(program, e))?.tag();
+        let origin = link::ensure(links, program, tag, || {
+            let attach_err = |source| Error::Attach { program, attach_point, source };
+            let id = prog.attach(category, name).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            // Tracepoint links are BPF links (bpf_link_create) on Linux >= 5.15;
+            // older kernels give a perf-event link that cannot be pinned.
+            FdLink::try_from(link).map_err(|e| Error::Unpinnable { program, reason: e.to_string() })
+        })?;
+        Ok(Attached { name: program, attach_point, origin })
     }
 }
 
-/// One attached program, as reported by the status RPC.
+/// One running program, as reported by the status RPC.
 #[derive(Debug, Clone)]
 pub struct Attached {
     pub name: &'static str,
     pub attach_point: &'static str,
+    pub origin: link::Origin,
 }
 
-/// The loaded and attached probes and the statistics map.
+/// The running probes' shared maps. The programs themselves are held by
+/// their pinned links, not by this process.
 pub struct Probes {
-    /// Kept alive for the links they own.
-    _tcp_retransmit: Ebpf,
-    _http: Ebpf,
-    _bench: Option<Ebpf>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub cursor: Array<MapData, abi::nt_cursor>,
     pub attached: Vec<Attached>,
     pub pinned: Vec<(&'static str, PathBuf)>,
 }
@@ -65,78 +79,80 @@ impl std::fmt::Debug for Probes {
     }
 }
 
-/// Every map the loader pins, with the attributes a reused pin must have.
-pub fn map_specs(ring_bytes: u32) -> [pin::MapSpec; 2] {
-    [
-        pin::MapSpec {
-            name: names::EVENTS_MAP,
-            map_type: MapType::RingBuf,
-            key_size: 0,
-            value_size: 0,
-            max_entries: ring_bytes,
-        },
-        pin::MapSpec {
-            name: names::STATS_MAP,
-            map_type: MapType::PerCpuArray,
-            key_size: 4,
-            value_size: 8,
-            max_entries: abi::NT_STAT_MAX,
-        },
-    ]
-}
+/// The objects the loader may load, by name.
+const OBJECTS: [(&str, &[u8]); 3] = [
+    ("tcp_retransmit", nettel_bpf::TCP_RETRANSMIT_OBJ),
+    ("http", nettel_bpf::HTTP_OBJ),
+    ("bench", nettel_bpf::BENCH_OBJ),
+];
 
-/// Loads, pins and attaches every probe. Returns the probes and the ring buffer
-/// (which the drain loop owns).
+/// Loads every probe, then adopts or attaches each program (see [`link`]).
+/// Returns the probes and the ring buffer (which the drain loop owns).
 ///
-/// With `bench_tgid`, also attaches the benchmark probe for that process; it
+/// With `bench_tgid`, also runs the benchmark probe for that process; it
 /// shares the pinned ring buffer and statistics map.
 pub fn load(
     pin_dir: &Path,
     ring_bytes: u32,
     bench_tgid: Option<u32>,
-    http_hook: crate::config::HttpHook,
+    http_hook: HttpHook,
 ) -> Result<(Probes, RingBuf<MapData>), Error> {
     if nettel_bpf::TCP_RETRANSMIT_OBJ.is_empty() {
         return Err(Error::StubObject);
     }
     pin::prepare_dir(pin_dir)?;
-    pin::verify_existing(pin_dir, &map_specs(ring_bytes))?;
-
-    let mut ebpf = aya::EbpfLoader::new()
-        .map_pin_path(pin_dir)
-        .set_max_entries(names::EVENTS_MAP, ring_bytes)
-        .load(nettel_bpf::TCP_RETRANSMIT_OBJ)
-        .map_err(|source| Error::ObjectLoad { object: "tcp_retransmit", source })?;
-    let mut attached =
-        tcp_retransmit::PROGRAMS.iter().map(|tp| tp.attach(&mut ebpf)).collect::<Result<Vec<_>, _>>()?;
-    let mut http = aya::EbpfLoader::new()
-        .map_pin_path(pin_dir)
-        .set_max_entries(names::EVENTS_MAP, ring_bytes)
-        .load(nettel_bpf::HTTP_OBJ)
-        .map_err(|source| Error::ObjectLoad { object: "http", source })?;
-    let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
-    attached.extend(http::attach(&mut http, http_hook)?);
-    let bench = match bench_tgid {
-        Some(tgid) => {
-            let mut bench = aya::EbpfLoader::new()
-                .map_pin_path(pin_dir)
-                .set_max_entries(names::EVENTS_MAP, ring_bytes)
-                .set_global(names::BENCH_TGID, &tgid, true)
-                .load(nettel_bpf::BENCH_OBJ)
-                .map_err(|source| Error::ObjectLoad { object: "bench", source })?;
-            attached.push(bench::PROGRAM.attach(&mut bench)?);
-            Some(bench)
+    let links = link::prepare_dir(pin_dir)?;
+    // Before anything is loaded: the links of an object whose maps must be
+    // (re)created go first, so every pinned link uses the pinned maps.
+    for obj in pin::object_pins(&OBJECTS, ring_bytes)? {
+        let fresh = pin::verify_existing(pin_dir, &obj.maps)?;
+        if !fresh.is_empty() {
+            let removed = link::purge(&links, &obj.programs)?;
+            if !removed.is_empty() {
+                warn!(object = obj.object, maps = ?fresh, links = ?removed,
+                    "Pinned maps are missing or replaced; detached the links that used the old ones.");
+            }
         }
-        None => None,
-    };
+    }
 
-    let events = take_map(&mut ebpf, names::EVENTS_MAP)?;
+    let mut tcp = load_object(pin_dir, ring_bytes, "tcp_retransmit", nettel_bpf::TCP_RETRANSMIT_OBJ)?;
+    let mut attached = tcp_retransmit::PROGRAMS
+        .iter()
+        .map(|tp| tp.ensure(&mut tcp, &links))
+        .collect::<Result<Vec<_>, _>>()?;
+    let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
+    if http_hook != HttpHook::Off {
+        let mut obj = load_object(pin_dir, ring_bytes, "http", nettel_bpf::HTTP_OBJ)?;
+        attached.extend(http::ensure(&mut obj, http_hook, &links)?);
+    }
+    if let Some(tgid) = bench_tgid {
+        let mut obj = load_object(pin_dir, ring_bytes, "bench", nettel_bpf::BENCH_OBJ)?;
+        let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::BENCH_CFG_MAP)?)
+            .map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
+        cfg.set(0, tgid, 0).map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
+        attached.push(bench::PROGRAM.ensure(&mut obj, &links)?);
+    }
+    let running: Vec<&str> = attached.iter().map(|a| a.name).collect();
+    link::remove_stale(&links, &running)?;
+
+    let events = take_map(&mut tcp, names::EVENTS_MAP)?;
     let events = RingBuf::try_from(events).map_err(|source| Error::Map { map: names::EVENTS_MAP, source })?;
-    let stats = take_map(&mut ebpf, names::STATS_MAP)?;
+    let stats = take_map(&mut tcp, names::STATS_MAP)?;
     let stats =
         PerCpuArray::try_from(stats).map_err(|source| Error::Map { map: names::STATS_MAP, source })?;
-    let pinned = [names::EVENTS_MAP, names::STATS_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
-    Ok((Probes { _tcp_retransmit: ebpf, _http: http, _bench: bench, stats, attached, pinned }, events))
+    let cursor = take_map(&mut tcp, names::CURSOR_MAP)?;
+    let cursor = Array::try_from(cursor).map_err(|source| Error::Map { map: names::CURSOR_MAP, source })?;
+    let pinned =
+        [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
+    Ok((Probes { stats, cursor, attached, pinned }, events))
+}
+
+fn load_object(pin_dir: &Path, ring_bytes: u32, object: &'static str, bytes: &[u8]) -> Result<Ebpf, Error> {
+    aya::EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(names::EVENTS_MAP, ring_bytes)
+        .load(bytes)
+        .map_err(|source| Error::ObjectLoad { object, source })
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {

@@ -4,6 +4,17 @@
 //! The drain wakes on the ring buffer's epoll readiness (the probes submit with
 //! adaptive wakeup, so a busy ring wakes us once per drain, not per event) and
 //! on a periodic tick that refreshes the kernel counters and sends heartbeats.
+//!
+//! While no subscriber is connected the drain leaves records in the ring: the
+//! ring buffer is the bounded buffer that carries events across an aggregator
+//! restart, and what does not fit is counted by the probes as reserve
+//! failures, reported to the next subscriber.
+//!
+//! The cursor (`nt_cursor`, pinned) is written at every publish: the next
+//! sequence number and the reserve-failure total already reported. A
+//! restarted loader continues both, so sequence numbers stay continuous across
+//! loader restarts and an event published but never delivered (a kill -9
+//! with a batch in flight) shows up as a sequence gap at the aggregator.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -34,43 +45,70 @@ pub struct DrainConfig {
     pub heartbeat: Duration,
 }
 
+/// Reads the cursor a previous loader left (zeros when there was none) and
+/// seeds the counters with it and with the kernel totals. Call before
+/// serving, so the first subscriber's loss baseline is right.
+pub fn resume(probes: &Probes, counters: &Counters) -> abi::nt_cursor {
+    let cursor = probes.cursor.get(&0, 0).unwrap_or_else(|e| {
+        warn!(error = %e, "Cannot read the cursor; sequence numbers restart at 1.");
+        abi::nt_cursor::default()
+    });
+    counters.kernel_reserve_failures_reported.fetch_max(cursor.reported_reserve_failures, Relaxed);
+    refresh_kernel_counters(&probes.stats, counters);
+    cursor
+}
+
 /// Runs until `shutdown` resolves. Owns the probes' maps while running.
+/// `cursor` is what [`resume`] returned.
 pub async fn drain(
-    probes: &Probes,
+    probes: &mut Probes,
+    cursor: abi::nt_cursor,
     events: RingBuf<MapData>,
     hub: Arc<Hub>,
     counters: Arc<Counters>,
     cfg: DrainConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let stats = &probes.stats;
+    let Probes { stats, cursor: cursor_map, .. } = probes;
     let mut fd = crate::sys::register_ring_buffer(events).map_err(|source| Error::Io {
         what: "failed to register ring buffer with epoll",
         path: "nt_events".into(),
         source,
     })?;
-    let mut state =
-        State { next_seq: 1, batch: Vec::with_capacity(cfg.max_batch), last_publish: Instant::now() };
+    let mut state = State {
+        next_seq: cursor.next_sequence.max(1),
+        batch: Vec::with_capacity(cfg.max_batch),
+        last_publish: Instant::now(),
+        cursor: cursor_map,
+        saved: cursor,
+        cursor_failures: 0,
+    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            guard = fd.readable_mut() => {
+            // Without subscribers records stay in the ring (see the module docs);
+            // the tick re-evaluates this condition.
+            guard = fd.readable_mut(), if !hub.is_empty() => {
                 let mut guard = guard.map_err(|source| Error::Io { what: "ring buffer poll failed", path: "nt_events".into(), source })?;
                 drain_ready(guard.get_inner_mut(), &mut state, &hub, &counters, cfg);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                // Readiness can be missed only in theory; a tick drains anyway.
-                drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
                 refresh_kernel_counters(stats, &counters);
+                // Readiness can be missed only in theory; a tick drains anyway.
+                if !hub.is_empty() {
+                    drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
+                }
                 if state.last_publish.elapsed() >= cfg.heartbeat {
                     state.publish(&hub, &counters);
                 }
             }
             _ = shutdown.changed() => {
-                drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
                 refresh_kernel_counters(stats, &counters);
+                if !hub.is_empty() {
+                    drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
+                }
                 state.publish(&hub, &counters);
                 hub.close();
                 return Ok(());
@@ -79,26 +117,60 @@ pub async fn drain(
     }
 }
 
-struct State {
+struct State<'a> {
     next_seq: u64,
     batch: Vec<v1::Event>,
     last_publish: Instant,
+    cursor: &'a mut aya::maps::Array<MapData, abi::nt_cursor>,
+    /// The cursor as last written.
+    saved: abi::nt_cursor,
+    cursor_failures: u64,
 }
 
-impl State {
-    /// Publishes the pending batch (a heartbeat if empty).
+impl State<'_> {
+    /// Publishes the pending batch (a heartbeat if empty) and saves the cursor.
     fn publish(&mut self, hub: &Hub, counters: &Counters) {
         let events = std::mem::take(&mut self.batch);
         let first_sequence = self.next_seq;
         self.next_seq += events.len() as u64;
+        let kernel_reserve_failures_total = counters.kernel_reserve_failures.load(Relaxed);
+        // `hub.publish` marks the total reported when anyone is subscribed;
+        // the cursor records that ahead of it (with the sequence, which must
+        // be saved before the batch is offered).
+        let reported = if hub.is_empty() { 0 } else { kernel_reserve_failures_total };
+        self.save_cursor(counters, reported);
         hub.publish(Batch {
             first_sequence,
             events,
-            kernel_reserve_failures_total: counters.kernel_reserve_failures.load(Relaxed),
+            kernel_reserve_failures_total,
             decode_errors_total: counters.decode_errors.load(Relaxed),
             probe: counters.probe(),
         });
         self.last_publish = Instant::now();
+    }
+
+    /// Writes the cursor when it changed: one map update per published batch.
+    /// It is written before the batch is offered, so a batch lost in a crash
+    /// is a sequence gap, never a silent loss.
+    fn save_cursor(&mut self, counters: &Counters, reporting: u64) {
+        let now = abi::nt_cursor {
+            next_sequence: self.next_seq,
+            reported_reserve_failures: counters.kernel_reserve_failures_reported.load(Relaxed).max(reporting),
+        };
+        if (now.next_sequence, now.reported_reserve_failures)
+            == (self.saved.next_sequence, self.saved.reported_reserve_failures)
+        {
+            return;
+        }
+        match self.cursor.set(0, now, 0) {
+            Ok(()) => self.saved = now,
+            Err(e) => {
+                self.cursor_failures += 1;
+                if self.cursor_failures.is_power_of_two() {
+                    warn!(error = %e, failures = self.cursor_failures, "Cannot save the cursor; a restarted loader would restart sequence numbers.");
+                }
+            }
+        }
     }
 }
 
@@ -145,7 +217,8 @@ pub fn ingest(record: &[u8], batch: &mut Vec<v1::Event>, counters: &Counters) ->
     }
 }
 
-fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counters: &Counters) {
+/// Reads the kernel running totals into `counters`.
+pub fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, counters: &Counters) {
     let slots = [
         (abi::NT_STAT_SUBMITTED, &counters.kernel_submitted),
         (abi::NT_STAT_RESERVE_FAILED, &counters.kernel_reserve_failures),

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What the kernel says is attached, through `bpftool` (JSON output): the
+//! independent check that a restarted loader did not attach a second copy.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+fn json(args: &[&str]) -> Option<Value> {
+    let out = Command::new("bpftool").arg("-j").args(args).output().expect("run bpftool");
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("bpftool JSON"))
+}
+
+/// (link id, program id) of the link pinned at `path`, if any.
+pub fn pinned_link(path: &Path) -> Option<(u64, u64)> {
+    let v = json(&["link", "show", "pinned", path.to_str().unwrap()])?;
+    Some((v["id"].as_u64()?, v["prog_id"].as_u64()?))
+}
+
+/// Id of the map pinned at `path`.
+pub fn pinned_map_id(path: &Path) -> u64 {
+    let v = json(&["map", "show", "pinned", path.to_str().unwrap()]).expect("pinned map");
+    v["id"].as_u64().unwrap()
+}
+
+/// Whether a link with this id exists.
+pub fn link_exists(id: u64) -> bool {
+    json(&["link", "show", "id", &id.to_string()]).is_some()
+}
+
+/// How many attached links run a program named `name` that uses map `map_id`:
+/// the copies of a probe feeding one ring buffer.
+pub fn links_feeding(name: &str, map_id: u64) -> usize {
+    let links = json(&["link", "show"]).unwrap_or(Value::Array(vec![]));
+    let progs = json(&["prog", "show"]).unwrap_or(Value::Array(vec![]));
+    let feeds = |prog_id: u64| {
+        progs.as_array().unwrap().iter().any(|p| {
+            p["id"].as_u64() == Some(prog_id)
+                && p["name"].as_str() == Some(name)
+                && p["map_ids"].as_array().is_some_and(|m| m.iter().any(|m| m.as_u64() == Some(map_id)))
+        })
+    };
+    links.as_array().unwrap().iter().filter_map(|l| l["prog_id"].as_u64()).filter(|p| feeds(*p)).count()
+}
