@@ -146,6 +146,7 @@ mod tests {
             }),
             schema_version: v1::SCHEMA_VERSION,
             probe_counters: None,
+            socket_counters: None,
         }
     }
 

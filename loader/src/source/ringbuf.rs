@@ -97,6 +97,7 @@ impl State {
             kernel_reserve_failures_total: counters.kernel_reserve_failures.load(Relaxed),
             decode_errors_total: counters.decode_errors.load(Relaxed),
             probe: counters.probe(),
+            socket: counters.socket(),
         });
         self.last_publish = Instant::now();
     }
