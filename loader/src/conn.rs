@@ -22,17 +22,27 @@
 //!   preface (garbage, HTTP/1, TLS), a frame over [`MAX_FRAME_BYTES`], a
 //!   flow-control violation, a reset or CONTINUATION flood.
 //!
-//! Requests answered with an error status before they reach the service are
-//! counted too: `requests_too_large` (over
+//! Requests answered with an error status before they reach the service (the
+//! service itself never answers with one) are counted too, and the connection
+//! stays open for them: `requests_too_large` (over
 //! [`MAX_DECODE_BYTES`](crate::server::MAX_DECODE_BYTES), `OUT_OF_RANGE`) and
-//! `requests_invalid` (any other: unknown method, undecodable message). The
-//! connection stays open for them.
+//! `requests_invalid` (unknown method or encoding, an undecodable, truncated
+//! or missing message). A request that fails because the peer reset it
+//! mid-body or its connection ended is not counted.
 //!
 //! Other ends are not refusals and are not counted: the peer closing, an I/O
 //! error, or hyper's keepalive (a ping every [`KEEPALIVE_INTERVAL`],
 //! unanswered for [`KEEPALIVE_TIMEOUT`]).
 
-use std::{convert::Infallible, future::poll_fn, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::poll_fn,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
 
 use hyper::{body::Incoming, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -79,6 +89,8 @@ struct Signals {
     served: Notify,
     /// A subscriber on the connection stalled.
     stalled: Notify,
+    /// The serving task is done with the connection.
+    ended: AtomicBool,
 }
 
 impl ConnectionHandle {
@@ -86,6 +98,30 @@ impl ConnectionHandle {
     /// it stalled. Counted once per connection, however many streams ask.
     pub fn close_stalled(&self) {
         self.0.stalled.notify_one();
+    }
+
+    /// Accounts one response: a success completes the handshake; a refusal
+    /// is counted, unless the request failed because its connection ended.
+    fn answered(&self, headers: &hyper::HeaderMap, counters: &Counters) {
+        let code = Status::from_header_map(headers).map_or(Code::Ok, |s| s.code());
+        match code {
+            Code::Ok => self.0.served.notify_one(),
+            _ if self.0.ended.load(Relaxed) => debug!(?code, "A request failed with its connection."),
+            Code::OutOfRange => {
+                if let Some(total) = counters::bump(&counters.requests_too_large) {
+                    warn!(total, "Refused a request over the size limit.");
+                }
+            }
+            // Unknown method or encoding; undecodable, truncated or missing
+            // message; bad compression flag.
+            Code::Unimplemented | Code::Internal | Code::InvalidArgument | Code::ResourceExhausted => {
+                if let Some(total) = counters::bump(&counters.requests_invalid) {
+                    warn!(total, ?code, "Refused an invalid request.");
+                }
+            }
+            // The request's body failed: the peer reset the stream or the connection broke.
+            _ => debug!(?code, "A request ended before it was complete."),
+        }
     }
 }
 
@@ -150,6 +186,8 @@ enum End {
     Served(Result<(), hyper::Error>),
     HandshakeTimeout,
     Stalled,
+    /// The loader is stopping and the peer had not completed a request.
+    Shutdown,
 }
 
 impl Connection {
@@ -168,19 +206,7 @@ impl Connection {
                     })
                     .await?;
                     let response = service.call(req).await?;
-                    match refusal(response.headers()) {
-                        None => handle.0.served.notify_one(),
-                        Some(Code::OutOfRange) => {
-                            if let Some(total) = counters::bump(&counters.requests_too_large) {
-                                warn!(total, "Refused a request over the size limit.");
-                            }
-                        }
-                        Some(code) => {
-                            if let Some(total) = counters::bump(&counters.requests_invalid) {
-                                warn!(total, ?code, "Refused an invalid request.");
-                            }
-                        }
-                    }
+                    handle.answered(response.headers(), &counters);
                     Ok::<_, Infallible>(response)
                 }
             })
@@ -191,21 +217,26 @@ impl Connection {
         tokio::pin!(deadline);
         let mut awaiting_request = true;
         let mut stopping = *self.stop.borrow_and_update();
-        if stopping {
-            conn.as_mut().graceful_shutdown();
-        }
+        let mut goaway_sent = false;
         let end = loop {
+            if stopping && !goaway_sent {
+                // A peer that never completed a request has nothing to finish.
+                if awaiting_request {
+                    break End::Shutdown;
+                }
+                conn.as_mut().graceful_shutdown();
+                goaway_sent = true;
+            }
             tokio::select! {
                 result = conn.as_mut() => break End::Served(result),
                 () = handle.0.served.notified(), if awaiting_request => awaiting_request = false,
                 () = &mut deadline, if awaiting_request => break End::HandshakeTimeout,
                 () = handle.0.stalled.notified() => break End::Stalled,
-                _ = self.stop.changed(), if !stopping => {
-                    stopping = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+                _ = self.stop.changed(), if !stopping => stopping = true,
             }
         };
+        // Requests still in flight fail with the connection; they were not refused.
+        handle.0.ended.store(true, Relaxed);
         // Returning drops `conn`: the socket is closed and the connection slot freed.
         self.count(end);
     }
@@ -213,13 +244,15 @@ impl Connection {
     fn count(&self, end: End) {
         let c = &self.counters;
         match end {
-            End::Served(Ok(())) => {}
-            End::Served(Err(e)) if is_protocol_error(&e) => {
-                if let Some(total) = counters::bump(&c.protocol_errors) {
-                    warn!(total, error = %e, "Closed a connection that broke HTTP/2.");
+            End::Served(Ok(())) | End::Shutdown => {}
+            End::Served(Err(e)) => match protocol_error(&e) {
+                Some(h2) => {
+                    if let Some(total) = counters::bump(&c.protocol_errors) {
+                        warn!(total, error = %h2, "Closed a connection that broke HTTP/2.");
+                    }
                 }
-            }
-            End::Served(Err(e)) => debug!(error = %e, "Connection ended with an error."),
+                None => debug!(error = %e, "Connection ended with an error."),
+            },
             End::HandshakeTimeout => {
                 if let Some(total) = counters::bump(&c.handshake_timeouts) {
                     warn!(
@@ -238,30 +271,24 @@ impl Connection {
     }
 }
 
-/// The gRPC status of a response refused before the service ran, if any: a
-/// trailers-only response carries its non-OK `grpc-status` in the headers.
-/// (The service itself never answers with an error status.)
-fn refusal(headers: &hyper::HeaderMap) -> Option<Code> {
-    Status::from_header_map(headers).map(|s| s.code()).filter(|&c| c != Code::Ok)
-}
-
-/// Whether hyper ended the connection because of an HTTP/2 connection error it
-/// detected in what the peer sent (as opposed to I/O errors, the peer's own
+/// The HTTP/2 connection error hyper ended the connection with, if h2 itself
+/// detected it in what the peer sent (as opposed to I/O errors, the peer's own
 /// GOAWAY, or keepalive timeouts).
-fn is_protocol_error(e: &hyper::Error) -> bool {
+fn protocol_error(e: &hyper::Error) -> Option<&h2::Error> {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<h2::Error>())
-        .is_some_and(|h| h.is_go_away() && h.is_library())
+        .filter(|h| h.is_go_away() && h.is_library())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, sync::atomic::Ordering::Relaxed};
+    use std::path::Path;
 
     use nettel_proto::v1::{self, telemetry_service_client::TelemetryServiceClient};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::UnixStream,
+        task::JoinHandle,
     };
 
     use super::*;
@@ -274,7 +301,7 @@ mod tests {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
     /// A loader's socket and server without probes, as root allows.
-    async fn start(dir: &Path, handshake: Duration) -> (Arc<Counters>, watch::Sender<bool>) {
+    async fn start(dir: &Path, handshake: Duration) -> (Arc<Counters>, watch::Sender<bool>, JoinHandle<()>) {
         let path = dir.join("loader.sock");
         let listener = tokio::net::UnixListener::from_std(socket::bind(&path, None).unwrap()).unwrap();
         let counters = Arc::new(Counters::default());
@@ -293,8 +320,8 @@ mod tests {
         let hub = Hub::new(4, Arc::clone(&counters));
         let service = Service::into_server(hub, Arc::clone(&counters), info, Duration::from_secs(30));
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(serve(incoming, service, handshake, Arc::clone(&counters), stop_rx));
-        (counters, stop)
+        let server = tokio::spawn(serve(incoming, service, handshake, Arc::clone(&counters), stop_rx));
+        (counters, stop, server)
     }
 
     /// Everything the server sends until it closes the connection. A close
@@ -328,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn silent_peers_are_closed_at_the_handshake_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let (counters, _stop) = start(dir.path(), Duration::from_millis(200)).await;
+        let (counters, _stop, _) = start(dir.path(), Duration::from_millis(200)).await;
         let mut silent = UnixStream::connect(dir.path().join("loader.sock")).await.unwrap();
         // Preface and SETTINGS, but no request, is not enough either.
         let mut no_request = UnixStream::connect(dir.path().join("loader.sock")).await.unwrap();
@@ -341,9 +368,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stopping_closes_peers_that_never_sent_a_request_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (counters, stop, server) = start(dir.path(), Duration::from_secs(600)).await;
+        let mut silent = UnixStream::connect(dir.path().join("loader.sock")).await.unwrap();
+        // Admitted (the server's SETTINGS arrive) before the stop.
+        let mut settings = [0u8; 9];
+        silent.read_exact(&mut settings).await.unwrap();
+        stop.send(true).unwrap();
+        read_to_close(&mut silent).await;
+        tokio::time::timeout(Duration::from_secs(30), server).await.expect("serve returned").unwrap();
+        assert_eq!(counters.socket(), v1::SocketCounters::default(), "a shutdown is no refusal");
+    }
+
+    #[tokio::test]
     async fn oversized_and_invalid_requests_are_refused_on_a_connection_that_stays_up() {
         let dir = tempfile::tempdir().unwrap();
-        let (counters, _stop) = start(dir.path(), Duration::from_secs(2)).await;
+        let (counters, _stop, _) = start(dir.path(), Duration::from_secs(2)).await;
         let path = dir.path().join("loader.sock");
         let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -395,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_and_oversized_frames_are_protocol_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let (counters, _stop) = start(dir.path(), Duration::from_secs(30)).await;
+        let (counters, _stop, _) = start(dir.path(), Duration::from_secs(30)).await;
         let mut http1 = UnixStream::connect(dir.path().join("loader.sock")).await.unwrap();
         http1.write_all(b"GET / HTTP/1.1\r\nHost: loader\r\n\r\n").await.unwrap();
         read_to_close(&mut http1).await;
