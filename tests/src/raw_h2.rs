@@ -156,3 +156,26 @@ pub fn goaway_code(bytes: &[u8]) -> Option<u32> {
         .find(|f| f.0 == GOAWAY)
         .and_then(|f| Some(u32::from_be_bytes(f.3.get(4..8)?.try_into().ok()?)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_goaway_codes_are_read() {
+        let mut bytes = frame(SETTINGS, 0, 0, &[]);
+        bytes.extend(stream_events(3, "n"));
+        bytes.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 6]));
+        bytes.extend(frame_header(DATA, 1, 1 << 20));
+        let f = frames(&bytes);
+        let kinds: Vec<(u8, u8, u32)> = f.iter().map(|(k, fl, s, _)| (*k, *fl, *s)).collect();
+        assert_eq!(
+            kinds,
+            [(SETTINGS, 0, 0), (HEADERS, END_HEADERS, 3), (DATA, END_STREAM, 3), (GOAWAY, 0, 0)]
+        );
+        // gRPC framing: uncompressed, 3-byte message (field 1, length 1, "n").
+        assert_eq!(f[2].3, [0, 0, 0, 0, 3, 0x0a, 1, b'n']);
+        assert_eq!(goaway_code(&bytes), Some(FRAME_SIZE_ERROR));
+        assert_eq!(goaway_code(&frame(SETTINGS, 0, 0, &[])), None);
+    }
+}
