@@ -90,6 +90,8 @@ pub struct Metrics {
     pub kernel_lost: Counter,
     pub loader_queue_dropped: Counter,
     pub loader_decode_errors: Counter,
+    /// Connections and requests the loader refused on its socket, by reason.
+    pub loader_socket_refusals: Family<ReasonLabels, Counter>,
     pub decode_errors: Family<ReasonLabels, Counter>,
     pub stream_connects: Counter,
     pub stream_disconnects: Family<ReasonLabels, Counter>,
@@ -155,6 +157,11 @@ impl Metrics {
             "nettel_loader_decode_errors",
             "Ring-buffer records the loader could not decode",
             self.loader_decode_errors.clone(),
+        );
+        r.register(
+            "nettel_loader_socket_refusals",
+            "Connections and requests the loader refused or closed on its socket, by reason (peer_not_allowed, over_connection_limit, handshake_timeout, protocol_error, stalled_subscriber, request_too_large, invalid_request); loader-wide totals",
+            self.loader_socket_refusals.clone(),
         );
         r.register(
             "nettel_decode_errors",

@@ -74,6 +74,7 @@ fn message(schema_version: u32, first: u64, n: usize) -> v1::StreamEventsRespons
         loss: Some(v1::LossReport::default()),
         schema_version,
         probe_counters: None,
+        socket_counters: None,
     }
 }
 

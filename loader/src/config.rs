@@ -69,6 +69,15 @@ pub struct RunArgs {
     /// Most simultaneous connections.
     #[arg(long, env = "NETTEL_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: usize,
+    /// Milliseconds an admitted peer has to send the HTTP/2 preface and a
+    /// complete first request; then its connection is closed and counted.
+    #[arg(long, env = "NETTEL_HANDSHAKE_TIMEOUT_MS", default_value_t = 5000)]
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds a subscriber's stream may take no message (it stopped
+    /// reading) before the subscriber is dropped, its connection closed and
+    /// counted.
+    #[arg(long, env = "NETTEL_STALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub stall_timeout_ms: u64,
     /// Ring buffer size in bytes: a power of two, at least 4096 (one page).
     #[arg(long, env = "NETTEL_RING_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub ring_buffer_bytes: u64,
@@ -135,6 +144,18 @@ impl RunArgs {
         if !(10..=60_000).contains(&self.heartbeat_ms) {
             problems.push(format!("--heartbeat-ms {} must be between 10 and 60000", self.heartbeat_ms));
         }
+        if !(100..=60_000).contains(&self.handshake_timeout_ms) {
+            problems.push(format!(
+                "--handshake-timeout-ms {} must be between 100 and 60000",
+                self.handshake_timeout_ms
+            ));
+        }
+        if !(1000..=600_000).contains(&self.stall_timeout_ms) {
+            problems.push(format!(
+                "--stall-timeout-ms {} must be between 1000 and 600000",
+                self.stall_timeout_ms
+            ));
+        }
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
@@ -179,5 +200,15 @@ mod tests {
     fn reports_every_problem_at_once() {
         let e = parse(&["--max-batch", "0", "--max-connections", "0"]).validate().unwrap_err().to_string();
         assert!(e.contains("--max-batch") && e.contains("--max-connections"), "{e}");
+    }
+
+    #[test]
+    fn socket_timeouts_are_bounded() {
+        let e = parse(&["--handshake-timeout-ms", "0", "--stall-timeout-ms", "999"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--handshake-timeout-ms 0") && e.contains("--stall-timeout-ms 999"), "{e}");
+        assert!(parse(&["--handshake-timeout-ms", "100", "--stall-timeout-ms", "1000"]).validate().is_ok());
     }
 }

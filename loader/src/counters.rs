@@ -21,8 +21,14 @@ pub struct Counters {
     pub kernel_reserve_failures_reported: AtomicU64,
     pub subscriber_queue_drops: AtomicU64,
     pub subscribers_connected: AtomicU32,
+    /// Refusals on the socket (see `socket` and `conn`; proto `SocketCounters`).
     pub peers_rejected: AtomicU64,
     pub connections_over_limit: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub stalled_connections: AtomicU64,
+    pub requests_too_large: AtomicU64,
+    pub requests_invalid: AtomicU64,
     pub http_unmatched: AtomicU64,
     pub http_closed_pending: AtomicU64,
     pub http_pipeline_full: AtomicU64,
@@ -42,6 +48,20 @@ impl Counters {
             peers_rejected: self.peers_rejected.load(Relaxed),
             connections_over_limit: self.connections_over_limit.load(Relaxed),
             probe: Some(self.probe()),
+            socket: Some(self.socket()),
+        }
+    }
+
+    /// Refusals on the socket (running totals).
+    pub fn socket(&self) -> v1::SocketCounters {
+        v1::SocketCounters {
+            peers_rejected: self.peers_rejected.load(Relaxed),
+            connections_over_limit: self.connections_over_limit.load(Relaxed),
+            handshake_timeouts: self.handshake_timeouts.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            stalled_connections: self.stalled_connections.load(Relaxed),
+            requests_too_large: self.requests_too_large.load(Relaxed),
+            requests_invalid: self.requests_invalid.load(Relaxed),
         }
     }
 
@@ -54,6 +74,14 @@ impl Counters {
             http_connections_full: self.http_connections_full.load(Relaxed),
         }
     }
+}
+
+/// Adds one to `counter` and returns the new total when it is a power of two:
+/// refusals caused by peers are logged then (1st, 2nd, 4th, ...), so a flood
+/// of bad connections writes a few log lines, not one per connection.
+pub fn bump(counter: &AtomicU64) -> Option<u64> {
+    let total = counter.fetch_add(1, Relaxed) + 1;
+    total.is_power_of_two().then_some(total)
 }
 
 /// Stores a kernel running total (a sum over CPUs of a `nt_stats` slot), never
@@ -78,6 +106,14 @@ pub fn store_total(counter: &AtomicU64, sum: u64, slot: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bump_reports_powers_of_two() {
+        let c = AtomicU64::new(0);
+        let logged: Vec<u64> = (0..20).filter_map(|_| bump(&c)).collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16]);
+        assert_eq!(c.load(Relaxed), 20);
+    }
 
     #[test]
     fn kernel_totals_never_go_backwards() {

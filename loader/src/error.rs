@@ -84,8 +84,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("gRPC server failed")]
-    Serve(#[source] tonic::transport::Error),
     /// The kernel answered EPERM; `needs` names the missing capability.
     #[error("permission denied: {needs}")]
     Permission {

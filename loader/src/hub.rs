@@ -36,6 +36,8 @@ pub struct Batch {
     pub decode_errors_total: u64,
     /// Kernel-side probe counters at publish time.
     pub probe: v1::ProbeCounters,
+    /// Socket refusals at publish time.
+    pub socket: v1::SocketCounters,
 }
 
 /// What a subscriber's queue carries.
@@ -202,6 +204,7 @@ mod tests {
             kernel_reserve_failures_total: 0,
             decode_errors_total: 0,
             probe: v1::ProbeCounters::default(),
+            socket: v1::SocketCounters::default(),
         }
     }
 

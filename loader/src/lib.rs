@@ -7,6 +7,7 @@
 
 pub mod caps;
 pub mod config;
+pub mod conn;
 pub mod counters;
 mod error;
 pub mod hub;

@@ -9,6 +9,7 @@ use clap::Parser;
 use nettel_loader::{
     caps,
     config::{Cli, Command, LogFormat, RunArgs, RunConfig},
+    conn,
     counters::Counters,
     hub::Hub,
     pin, preflight, probe,
@@ -184,26 +185,18 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
         source,
     })?;
     info!(socket = %args.socket.display(), epoch = format_args!("{:016x}", info.epoch), "Serving the event stream.");
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(socket::accept_loop(
-        listener,
-        policy,
-        Arc::clone(&counters),
-    ));
+    let incoming = socket::accept_loop(listener, policy, Arc::clone(&counters));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let service = server::Service::into_server(Arc::clone(&hub), Arc::clone(&counters), info);
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(server::MAX_STREAMS_PER_CONNECTION))
-            .concurrency_limit_per_connection(server::MAX_STREAMS_PER_CONNECTION as usize)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_stop.changed().await;
-            }),
-    );
+    let stall_timeout = Duration::from_millis(args.stall_timeout_ms);
+    let service = server::Service::into_server(Arc::clone(&hub), Arc::clone(&counters), info, stall_timeout);
+    let server = tokio::spawn(conn::serve(
+        incoming,
+        service,
+        Duration::from_millis(args.handshake_timeout_ms),
+        Arc::clone(&counters),
+        stop_rx.clone(),
+    ));
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("Shutting down.");
@@ -216,10 +209,8 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
     if let Err(e) = &drained {
         error!(error = %e, "Ring-buffer drain failed.");
     }
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => warn!(error = %Error::Serve(e), "gRPC server stopped with an error."),
-        Err(_) => warn!("gRPC server did not stop within 5 s."),
-        _ => {}
+    if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+        warn!("gRPC server did not stop within 5 s.");
     }
     socket::remove(&args.socket);
     drop(probes);

@@ -10,9 +10,9 @@ use nettel_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::{counters::Counters, hub::Hub};
+use crate::{conn::ConnectionHandle, counters::Counters, hub::Hub};
 
 /// Largest request the loader decodes (requests are tiny; anything big is hostile).
 pub const MAX_DECODE_BYTES: usize = 16 * 1024;
@@ -39,16 +39,20 @@ pub struct Service {
     hub: Arc<Hub>,
     counters: Arc<Counters>,
     info: LoaderInfo,
+    stall_timeout: Duration,
 }
 
 impl Service {
-    /// Wraps the service with the loader's message-size limits.
+    /// Wraps the service with the loader's message-size limits. A subscriber
+    /// that accepts no message for `stall_timeout` is dropped (see
+    /// [`Service::stream_events`]).
     pub fn into_server(
         hub: Arc<Hub>,
         counters: Arc<Counters>,
         info: LoaderInfo,
+        stall_timeout: Duration,
     ) -> TelemetryServiceServer<Self> {
-        TelemetryServiceServer::new(Self { hub, counters, info })
+        TelemetryServiceServer::new(Self { hub, counters, info, stall_timeout })
             .max_decoding_message_size(MAX_DECODE_BYTES)
             .max_encoding_message_size(MAX_ENCODE_BYTES)
     }
@@ -66,11 +70,21 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<v1::StreamEventsResponse, St
 impl TelemetryService for Service {
     type StreamEventsStream = EventStream;
 
+    /// Subscribes to the hub and forwards its deliveries as stream messages.
+    ///
+    /// A subscriber that stops reading stalls HTTP/2 flow control; its stream
+    /// then takes no more messages, and its hub queue fills (drops counted, as
+    /// for any slow subscriber). When a message waits `stall_timeout` to be
+    /// taken, the subscriber is dropped and its connection closed through the
+    /// [`ConnectionHandle`] (counted in `stalled_connections`), which frees the
+    /// connection's buffers and its slot.
     async fn stream_events(
         &self,
         request: Request<v1::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let connection = request.extensions().get::<ConnectionHandle>().cloned();
         let name = subscriber_label(&request.into_inner().subscriber_name);
+        let stall_timeout = self.stall_timeout;
         let mut sub = self.hub.subscribe();
         let epoch = self.info.epoch;
         let baseline = (
@@ -108,11 +122,26 @@ impl TelemetryService for Service {
                     }),
                     schema_version: v1::SCHEMA_VERSION,
                     probe_counters: Some(b.probe),
+                    socket_counters: Some(b.socket),
                 };
                 last_kernel = last_kernel.max(b.kernel_reserve_failures_total);
                 last_decode = last_decode.max(b.decode_errors_total);
-                if tx.send(Ok(msg)).await.is_err() {
-                    break;
+                match tokio::time::timeout(stall_timeout, tx.send(Ok(msg))).await {
+                    Ok(Ok(())) => {}
+                    // The stream is gone.
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        warn!(
+                            subscriber = %name,
+                            id = sub.id,
+                            stall_timeout_ms = stall_timeout.as_millis(),
+                            "Subscriber took no message within the stall timeout; closing its connection."
+                        );
+                        if let Some(c) = &connection {
+                            c.close_stalled();
+                        }
+                        break;
+                    }
                 }
             }
             let orphaned = sub.close();

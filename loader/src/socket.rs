@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The loader's Unix socket: created without a permission race, and guarded by
-//! a peer-credential allow-list and a connection limit.
+//! a peer-credential allow-list and a connection limit. What an admitted peer
+//! may then send is bounded by [`conn`](crate::conn).
 //!
 //! Creation: bind inside a fresh private (0700) directory next to the final
 //! path, set mode and group there, then `rename(2)` into place. No client can
@@ -11,7 +12,7 @@ use std::{
     os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -22,7 +23,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{counters::Counters, Error};
+use crate::{
+    counters::{self, Counters},
+    Error,
+};
 
 /// Who may connect.
 #[derive(Debug, Clone)]
@@ -32,6 +36,7 @@ pub struct AccessPolicy {
     /// Peers whose primary gid is listed are accepted.
     pub allow_gids: Vec<u32>,
     /// Most simultaneous connections; more are closed at once and counted.
+    /// Refused connections are logged at powers of two (see [`counters::bump`]).
     pub max_connections: usize,
 }
 
@@ -92,12 +97,14 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<std::os::unix::net::UnixLis
 }
 
 /// Accepts connections, admitting only allowed peers within the connection
-/// limit, and forwards them to the gRPC server.
+/// limit, and forwards them to [`conn::serve`](crate::conn::serve). A refused
+/// connection is closed at once: it holds no descriptor, task or memory after
+/// its `accept`.
 pub fn accept_loop(
     listener: UnixListener,
     policy: AccessPolicy,
     counters: Arc<Counters>,
-) -> mpsc::Receiver<io::Result<GuardedStream>> {
+) -> mpsc::Receiver<GuardedStream> {
     let (tx, rx) = mpsc::channel(16);
     let limit = Arc::new(Semaphore::new(policy.max_connections));
     tokio::spawn(async move {
@@ -113,27 +120,36 @@ pub fn accept_loop(
             let cred = match stream.peer_cred() {
                 Ok(c) => c,
                 Err(e) => {
-                    counters.peers_rejected.fetch_add(1, Relaxed);
-                    warn!(error = %e, "Rejected a peer whose credentials could not be read.");
+                    if let Some(total) = counters::bump(&counters.peers_rejected) {
+                        warn!(total, error = %e, "Rejected a peer whose credentials could not be read.");
+                    }
                     continue;
                 }
             };
             if !policy.allows(cred.uid(), cred.gid()) {
-                counters.peers_rejected.fetch_add(1, Relaxed);
-                warn!(uid = cred.uid(), gid = cred.gid(), "Rejected a peer outside the allow-list.");
+                if let Some(total) = counters::bump(&counters.peers_rejected) {
+                    warn!(
+                        total,
+                        uid = cred.uid(),
+                        gid = cred.gid(),
+                        "Rejected a peer outside the allow-list."
+                    );
+                }
                 continue;
             }
             let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                counters.connections_over_limit.fetch_add(1, Relaxed);
-                warn!(
-                    uid = cred.uid(),
-                    limit = policy.max_connections,
-                    "Rejected a peer: connection limit reached."
-                );
+                if let Some(total) = counters::bump(&counters.connections_over_limit) {
+                    warn!(
+                        total,
+                        uid = cred.uid(),
+                        limit = policy.max_connections,
+                        "Rejected a peer: connection limit reached."
+                    );
+                }
                 continue;
             };
             info!(uid = cred.uid(), gid = cred.gid(), "Accepted a subscriber connection.");
-            if tx.send(Ok(GuardedStream { inner: stream, _permit: permit })).await.is_err() {
+            if tx.send(GuardedStream { inner: stream, _permit: permit }).await.is_err() {
                 return;
             }
         }
@@ -146,11 +162,6 @@ pub fn accept_loop(
 pub struct GuardedStream {
     inner: UnixStream,
     _permit: OwnedSemaphorePermit,
-}
-
-impl tonic::transport::server::Connected for GuardedStream {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
 impl AsyncRead for GuardedStream {

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Harness for nettel's end-to-end tests against the real kernel: privilege
 //! gating, network-namespace "pods", the loader and aggregator as real
-//! processes, kernel counters read inside a namespace, and a `/metrics` parser.
+//! processes, kernel counters read inside a namespace, a `/metrics` parser, and
+//! hand-written HTTP/2 for abusing the loader's socket.
 //!
 //! Kernel tests need root and BTF. Outside CI a missing prerequisite skips the
 //! test with a loud message; with `CI` set it fails the test.
@@ -13,6 +14,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod netns;
 pub mod process;
+pub mod raw_h2;
 pub mod servers;
 pub mod traffic;
 

@@ -2,15 +2,15 @@
 //! Stream bookkeeping: schema check, loader restarts (epoch changes), sequence
 //! gaps and the in-band loss reports. Pure logic, no I/O.
 //!
-//! Running totals from the loader (loss-report totals, kernel probe counters)
-//! only grow within one epoch, and the per-subscriber drop total within one
+//! Running totals from the loader (loss-report totals, kernel probe counters,
+//! socket refusals) only grow within one epoch, and the per-subscriber drop total within one
 //! stream. A total that goes backwards anyway is counted in
 //! `nettel_decode_errors_total{reason="counter_backwards"}` and never turned
 //! into a negative or reset-sized delta: the baseline stays at the highest
 //! value seen, so nothing is counted twice when the total climbs back.
 
 use nettel_proto::v1;
-
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tracing::warn;
 
 use crate::{
@@ -28,6 +28,8 @@ pub struct Tracker {
     next_event: Option<u64>,
     /// Highest kernel probe counters seen (running totals, per epoch).
     probe: v1::ProbeCounters,
+    /// Highest socket refusal counters seen (running totals, per epoch).
+    socket: v1::SocketCounters,
     /// Highest loader-wide loss totals seen in this epoch: (kernel reserve
     /// failures, decode errors).
     loss_totals: (u64, u64),
@@ -60,29 +62,52 @@ impl Tracker {
                 self.next_event = None;
             }
             self.probe = v1::ProbeCounters::default();
+            self.socket = v1::SocketCounters::default();
             self.loss_totals = (0, 0);
         }
         self.epoch = Some(msg.epoch);
         if let Some(p) = &msg.probe_counters {
             let last = self.probe;
-            let mut add = |reason: &str, now: u64, last: u64| {
-                if now < last {
-                    self.counter_backwards(m, reason, now, last);
-                } else if now > last {
-                    m.http_unmatched
-                        .get_or_create(&ReasonLabels { reason: reason.into() })
-                        .inc_by(now - last);
-                }
-            };
-            add("response_without_request", p.http_unmatched_responses, last.http_unmatched_responses);
-            add("closed_with_pending", p.http_closed_pending, last.http_closed_pending);
-            add("pipeline_full", p.http_pipeline_full, last.http_pipeline_full);
-            add("connection_table_full", p.http_connections_full, last.http_connections_full);
+            self.mirror(
+                m,
+                &m.http_unmatched,
+                &[
+                    ("response_without_request", p.http_unmatched_responses, last.http_unmatched_responses),
+                    ("closed_with_pending", p.http_closed_pending, last.http_closed_pending),
+                    ("pipeline_full", p.http_pipeline_full, last.http_pipeline_full),
+                    ("connection_table_full", p.http_connections_full, last.http_connections_full),
+                ],
+            );
             self.probe = v1::ProbeCounters {
                 http_unmatched_responses: p.http_unmatched_responses.max(last.http_unmatched_responses),
                 http_closed_pending: p.http_closed_pending.max(last.http_closed_pending),
                 http_pipeline_full: p.http_pipeline_full.max(last.http_pipeline_full),
                 http_connections_full: p.http_connections_full.max(last.http_connections_full),
+            };
+        }
+        if let Some(s) = &msg.socket_counters {
+            let last = self.socket;
+            self.mirror(
+                m,
+                &m.loader_socket_refusals,
+                &[
+                    ("peer_not_allowed", s.peers_rejected, last.peers_rejected),
+                    ("over_connection_limit", s.connections_over_limit, last.connections_over_limit),
+                    ("handshake_timeout", s.handshake_timeouts, last.handshake_timeouts),
+                    ("protocol_error", s.protocol_errors, last.protocol_errors),
+                    ("stalled_subscriber", s.stalled_connections, last.stalled_connections),
+                    ("request_too_large", s.requests_too_large, last.requests_too_large),
+                    ("invalid_request", s.requests_invalid, last.requests_invalid),
+                ],
+            );
+            self.socket = v1::SocketCounters {
+                peers_rejected: s.peers_rejected.max(last.peers_rejected),
+                connections_over_limit: s.connections_over_limit.max(last.connections_over_limit),
+                handshake_timeouts: s.handshake_timeouts.max(last.handshake_timeouts),
+                protocol_errors: s.protocol_errors.max(last.protocol_errors),
+                stalled_connections: s.stalled_connections.max(last.stalled_connections),
+                requests_too_large: s.requests_too_large.max(last.requests_too_large),
+                requests_invalid: s.requests_invalid.max(last.requests_invalid),
             };
         }
 
@@ -120,6 +145,18 @@ impl Tracker {
         Ok(())
     }
 
+    /// Adds each `(reason, total now, highest total before)` that grew to
+    /// `family{reason}`; a total that went backwards is reported instead.
+    fn mirror(&mut self, m: &Metrics, family: &Family<ReasonLabels, Counter>, totals: &[(&str, u64, u64)]) {
+        for &(reason, now, last) in totals {
+            if now < last {
+                self.counter_backwards(m, reason, now, last);
+            } else if now > last {
+                family.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(now - last);
+            }
+        }
+    }
+
     fn counter_backwards(&mut self, m: &Metrics, counter: &str, now: u64, last: u64) {
         m.decode_errors.get_or_create(&ReasonLabels { reason: "counter_backwards".into() }).inc();
         self.backwards += 1;
@@ -152,6 +189,7 @@ mod tests {
             }),
             schema_version: v1::SCHEMA_VERSION,
             probe_counters: None,
+            socket_counters: None,
         }
     }
 
@@ -237,6 +275,51 @@ mod tests {
         d.probe_counters = Some(probe(1));
         t.observe(&d, &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (13, 2, 1));
+    }
+
+    #[test]
+    fn socket_refusals_are_mirrored_as_deltas_per_reason() {
+        let m = Metrics::default();
+        let mut t = Tracker::default();
+        let refusals = |reason: &str| {
+            m.loader_socket_refusals.get_or_create(&ReasonLabels { reason: reason.into() }).get()
+        };
+        let with = |epoch, s: v1::SocketCounters| {
+            let mut x = msg(epoch, 1, 0, 0, 0);
+            x.socket_counters = Some(s);
+            x
+        };
+        let s = v1::SocketCounters { handshake_timeouts: 3, protocol_errors: 2, ..Default::default() };
+        t.observe(&with(7, s), &m).unwrap();
+        t.observe(&with(7, v1::SocketCounters { stalled_connections: 1, ..s }), &m).unwrap();
+        t.observe(&with(7, v1::SocketCounters { requests_too_large: 4, requests_invalid: 5, ..s }), &m)
+            .unwrap();
+        assert_eq!(
+            [
+                "peer_not_allowed",
+                "over_connection_limit",
+                "handshake_timeout",
+                "protocol_error",
+                "stalled_subscriber",
+                "request_too_large",
+                "invalid_request"
+            ]
+            .map(refusals),
+            [0, 0, 3, 2, 1, 4, 5]
+        );
+        // stalled_subscriber went from 1 to 0 in the last message.
+        assert_eq!(backwards(&m), 1);
+        // A new epoch starts from zero.
+        t.observe(
+            &with(
+                8,
+                v1::SocketCounters { peers_rejected: 1, connections_over_limit: 985, ..Default::default() },
+            ),
+            &m,
+        )
+        .unwrap();
+        assert_eq!((refusals("peer_not_allowed"), refusals("over_connection_limit")), (1, 985));
+        assert_eq!((refusals("handshake_timeout"), backwards(&m)), (3, 1));
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl State<'_> {
             kernel_reserve_failures_total,
             decode_errors_total: counters.decode_errors.load(Relaxed),
             probe: counters.probe(),
+            socket: counters.socket(),
         });
         self.last_publish = Instant::now();
     }
