@@ -8,14 +8,14 @@ use anyhow::Context;
 use clap::Parser;
 use nettel_loader::{
     caps,
-    config::{Cli, Command, LogFormat, RunArgs, RunConfig},
+    config::{Cli, Command, LogFormat, RunArgs, RunConfig, Toggle},
     counters::Counters,
     hub::Hub,
     pin, preflight, probe,
     server::{self, LoaderInfo},
     socket::{self, AccessPolicy},
     source::ringbuf::{self, DrainConfig},
-    sys, Error,
+    sys, tls, Error,
 };
 use nettel_proto::v1;
 use tokio::sync::watch;
@@ -106,6 +106,8 @@ struct Prepared {
     probes: probe::Probes,
     events: aya::maps::RingBuf<aya::maps::MapData>,
     listener: std::os::unix::net::UnixListener,
+    /// The TLS attacher thread (`--tls on`) and what it publishes.
+    tls: (Option<tls::Attacher>, Arc<tls::Shared>),
 }
 
 /// `run`: the privileged steps on the main thread, then the capability drop,
@@ -140,12 +142,24 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
         info!(program = a.name, attach_point = a.attach_point, "Probe attached.");
     }
     let listener = socket::bind(&args.socket, args.socket_gid)?;
-    Ok(Prepared { cfg, probes, events, listener })
+    let shared = Arc::new(tls::Shared::default());
+    let attacher = match args.tls {
+        Toggle::On => {
+            let tls_cfg =
+                tls::Config { scan: Duration::from_millis(args.tls_scan_ms), proc_root: "/proc".into() };
+            Some(
+                tls::Attacher::start(Arc::clone(&probes.http), tls_cfg, Arc::clone(&shared))
+                    .map_err(Error::with_capability_hint)?,
+            )
+        }
+        Toggle::Off => None,
+    };
+    Ok(Prepared { cfg, probes, events, listener, tls: (attacher, shared) })
 }
 
 async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
-    let Prepared { cfg, probes, events, listener } = prepared;
-    let counters = Arc::new(Counters::default());
+    let Prepared { cfg, probes, events, listener, tls: (attacher, tls_shared) } = prepared;
+    let counters = Arc::new(Counters { tls: tls_shared, ..Counters::default() });
     let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
     let info = LoaderInfo {
@@ -220,6 +234,9 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
         _ => {}
     }
     socket::remove(&args.socket);
+    if let Some(a) = attacher {
+        a.stop();
+    }
     drop(probes);
     info!("Probes detached; pinned maps kept under the pin dir.");
     Ok(drained?)

@@ -52,7 +52,9 @@ pub struct Attached {
 pub struct Probes {
     /// Kept alive for the links they own.
     _tcp_retransmit: Ebpf,
-    _http: Ebpf,
+    /// The http object; shared with the TLS attacher thread, which attaches
+    /// its uprobes at run time (`crate::tls`).
+    pub http: crate::tls::SharedEbpf,
     _bench: Option<Ebpf>,
     pub stats: PerCpuArray<MapData, u64>,
     pub attached: Vec<Attached>,
@@ -136,7 +138,17 @@ pub fn load(
     let stats =
         PerCpuArray::try_from(stats).map_err(|source| Error::Map { map: names::STATS_MAP, source })?;
     let pinned = [names::EVENTS_MAP, names::STATS_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
-    Ok((Probes { _tcp_retransmit: ebpf, _http: http, _bench: bench, stats, attached, pinned }, events))
+    Ok((
+        Probes {
+            _tcp_retransmit: ebpf,
+            http: std::sync::Arc::new(std::sync::Mutex::new(http)),
+            _bench: bench,
+            stats,
+            attached,
+            pinned,
+        },
+        events,
+    ))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {
