@@ -141,7 +141,6 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
     for a in &probes.attached {
         info!(program = a.name, attach_point = a.attach_point, "Probe attached.");
     }
-    let listener = socket::bind(&args.socket, args.socket_gid)?;
     let shared = Arc::new(tls::Shared::default());
     let attacher = match args.tls {
         Toggle::On => {
@@ -154,6 +153,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
         }
         Toggle::Off => None,
     };
+    let listener = socket::bind(&args.socket, args.socket_gid)?;
     Ok(Prepared { cfg, probes, events, listener, tls: (attacher, shared) })
 }
 

@@ -220,3 +220,70 @@ fn go_and_rustls_tls_are_reported_as_uninstrumented_not_silently_missed() {
     assert_eq!(sum(&text, &format!("{HIST}_count"), &[("pod", "go-tls")]), 0, "{}", series(&text));
     drop(server);
 }
+
+/// `(comm, CapEff)` of every thread of `pid`.
+fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let t = t.unwrap().path();
+            let status = std::fs::read_to_string(t.join("status")).unwrap();
+            let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_owned();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap().trim().to_owned();
+            (comm, u64::from_str_radix(&eff, 16).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn with_the_https_overlay_capabilities_only_the_attacher_thread_keeps_sys_admin_and_sys_ptrace() {
+    if !require_kernel(
+        "with_the_https_overlay_capabilities_only_the_attacher_thread_keeps_sys_admin_and_sys_ptrace",
+    ) {
+        return;
+    }
+    // The loader's capabilities in deploy/overlays/https: the base's plus these two.
+    let overlay = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/https/kustomization.yaml"),
+    )
+    .unwrap();
+    for cap in ["value: SYS_ADMIN", "value: SYS_PTRACE", "value: --tls=on"] {
+        assert!(overlay.contains(cap), "overlay has {cap}");
+    }
+    let set = "-all,+bpf,+perfmon,+sys_admin,+sys_ptrace";
+    let prefix: Vec<String> = vec![
+        "setpriv".into(),
+        format!("--inh-caps={set}"),
+        format!("--ambient-caps={set}"),
+        format!("--bounding-set={set}"),
+        // The socket's group is the loader's own primary group, as in the DaemonSet.
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+    ];
+    let (cert, key) = self_signed_cert();
+    let pods = PodPair::new(54);
+    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/nettel-https-caps-{}", std::process::id()));
+    let loader =
+        nettel_integration::process::Loader::start_wrapped(&prefix, &pin, 65534, &[65534], LOADER_ARGS);
+    let pf = nettel_integration::process::pods_file(
+        &scratch_dir("pods"),
+        &[(&pods.b_v4, "py-caps", "web", "py-caps")],
+    );
+    let mut agg = nettel_integration::process::Aggregator::start(&loader.socket, Some(&pf), 65534, 65534);
+    agg.wait_connected();
+    let args = [fixture("http_server.py"), pods.b_v4.clone(), "8080".into(), cert, key];
+    let _server = start(&pods.b, "python3", &args);
+    std::thread::sleep(Duration::from_millis(800));
+    let u = format!("https://{}:8080/ok", pods.b_v4);
+    curl(&pods.a, &["-k", &u, &u, &u]);
+    wait_for(Duration::from_secs(10), "3 HTTPS requests attributed to py-caps", || {
+        (sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", "py-caps")]) == 3).then_some(())
+    });
+    let threads = thread_caps(loader.proc.child.id());
+    let admin_ptrace = (1u64 << 21) | (1 << 19);
+    for (comm, eff) in &threads {
+        let want = if comm == "nt-tls-attach" { admin_ptrace } else { 0 };
+        assert_eq!(*eff, want, "{comm}: {threads:?}");
+    }
+    assert_eq!(threads.iter().filter(|(c, _)| c == "nt-tls-attach").count(), 1, "{threads:?}");
+}

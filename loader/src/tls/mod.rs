@@ -125,6 +125,17 @@ impl Attacher {
     /// capability but [`ATTACHER_CAPS`] before its first scan. Must run
     /// before the main thread drops its capabilities.
     pub fn start(ebpf: SharedEbpf, cfg: Config, shared: std::sync::Arc<Shared>) -> Result<Self, Error> {
+        let permitted =
+            rustix::thread::capabilities(None).map_err(|e| Error::DropCapabilities(e.into()))?.permitted;
+        let missing: Vec<&'static str> =
+            [(CapabilitySet::SYS_ADMIN, "CAP_SYS_ADMIN"), (CapabilitySet::SYS_PTRACE, "CAP_SYS_PTRACE")]
+                .into_iter()
+                .filter(|(c, _)| !permitted.contains(*c))
+                .map(|(_, n)| n)
+                .collect();
+        if !missing.is_empty() {
+            return Err(Error::TlsCapabilities { missing });
+        }
         load_programs(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()))?;
         let (stop, stopped) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
