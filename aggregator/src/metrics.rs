@@ -108,6 +108,12 @@ pub struct Metrics {
     pub kube_relists: Family<ResourceLabels, Counter>,
     pub http_duration: HttpFamily,
     pub http_unmatched: Family<ReasonLabels, Counter>,
+    /// Files (libssl copies, executables) carrying the OpenSSL uprobes.
+    pub tls_instrumented_files: Gauge,
+    /// Processes mapping one of them.
+    pub tls_instrumented_processes: Gauge,
+    /// Processes with TLS nettel cannot instrument, by reason.
+    pub tls_uninstrumented: Family<ReasonLabels, Gauge>,
     /// Live series of each limited metric (`transform::limit_cardinality`).
     pub series: Family<MetricLabels, Gauge>,
     /// Events counted into an overflow series.
@@ -236,8 +242,23 @@ impl Metrics {
         );
         r.register(
             "nettel_http_unmatched",
-            "HTTP requests or responses the kernel probe could not pair, by reason (response_without_request, closed_with_pending, pipeline_full, connection_table_full)",
+            "HTTP requests or responses the kernel probe could not pair, by reason (response_without_request, closed_with_pending, pipeline_full, connection_table_full, tls_no_connection, tls_call_lost)",
             self.http_unmatched.clone(),
+        );
+        r.register(
+            "nettel_tls_instrumented_files",
+            "Files (libssl copies, executables with OpenSSL/BoringSSL symbols) with the HTTPS uprobes attached on the loader's node",
+            self.tls_instrumented_files.clone(),
+        );
+        r.register(
+            "nettel_tls_instrumented_processes",
+            "Processes mapping a file with the HTTPS uprobes attached",
+            self.tls_instrumented_processes.clone(),
+        );
+        r.register(
+            "nettel_tls_uninstrumented_processes",
+            "Processes with TLS whose HTTP nettel cannot see, by reason (go, rustls, stripped, other_library, unreadable, attach_failed)",
+            self.tls_uninstrumented.clone(),
         );
         r.register(
             "nettel_series",

@@ -5,6 +5,8 @@
  * Attach points: tp_btf/sys_exit (the read/write syscall family, one program
  * for all of them, so nothing runs at syscall entry) and tracepoint
  * syscalls/sys_enter_close. Kernel floor: 5.8 (tp_btf, ring buffer).
+ * HTTPS: uprobes on OpenSSL's SSL_read/SSL_write family feed the same
+ * matcher with plaintext (http_tls.h).
  *
  * A read on a TCP socket whose first bytes are a request line
  * (`TOKEN SP target SP HTTP/1.x`) starts a request, and so does each further
@@ -453,7 +455,8 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 	return 0;
 }
 
-static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pending *req, __u16 status)
+static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pending *req, __u16 status,
+				    __u32 flags)
 {
 	struct nt_http_event *ev = nt_reserve(sizeof(*ev));
 
@@ -466,8 +469,9 @@ static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pendin
 	ev->status = status;
 	ev->duration_ns = bpf_ktime_get_ns() - req->start_ns;
 	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->flags = flags;
 	if (req->has_trace) {
-		ev->flags = NT_HTTP_F_TRACE;
+		ev->flags |= NT_HTTP_F_TRACE;
 		__builtin_memcpy(ev->trace_id, req->trace_id, sizeof(ev->trace_id));
 	}
 	nt_submit(ev);
@@ -478,9 +482,10 @@ static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pendin
  * server answers pipelined requests in one write) ends the oldest pending
  * request of the connection. The next response is looked for right after
  * the previous one's Content-Length body, then right after its headers
- * (HEAD, 204 and 304 responses carry none).
+ * (HEAD, 204 and 304 responses carry none). @flags (NT_HTTP_F_*) go into
+ * the events.
  */
-static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len)
+static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len, __u32 flags)
 {
 	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
@@ -517,7 +522,7 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 			}
 			req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
 			conn->head++;
-			nt_emit(sk, &req, (__u16)status);
+			nt_emit(sk, &req, (__u16)status, flags);
 		}
 		if (extent <= 0)
 			break;
@@ -537,6 +542,9 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 	}
 	return 0;
 }
+
+/* HTTPS through OpenSSL uprobes: shares the matcher above. */
+#include "http_tls.h"
 
 /* The syscall @nr, when it is one of the read/write family: its direction
  * and how its second argument holds the buffer (0 plain, 1 iovec, 2 msghdr). */
@@ -571,18 +579,20 @@ static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1,
 {
 	void *ubuf = nt_user_buf(arg1, kind, &len);
 
-	if (!ubuf)
+	if (!ubuf || nt_tls_sock_io((__u64)sk, dir == NT_DIR_IN))
 		return 0;
 	if (dir == NT_DIR_IN)
 		return nt_on_request(sk, ubuf, len);
-	return nt_on_response(sk, ubuf, len);
+	return nt_on_response(sk, ubuf, len, 0);
 }
 
 /* Drops the state of connection @key, counting requests left unanswered. */
 static __always_inline int nt_conn_end(__u64 key)
 {
-	struct nt_http_conn *conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+	struct nt_http_conn *conn;
 
+	nt_tls_forget(key);
+	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
 	if (!conn)
 		return 0;
 	if (conn->head != conn->tail)

@@ -16,8 +16,10 @@ pub use error::DecodeError;
 pub static TCP_RETRANSMIT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmit.bpf.o"));
 
-/// The `http` probe object (`tp_btf/sys_exit` for the read/write syscall
-/// family, tracepoint `syscalls/sys_enter_close`).
+/// The `http` probe object: socket hooks (`tp_btf/sock_recv_length`,
+/// `sock_send_length`, `inet_sock_set_state`) or syscall hooks
+/// (`tp_btf/sys_exit`, `syscalls/sys_enter_close`), and the HTTPS uprobes on
+/// OpenSSL's `SSL_read`/`SSL_write` family (`probes/http_tls.h`).
 pub static HTTP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/http.bpf.o"));
 
 /// The benchmark probe object (tracepoint `syscalls/sys_enter_getppid`,
@@ -45,6 +47,14 @@ pub mod names {
     pub const PROG_HTTP_STATE: &str = "nt_http_state";
     /// HTTP program on `syscalls/sys_enter_close`.
     pub const PROG_HTTP_CLOSE: &str = "nt_http_close";
+    /// HTTPS uprobe on `SSL_read` and `SSL_write` (`probes/http_tls.h`).
+    pub const PROG_TLS_ENT: &str = "nt_tls_ent";
+    /// HTTPS uprobe on `SSL_read_ex` and `SSL_write_ex`.
+    pub const PROG_TLS_ENTX: &str = "nt_tls_entx";
+    /// HTTPS uretprobe on `SSL_read` and `SSL_read_ex`.
+    pub const PROG_TLS_RD_RET: &str = "nt_tls_rd_ret";
+    /// HTTPS uretprobe on `SSL_write` and `SSL_write_ex`.
+    pub const PROG_TLS_WR_RET: &str = "nt_tls_wr_ret";
     /// Benchmark program on `syscalls/sys_enter_getppid`.
     pub const PROG_BENCH: &str = "nt_bench";
     /// The loader's cursor (`struct nt_cursor`, `lib/maps.h`).

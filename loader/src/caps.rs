@@ -53,7 +53,12 @@ pub fn drop_after_attach() -> io::Result<Dropped> {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    let keep = needed_after_attach(kernel, sysctl);
+    drop_to(needed_after_attach(kernel, sysctl))
+}
+
+/// Like [`drop_after_attach`], keeping `keep` (those of it this thread holds):
+/// the calling thread alone (the TLS attacher thread uses it for its own set).
+pub fn drop_to(keep: CapabilitySet) -> io::Result<Dropped> {
     rustix::thread::set_no_new_privs(true)?;
     let current = rustix::thread::capabilities(None)?;
     if current.effective.contains(CapabilitySet::SETPCAP) {
@@ -106,6 +111,7 @@ const NAMES: &[(CapabilitySet, &str)] = &[
     (CapabilitySet::DAC_OVERRIDE, "DAC_OVERRIDE"),
     (CapabilitySet::SETPCAP, "SETPCAP"),
     (CapabilitySet::SYS_ADMIN, "SYS_ADMIN"),
+    (CapabilitySet::SYS_PTRACE, "SYS_PTRACE"),
     (CapabilitySet::SYS_RESOURCE, "SYS_RESOURCE"),
     (CapabilitySet::NET_ADMIN, "NET_ADMIN"),
     (CapabilitySet::PERFMON, "PERFMON"),

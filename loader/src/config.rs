@@ -101,6 +101,21 @@ pub struct RunArgs {
     /// (no HTTP probe: TCP retransmits only).
     #[arg(long, env = "NETTEL_HTTP_HOOK", value_enum, default_value_t = HttpHook::Auto)]
     pub http_hook: HttpHook,
+    /// HTTPS through OpenSSL uprobes: `on` starts the TLS attacher thread,
+    /// which keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE (see `tls`).
+    #[arg(long, env = "NETTEL_TLS", value_enum, default_value_t = Toggle::On)]
+    pub tls: Toggle,
+    /// Interval between the TLS attacher's scans of /proc, in milliseconds
+    /// (how soon a new libssl or OpenSSL executable is instrumented).
+    #[arg(long, env = "NETTEL_TLS_SCAN_MS", default_value_t = 2000)]
+    pub tls_scan_ms: u64,
+}
+
+/// A feature switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 /// Hooks of the HTTP probe (see `probe::http`).
@@ -155,6 +170,9 @@ impl RunArgs {
                 "--stall-timeout-ms {} must be between 1000 and 600000",
                 self.stall_timeout_ms
             ));
+        }
+        if !(100..=600_000).contains(&self.tls_scan_ms) {
+            problems.push(format!("--tls-scan-ms {} must be between 100 and 600000", self.tls_scan_ms));
         }
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));

@@ -33,6 +33,10 @@ pub struct Counters {
     pub http_closed_pending: AtomicU64,
     pub http_pipeline_full: AtomicU64,
     pub http_connections_full: AtomicU64,
+    pub tls_no_connection: AtomicU64,
+    pub tls_call_lost: AtomicU64,
+    /// What the TLS attacher last saw.
+    pub tls: std::sync::Arc<crate::tls::Shared>,
 }
 
 impl Counters {
@@ -72,6 +76,9 @@ impl Counters {
             http_closed_pending: self.http_closed_pending.load(Relaxed),
             http_pipeline_full: self.http_pipeline_full.load(Relaxed),
             http_connections_full: self.http_connections_full.load(Relaxed),
+            tls_no_connection: self.tls_no_connection.load(Relaxed),
+            tls_call_lost: self.tls_call_lost.load(Relaxed),
+            tls: Some(self.tls.status()),
         }
     }
 }

@@ -91,6 +91,9 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// `--tls on` without the TLS attacher's capabilities in the permitted set.
+    #[error("permission denied: --tls on needs {} for the TLS attacher thread (Kubernetes: `capabilities.add: [{}]` and hostPID, see deploy/overlays/https), or run with --tls=off", .missing.join(" and "), .missing.iter().map(|m| m.trim_start_matches("CAP_")).collect::<Vec<_>>().join(", "))]
+    TlsCapabilities { missing: Vec<&'static str> },
     #[error("failed to drop capabilities after attach")]
     DropCapabilities(#[source] io::Error),
 }

@@ -19,5 +19,6 @@ pub mod socket;
 pub mod source;
 #[allow(unsafe_code, reason = "the one place unsafe system calls are wrapped")]
 pub mod sys;
+pub mod tls;
 
 pub use error::Error;

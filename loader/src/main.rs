@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use nettel_loader::{
     caps,
-    config::{Cli, Command, LogFormat, RunArgs, RunConfig},
+    config::{Cli, Command, LogFormat, RunArgs, RunConfig, Toggle},
     conn,
     counters::Counters,
     hub::Hub,
@@ -16,7 +16,7 @@ use nettel_loader::{
     server::{self, LoaderInfo},
     socket::{self, AccessPolicy},
     source::ringbuf::{self, DrainConfig},
-    sys, Error,
+    sys, tls, Error,
 };
 use nettel_proto::v1;
 use tokio::sync::watch;
@@ -106,6 +106,8 @@ struct Prepared {
     probes: probe::Probes,
     events: aya::maps::RingBuf<aya::maps::MapData>,
     listener: std::os::unix::net::UnixListener,
+    /// The TLS attacher thread (`--tls on`) and what it publishes.
+    tls: (Option<tls::Attacher>, Arc<tls::Shared>),
 }
 
 /// `run`: the privileged steps on the main thread, then the capability drop,
@@ -139,13 +141,29 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
     for a in &probes.attached {
         info!(program = a.name, attach_point = a.attach_point, origin = a.origin.as_str(), "Probe running.");
     }
+    let shared = Arc::new(tls::Shared::default());
+    let attacher = match (args.tls, &probes.http) {
+        (Toggle::On, Some(http)) => {
+            let tls_cfg =
+                tls::Config { scan: Duration::from_millis(args.tls_scan_ms), proc_root: "/proc".into() };
+            Some(
+                tls::Attacher::start(Arc::clone(http), tls_cfg, Arc::clone(&shared))
+                    .map_err(Error::with_capability_hint)?,
+            )
+        }
+        (Toggle::On, None) => {
+            warn!("HTTPS needs the HTTP probe, which --http-hook off disables; TLS is off.");
+            None
+        }
+        (Toggle::Off, _) => None,
+    };
     let listener = socket::bind(&args.socket, args.socket_gid)?;
-    Ok(Prepared { cfg, probes, events, listener })
+    Ok(Prepared { cfg, probes, events, listener, tls: (attacher, shared) })
 }
 
 async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
-    let Prepared { cfg, mut probes, events, listener } = prepared;
-    let counters = Arc::new(Counters::default());
+    let Prepared { cfg, mut probes, events, listener, tls: (attacher, tls_shared) } = prepared;
+    let counters = Arc::new(Counters { tls: tls_shared, ..Counters::default() });
     let cursor = ringbuf::resume(&probes, &counters);
     let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
@@ -213,6 +231,9 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
         warn!("gRPC server did not stop within 5 s.");
     }
     socket::remove(&args.socket);
+    if let Some(a) = attacher {
+        a.stop();
+    }
     drop(probes);
     info!(
         pin_dir = %args.pin_dir.display(),

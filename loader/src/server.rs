@@ -166,6 +166,7 @@ impl TelemetryService for Service {
             ring_buffer_bytes: i.ring_buffer_bytes,
             counters: Some(self.counters.to_proto()),
             heartbeat_interval_ms: i.heartbeat.as_millis().try_into().unwrap_or(u32::MAX),
+            uninstrumented_tls: self.counters.tls.uninstrumented(),
         }))
     }
 }

@@ -49,6 +49,23 @@ pub fn await_ready(mut child: Child, program: &str) -> Server {
     Server(child)
 }
 
+/// A throwaway self-signed certificate and key (openssl CLI, P-256), made
+/// for one test run in a scratch directory: (cert path, key path).
+pub fn self_signed_cert() -> (String, String) {
+    let dir = scratch_dir("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", "/CN=nettel-test", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `openssl` ({e}): install openssl (scripts/setup does)"));
+    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    (cert.display().to_string(), key.display().to_string())
+}
+
 /// Runs curl in `ns` (body discarded); panics when it fails.
 pub fn curl(ns: &str, args: &[&str]) {
     let out =
@@ -72,14 +89,27 @@ pub fn listening(ns: &str, port: u16) -> bool {
 /// nginx (master + one worker) on `addr:8080` in `ns`, with its /sleep
 /// upstream: Node on a Unix socket, which the TCP-only probe does not see.
 pub fn start_nginx(ns: &str, addr: &str) -> (Proc, Server) {
+    start_nginx_conf(ns, addr, "nginx.conf", &[])
+}
+
+/// nginx serving HTTPS (`nginx_tls.conf`, Debian's nginx on the system's
+/// OpenSSL) with `cert`/`key`, otherwise as [`start_nginx`].
+pub fn start_nginx_tls(ns: &str, addr: &str, cert: &str, key: &str) -> (Proc, Server) {
+    start_nginx_conf(ns, addr, "nginx_tls.conf", &[("@CERT@", cert), ("@KEY@", key)])
+}
+
+fn start_nginx_conf(ns: &str, addr: &str, conf: &str, vars: &[(&str, &str)]) -> (Proc, Server) {
     let dir = scratch_dir("nginx");
     let sock = dir.join("upstream.sock").display().to_string();
     let upstream = start(ns, "node", &[fixture("http_server.js"), sock.clone()]);
-    let conf = std::fs::read_to_string(fixture("nginx.conf"))
+    let mut conf = std::fs::read_to_string(fixture(conf))
         .unwrap()
         .replace("@LISTEN@", &format!("{addr}:8080"))
         .replace("@UPSTREAM@", &sock)
         .replace("@DIR@", &dir.display().to_string());
+    for (k, v) in vars {
+        conf = conf.replace(k, v);
+    }
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let prefix = dir.display().to_string();

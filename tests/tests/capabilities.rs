@@ -112,7 +112,11 @@ fn loader_streams_with_exactly_the_daemonset_capabilities_and_drops_them_after_a
     let pods = PodPair::new(40);
     let mut prefix = setpriv(&caps, NOBODY);
     prefix.extend(confined(&repo().join("security/seccomp/loader.json")));
-    let loader = Loader::start_wrapped(&prefix, &unique_pin_dir("ok"), NOBODY, &[NOBODY], &[]);
+    // The base DaemonSet runs without the TLS attacher (deploy/overlays/https
+    // adds it with its capabilities; tests/tests/https.rs covers that set).
+    let yaml = std::fs::read_to_string(repo().join("deploy/base/daemonset.yaml")).unwrap();
+    assert!(yaml.contains("- --tls=off"), "the base DaemonSet passes --tls=off");
+    let loader = Loader::start_wrapped(&prefix, &unique_pin_dir("ok"), NOBODY, &[NOBODY], &["--tls", "off"]);
 
     // Streams: real HTTP requests in a netns pod reach an unprivileged aggregator.
     let pf = pods_file(&scratch_dir("pods"), &[(&pods.b_v4, "web-0", "shop", "web")]);

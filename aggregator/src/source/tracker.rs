@@ -76,6 +76,8 @@ impl Tracker {
                     ("closed_with_pending", p.http_closed_pending, last.http_closed_pending),
                     ("pipeline_full", p.http_pipeline_full, last.http_pipeline_full),
                     ("connection_table_full", p.http_connections_full, last.http_connections_full),
+                    ("tls_no_connection", p.tls_no_connection, last.tls_no_connection),
+                    ("tls_call_lost", p.tls_call_lost, last.tls_call_lost),
                 ],
             );
             self.probe = v1::ProbeCounters {
@@ -83,7 +85,13 @@ impl Tracker {
                 http_closed_pending: p.http_closed_pending.max(last.http_closed_pending),
                 http_pipeline_full: p.http_pipeline_full.max(last.http_pipeline_full),
                 http_connections_full: p.http_connections_full.max(last.http_connections_full),
+                tls_no_connection: p.tls_no_connection.max(last.tls_no_connection),
+                tls_call_lost: p.tls_call_lost.max(last.tls_call_lost),
+                tls: None,
             };
+            if let Some(t) = p.tls {
+                set_tls_gauges(m, &t);
+            }
         }
         if let Some(s) = &msg.socket_counters {
             let last = self.socket;
@@ -169,6 +177,22 @@ impl Tracker {
                 "A loader running total went backwards within one epoch; ignoring the decrease."
             );
         }
+    }
+}
+
+/// The loader's HTTPS instrumentation gauges (current values, not totals).
+fn set_tls_gauges(m: &Metrics, t: &v1::TlsStatus) {
+    m.tls_instrumented_files.set(i64::from(t.files_instrumented));
+    m.tls_instrumented_processes.set(i64::from(t.processes_instrumented));
+    for (reason, n) in [
+        ("go", t.uninstrumented_go),
+        ("rustls", t.uninstrumented_rustls),
+        ("stripped", t.uninstrumented_stripped),
+        ("other_library", t.uninstrumented_other_library),
+        ("unreadable", t.uninstrumented_unreadable),
+        ("attach_failed", t.uninstrumented_attach_failed),
+    ] {
+        m.tls_uninstrumented.get_or_create(&ReasonLabels { reason: reason.into() }).set(i64::from(n));
     }
 }
 

@@ -99,6 +99,8 @@ pub struct Aggregator {
     received_tcp: Counter,
     received_synthetic: Counter,
     received_http: Counter,
+    /// HTTP events seen through the OpenSSL uprobes (`kind="https_request"`).
+    received_https: Counter,
     unresolved_tcp: Counter,
     unresolved_http: Counter,
     /// HTTP series handles by (cgroup id, local address, method, status).
@@ -121,6 +123,8 @@ impl Aggregator {
             metrics.events_received.get_or_create(&KindLabels { kind: "synthetic".into() }).clone();
         let received_http =
             metrics.events_received.get_or_create(&KindLabels { kind: "http_request".into() }).clone();
+        let received_https =
+            metrics.events_received.get_or_create(&KindLabels { kind: "https_request".into() }).clone();
         let unresolved = |kind: &str| {
             metrics.unresolved_addresses.get_or_create(&KindLabels { kind: kind.into() }).clone()
         };
@@ -142,6 +146,7 @@ impl Aggregator {
             unresolved_tcp,
             unresolved_http,
             received_http,
+            received_https,
             http_cache: HashMap::new(),
             cgroups: None,
             cache_generation: pods.generation(),
@@ -187,7 +192,11 @@ impl Aggregator {
                 self.tcp_retransmit(t);
             }
             Some(v1::event::Kind::HttpRequest(h)) => {
-                self.received_http.inc();
+                if h.tls {
+                    self.received_https.inc();
+                } else {
+                    self.received_http.inc();
+                }
                 self.http_request(h);
             }
             // Benchmark events are counted and otherwise ignored.

@@ -40,6 +40,7 @@ enum nt_http_method {
 
 /* nt_http_event.flags */
 #define NT_HTTP_F_TRACE 1 /* trace_id holds a W3C traceparent trace id */
+#define NT_HTTP_F_TLS 2   /* seen through the OpenSSL uprobes (HTTPS) */
 
 /* Values for nt_tcp_retransmit_event.rtx_kind. Never renumber. */
 enum nt_retransmit_kind {
@@ -56,6 +57,8 @@ enum nt_stat {
 	NT_STAT_HTTP_CLOSED = 3,     /* connection closed with requests pending */
 	NT_STAT_HTTP_PIPELINE_FULL = 4, /* request dropped: too many pipelined */
 	NT_STAT_HTTP_CONN_FULL = 5,  /* request dropped: connection map full */
+	NT_STAT_TLS_NO_SOCK = 6,     /* SSL plaintext whose TCP connection is unknown */
+	NT_STAT_TLS_CALL_LOST = 7,   /* SSL call return without its entry state */
 	NT_STAT_MAX = 8,             /* array size; spare slots for growth */
 };
 

@@ -175,9 +175,11 @@ struct user_msghdr {
 
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
+	unsigned long cx;
 	unsigned long dx;
 	unsigned long si;
 	unsigned long di;
+	unsigned long ax;
 	unsigned long orig_ax;
 };
 #elif defined(__TARGET_ARCH_arm64)

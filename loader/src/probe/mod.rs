@@ -67,6 +67,9 @@ pub struct Attached {
 /// The running probes' shared maps. The programs themselves are held by
 /// their pinned links, not by this process.
 pub struct Probes {
+    /// The http object (unless `--http-hook off`); shared with the TLS
+    /// attacher thread, which attaches its uprobes at run time (`crate::tls`).
+    pub http: Option<crate::tls::SharedEbpf>,
     pub stats: PerCpuArray<MapData, u64>,
     pub cursor: Array<MapData, abi::nt_cursor>,
     pub attached: Vec<Attached>,
@@ -121,10 +124,13 @@ pub fn load(
         .map(|tp| tp.ensure(&mut tcp, &links))
         .collect::<Result<Vec<_>, _>>()?;
     let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
-    if http_hook != HttpHook::Off {
+    let http = if http_hook == HttpHook::Off {
+        None
+    } else {
         let mut obj = load_object(pin_dir, ring_bytes, "http", nettel_bpf::HTTP_OBJ)?;
         attached.extend(http::ensure(&mut obj, http_hook, &links)?);
-    }
+        Some(std::sync::Arc::new(std::sync::Mutex::new(obj)))
+    };
     if let Some(tgid) = bench_tgid {
         let mut obj = load_object(pin_dir, ring_bytes, "bench", nettel_bpf::BENCH_OBJ)?;
         let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::BENCH_CFG_MAP)?)
@@ -144,7 +150,7 @@ pub fn load(
     let cursor = Array::try_from(cursor).map_err(|source| Error::Map { map: names::CURSOR_MAP, source })?;
     let pinned =
         [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
-    Ok((Probes { stats, cursor, attached, pinned }, events))
+    Ok((Probes { stats, cursor, http, attached, pinned }, events))
 }
 
 fn load_object(pin_dir: &Path, ring_bytes: u32, object: &'static str, bytes: &[u8]) -> Result<Ebpf, Error> {

@@ -39,6 +39,7 @@ pub fn to_proto(rec: &Record) -> v1::Event {
                     duration_ns: ev.duration_ns,
                     cgroup_id: ev.cgroup_id,
                     trace_id: if traced { ev.trace_id.to_vec() } else { Vec::new() },
+                    tls: ev.flags & abi::NT_HTTP_F_TLS != 0,
                 })),
             }
         }

@@ -227,6 +227,8 @@ pub fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, cou
         (abi::NT_STAT_HTTP_CLOSED, &counters.http_closed_pending),
         (abi::NT_STAT_HTTP_PIPELINE_FULL, &counters.http_pipeline_full),
         (abi::NT_STAT_HTTP_CONN_FULL, &counters.http_connections_full),
+        (abi::NT_STAT_TLS_NO_SOCK, &counters.tls_no_connection),
+        (abi::NT_STAT_TLS_CALL_LOST, &counters.tls_call_lost),
     ];
     for (idx, counter) in slots {
         match stats.get(&idx, 0) {

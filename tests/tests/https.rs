@@ -1,0 +1,289 @@
+// SPDX-License-Identifier: Apache-2.0
+//! HTTPS RED metrics end to end, through the OpenSSL uprobes: nginx (Debian's,
+//! on the system's OpenSSL 3 `libssl.so.3`), Python's `ssl` module (the same
+//! library, through `SSL_read_ex`/`SSL_write_ex`) and Node's `https` (OpenSSL
+//! linked statically into the `node` executable, symbols exported, driven
+//! through a memory BIO), each in its own netns pod, started after the loader,
+//! driven by curl over HTTPS with a known mix of methods and statuses,
+//! keep-alive on and off. Counts must equal what curl sent, attributed to the
+//! serving pod, with the right latency buckets: each request counted once
+//! (the ciphertext the socket hooks see adds nothing).
+//!
+//! A Go server (crypto/tls) cannot be instrumented: it must be reported as
+//! such (status RPC and `nettel_tls_uninstrumented_processes{reason="go"}`),
+//! and its requests must not appear as HTTP metrics.
+//!
+//! Network namespaces: ids 50-54.
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use nettel_integration::{
+    metrics::sum,
+    netns::PodPair,
+    process::{scratch_dir, Stack},
+    require_kernel,
+    servers::{curl, fixture, self_signed_cert, start, start_nginx_tls},
+    wait_for,
+};
+
+const HIST: &str = "http_request_duration_seconds";
+/// Scan often, so a server started after the loader is picked up quickly.
+const LOADER_ARGS: &[&str] = &["--tls-scan-ms", "300"];
+
+fn count_of(text: &str, pod: &str, method: &str, status: &str) -> u64 {
+    sum(text, &format!("{HIST}_count"), &[("pod", pod), ("method", method), ("status", status)])
+}
+
+/// Sends the mix over HTTPS; returns the expected (method, status) -> count.
+fn drive(ns: &str, addr: &str) -> BTreeMap<(&'static str, &'static str), u64> {
+    let base = format!("https://{addr}:8080");
+    let u = |path: &str| format!("{base}{path}");
+    // Keep-alive: several URLs in one curl invocation share a connection.
+    curl(ns, &["-k", &u("/ok"), &u("/ok"), &u("/ok"), &u("/ok"), &u("/ok")]);
+    curl(ns, &["-k", &u("/missing"), &u("/missing"), &u("/missing")]);
+    curl(ns, &["-k", "-X", "PUT", "-d", "y", &u("/ok"), &u("/ok")]);
+    // Keep-alive off: one connection per request.
+    for _ in 0..2 {
+        curl(ns, &["-k", "-H", "Connection: close", "-X", "POST", "-d", "payload", &u("/fail")]);
+    }
+    curl(ns, &["-k", "-H", "Connection: close", "-X", "DELETE", &u("/missing")]);
+    curl(ns, &["-k", "-X", "PURGE", &u("/ok")]);
+    // Slow endpoint (120 ms), on a fresh connection each.
+    curl(ns, &["-k", &u("/sleep")]);
+    curl(ns, &["-k", &u("/sleep")]);
+    BTreeMap::from([
+        (("GET", "200"), 5),
+        (("GET", "404"), 3),
+        (("PUT", "200"), 2),
+        (("POST", "500"), 2),
+        (("DELETE", "404"), 1),
+        (("OTHER", "200"), 1),
+        (("GET", "202"), 2),
+    ])
+}
+
+fn series(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(&format!("{HIST}_count"))
+                || l.starts_with("nettel_http")
+                || l.starts_with("nettel_tls")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until `pod` has `total` requests, then checks every count and the buckets.
+fn assert_counts(stack: &Stack, pod: &str, expected: &BTreeMap<(&str, &str), u64>) {
+    let total: u64 = expected.values().sum();
+    let agg = &stack.agg;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", pod)]) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pod}: want {total} requests, have:\n{}\nloader log:\n{}",
+            series(&agg.scrape()),
+            stack.loader.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let text = agg.scrape();
+    for ((method, status), n) in expected {
+        assert_eq!(
+            count_of(&text, pod, method, status),
+            *n,
+            "{pod}: {method} {status} in\n{}",
+            series(&text)
+        );
+    }
+    assert_eq!(sum(&text, &format!("{HIST}_count"), &[("pod", pod)]), total, "{pod}: counted once");
+    assert_eq!(
+        sum(&text, &format!("{HIST}_count"), &[("pod", pod), ("namespace", "web"), ("service", pod)]),
+        total
+    );
+    // 120 ms sleeps: none under 0.1 s, both under 0.25 s; every 200 is fast.
+    let bucket = |status: &str, le: &str| {
+        sum(&text, &format!("{HIST}_bucket"), &[("pod", pod), ("status", status), ("le", le)])
+    };
+    assert_eq!((bucket("202", "0.1"), bucket("202", "0.25")), (0, 2), "{pod}: /sleep buckets");
+    let ok = expected[&("GET", "200")] + expected[&("PUT", "200")] + expected[&("OTHER", "200")];
+    assert_eq!(bucket("200", "0.1"), ok, "{pod}: fast requests");
+}
+
+#[test]
+fn https_requests_are_counted_exactly_for_nginx_python_and_node_started_after_the_loader() {
+    if !require_kernel(
+        "https_requests_are_counted_exactly_for_nginx_python_and_node_started_after_the_loader",
+    ) {
+        return;
+    }
+    let (cert, key) = self_signed_cert();
+    let pairs = [PodPair::new(50), PodPair::new(51), PodPair::new(52)];
+    let runtimes = ["nginx-tls", "python-tls", "node-tls"];
+    let entries: Vec<(&str, &str, &str, &str)> =
+        pairs.iter().zip(runtimes).map(|(p, name)| (p.b_v4.as_str(), name, "web", name)).collect();
+    let stack = Stack::start_with(&entries, LOADER_ARGS);
+    let received = |kind: &str| sum(&stack.agg.scrape(), "nettel_events_received_total", &[("kind", kind)]);
+
+    let mut grand_total = 0;
+    for (pods, name) in pairs.iter().zip(runtimes) {
+        let addr = pods.b_v4.clone();
+        // Every server starts after the loader: it is found by the attacher's scan.
+        let tls_args = [addr.clone(), "8080".into(), cert.clone(), key.clone()];
+        let server: Box<dyn std::any::Any> = match name {
+            "nginx-tls" => Box::new(start_nginx_tls(&pods.b, &addr, &cert, &key)),
+            "python-tls" => {
+                Box::new(start(&pods.b, "python3", &[&[fixture("http_server.py")], &tls_args[..]].concat()))
+            }
+            _ => Box::new(start(&pods.b, "node", &[&[fixture("http_server.js")], &tls_args[..]].concat())),
+        };
+        // Wait until the attacher has seen the new server's TLS code (at most
+        // one scan): the uprobes live on the file, so a library already
+        // instrumented for another process covers it at once.
+        std::thread::sleep(Duration::from_millis(800));
+        let expected = drive(&pods.a, &addr);
+        grand_total += expected.values().sum::<u64>();
+        assert_counts(&stack, name, &expected);
+        drop(server);
+    }
+    // Node-wide counters: other tests on this machine may serve plain HTTP
+    // meanwhile, so only the TLS ones are exact here (the per-pod totals
+    // above already show that no request was counted twice).
+    let text = stack.agg.scrape();
+    assert!(received("https_request") >= grand_total, "TLS events:\n{}", series(&text));
+    for reason in ["tls_no_connection", "tls_call_lost"] {
+        assert_eq!(
+            sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]),
+            0,
+            "{reason}:\n{}",
+            series(&text)
+        );
+    }
+    assert!(sum(&text, "nettel_tls_instrumented_files", &[]) >= 1, "{}", series(&text));
+}
+
+/// Builds the Go server (Debian's golang-go, installed by scripts/setup).
+fn build_go_server() -> String {
+    let dir = scratch_dir("go");
+    let out = dir.join("http_server");
+    let status = Command::new("go")
+        .args(["build", "-o", &out.display().to_string(), &fixture("http_server.go")])
+        .env("GOCACHE", std::env::temp_dir().join("nettel-gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .current_dir(&dir)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run `go` ({e}): install golang-go (scripts/setup does)"));
+    assert!(status.success(), "go build of the Go test server failed");
+    out.display().to_string()
+}
+
+#[test]
+fn go_and_rustls_tls_are_reported_as_uninstrumented_not_silently_missed() {
+    if !require_kernel("go_and_rustls_tls_are_reported_as_uninstrumented_not_silently_missed") {
+        return;
+    }
+    let go_server = build_go_server();
+    let (cert, key) = self_signed_cert();
+    let pods = PodPair::new(53);
+    let stack = Stack::start_with(&[(&pods.b_v4, "go-tls", "web", "go-tls")], LOADER_ARGS);
+    let listen = format!("{}:8080", pods.b_v4);
+    let server = start(&pods.b, &go_server, &[listen, cert, key]);
+    let pid = server.0.id();
+    let base = format!("https://{}:8080", pods.b_v4);
+    curl(&pods.a, &["-k", &format!("{base}/ok"), &format!("{base}/missing")]);
+
+    // The loader names the Go server, with its reason.
+    let listed =
+        wait_for(Duration::from_secs(10), "the Go server in the loader's uninstrumented list", || {
+            let st = stack.loader.status();
+            st.uninstrumented_tls.into_iter().find(|u| u.pid == pid)
+        });
+    assert_eq!(listed.reason, "go", "{listed:?}");
+    assert!(listed.exe.ends_with("/http_server"), "{listed:?}");
+    // The aggregator itself links rustls (the Kubernetes client): reported too.
+    let agg_pid = stack.agg.proc.child.id();
+    let st = stack.loader.status();
+    let agg = st.uninstrumented_tls.iter().find(|u| u.pid == agg_pid);
+    assert_eq!(agg.map(|u| u.reason.as_str()), Some("rustls"), "{:?}", st.uninstrumented_tls);
+
+    // ... and /metrics says so.
+    wait_for(Duration::from_secs(10), "nettel_tls_uninstrumented_processes{reason=go}", || {
+        let text = stack.agg.scrape();
+        (sum(&text, "nettel_tls_uninstrumented_processes", &[("reason", "go")]) >= 1
+            && sum(&text, "nettel_tls_uninstrumented_processes", &[("reason", "rustls")]) >= 1)
+            .then_some(())
+    });
+    // Its requests are not counted as anything (neither HTTPS nor ciphertext noise).
+    let text = stack.agg.scrape();
+    assert_eq!(sum(&text, &format!("{HIST}_count"), &[("pod", "go-tls")]), 0, "{}", series(&text));
+    drop(server);
+}
+
+/// `(comm, CapEff)` of every thread of `pid`.
+fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let t = t.unwrap().path();
+            let status = std::fs::read_to_string(t.join("status")).unwrap();
+            let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_owned();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap().trim().to_owned();
+            (comm, u64::from_str_radix(&eff, 16).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn with_the_https_overlay_capabilities_only_the_attacher_thread_keeps_sys_admin_and_sys_ptrace() {
+    if !require_kernel(
+        "with_the_https_overlay_capabilities_only_the_attacher_thread_keeps_sys_admin_and_sys_ptrace",
+    ) {
+        return;
+    }
+    // The loader's capabilities in deploy/overlays/https: the base's plus these two.
+    let overlay = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/https/kustomization.yaml"),
+    )
+    .unwrap();
+    for cap in ["value: SYS_ADMIN", "value: SYS_PTRACE", "value: --tls=on"] {
+        assert!(overlay.contains(cap), "overlay has {cap}");
+    }
+    let set = "-all,+bpf,+perfmon,+sys_admin,+sys_ptrace";
+    let prefix: Vec<String> = vec![
+        "setpriv".into(),
+        format!("--inh-caps={set}"),
+        format!("--ambient-caps={set}"),
+        format!("--bounding-set={set}"),
+        // The socket's group is the loader's own primary group, as in the DaemonSet.
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+    ];
+    let (cert, key) = self_signed_cert();
+    let pods = PodPair::new(54);
+    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/nettel-https-caps-{}", std::process::id()));
+    let loader =
+        nettel_integration::process::Loader::start_wrapped(&prefix, &pin, 65534, &[65534], LOADER_ARGS);
+    let pf = nettel_integration::process::pods_file(
+        &scratch_dir("pods"),
+        &[(&pods.b_v4, "py-caps", "web", "py-caps")],
+    );
+    let mut agg = nettel_integration::process::Aggregator::start(&loader.socket, Some(&pf), 65534, 65534);
+    agg.wait_connected();
+    let args = [fixture("http_server.py"), pods.b_v4.clone(), "8080".into(), cert, key];
+    let _server = start(&pods.b, "python3", &args);
+    std::thread::sleep(Duration::from_millis(800));
+    let u = format!("https://{}:8080/ok", pods.b_v4);
+    curl(&pods.a, &["-k", &u, &u, &u]);
+    wait_for(Duration::from_secs(10), "3 HTTPS requests attributed to py-caps", || {
+        (sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", "py-caps")]) == 3).then_some(())
+    });
+    let threads = thread_caps(loader.proc.child.id());
+    let admin_ptrace = (1u64 << 21) | (1 << 19);
+    for (comm, eff) in &threads {
+        let want = if comm == "nt-tls-attach" { admin_ptrace } else { 0 };
+        assert_eq!(*eff, want, "{comm}: {threads:?}");
+    }
+    assert_eq!(threads.iter().filter(|(c, _)| c == "nt-tls-attach").count(), 1, "{threads:?}");
+}
