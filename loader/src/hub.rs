@@ -132,6 +132,12 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        if slots.is_empty() && n > 0 {
+            // Read while a subscriber was there, which left before the batch
+            // was full: a queue drop of its, reported to the next subscriber.
+            self.orphaned.fetch_add(n, Relaxed);
+            self.counters.subscriber_queue_drops.fetch_add(n, Relaxed);
+        }
         if !slots.is_empty() {
             // Every subscriber has now heard of these failures.
             self.counters
@@ -256,5 +262,18 @@ mod tests {
         // 20 orphaned + 10 dropped and never reported: the sequence is explained.
         assert_eq!((d.dropped_before, d.dropped_total), (30, 30));
         assert_eq!(d.batch.first_sequence, 1 + d.dropped_before);
+    }
+
+    #[tokio::test]
+    async fn a_batch_published_to_nobody_is_reported_to_the_next_subscriber() {
+        let counters = Arc::new(Counters::default());
+        let hub = Hub::new(2, Arc::clone(&counters));
+        hub.publish(batch(1, 0)); // a heartbeat loses nothing
+        hub.publish(batch(1, 7)); // read while a subscriber was there, which then left
+        assert_eq!(counters.subscriber_queue_drops.load(Relaxed), 7);
+        let mut next = hub.subscribe();
+        hub.publish(batch(8, 1));
+        let d = next.rx.recv().await.unwrap();
+        assert_eq!((d.dropped_before, d.batch.first_sequence), (7, 8));
     }
 }

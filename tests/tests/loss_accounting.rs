@@ -23,7 +23,7 @@ const NOBODY: u32 = 65534;
 
 /// (received synthetic events, kernel lost, loader queue dropped) once their
 /// sum covers `sent`.
-fn terms(agg: &Aggregator, sent: u64) -> (u64, u64, u64) {
+fn terms(agg: &Aggregator, loader: &Loader, sent: u64) -> (u64, u64, u64) {
     let mut last = (0, 0, 0);
     for _ in 0..200 {
         let t = agg.scrape();
@@ -37,7 +37,11 @@ fn terms(agg: &Aggregator, sent: u64) -> (u64, u64, u64) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("after 20 s, received + lost {last:?} do not cover the {sent} sent\n{}", agg.proc.log());
+    panic!(
+        "after 20 s, received + lost {last:?} do not cover the {sent} sent; loader counters {:?}\n{}",
+        loader.status().counters,
+        agg.proc.log()
+    );
 }
 
 fn signal(proc: &Proc, signal: rustix::process::Signal) {
@@ -64,7 +68,7 @@ fn every_event_is_received_or_counted_lost_with_a_tiny_ring_buffer() {
 
     // Unpaced for half a second: far more than a 4 KiB ring can hold.
     let sent = gen.run(0, 0.5);
-    let (received, kernel_lost, queue_dropped) = terms(&agg, sent);
+    let (received, kernel_lost, queue_dropped) = terms(&agg, &loader, sent);
     assert!(kernel_lost > 0, "a 4 KiB ring should overflow under {sent} events");
     assert_eq!(
         received + kernel_lost + queue_dropped,
@@ -98,7 +102,7 @@ fn a_stopped_aggregator_costs_only_counted_queue_drops() {
     signal(&agg.proc, rustix::process::Signal::STOP);
     let sent = gen.run(0, 0.5);
     signal(&agg.proc, rustix::process::Signal::CONT);
-    let (received, kernel_lost, queue_dropped) = terms(&agg, sent);
+    let (received, kernel_lost, queue_dropped) = terms(&agg, &loader, sent);
     assert!(queue_dropped > 0, "a stopped subscriber must overflow its 1024-event queue");
     assert_eq!(
         received + kernel_lost + queue_dropped,
@@ -122,7 +126,7 @@ fn events_wait_in_the_ring_while_no_aggregator_is_connected() {
     let sent = gen.run(5000, 1.0);
     let mut agg = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
     agg.wait_connected();
-    assert_eq!(terms(&agg, sent), (sent, 0, 0), "everything produced before the aggregator came");
+    assert_eq!(terms(&agg, &loader, sent), (sent, 0, 0), "everything produced before the aggregator came");
 
     // Aggregator restart with far more than the ring holds meanwhile: the
     // excess is counted as kernel loss and reported to the next aggregator.
@@ -135,7 +139,7 @@ fn events_wait_in_the_ring_while_no_aggregator_is_connected() {
     let sent = gen.run(0, 0.5);
     let mut agg = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
     agg.wait_connected();
-    let (received, kernel_lost, queue_dropped) = terms(&agg, sent);
+    let (received, kernel_lost, queue_dropped) = terms(&agg, &loader, sent);
     assert!(kernel_lost > 0, "{sent} events overflow a 1 MiB ring");
     assert!(received > 10_000, "the ring's worth was kept: {received}");
     assert_eq!(

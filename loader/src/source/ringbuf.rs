@@ -183,7 +183,14 @@ fn drain_ready(
     cfg: DrainConfig,
 ) {
     let mut read = 0u64;
-    while let Some(item) = rb.next() {
+    // Read only while someone listens: the subscriber may leave mid-drain
+    // (or before a readiness wakeup armed while it was there), and records
+    // left in the ring wait for the next one. Checked once per batch.
+    loop {
+        if state.batch.is_empty() && hub.is_empty() {
+            break;
+        }
+        let Some(item) = rb.next() else { break };
         read += 1;
         let _ = ingest(&item, &mut state.batch, counters);
         drop(item);
