@@ -17,8 +17,14 @@
 //! BPF time per HTTP request and per dd syscall (stats are off during the
 //! timed rounds: they add their own cost).
 //!
+//! With `--tls`, nginx serves HTTPS (Debian's OpenSSL 3) and the modes are:
+//! agent off, agent on without TLS (`--tls off`: the socket hooks see only
+//! ciphertext) and agent on with the OpenSSL uprobes (`--tls on`); only wrk
+//! requests/s, nginx CPU per request and the BPF time are measured (hey
+//! cannot skip certificate checks, and dd is covered by the plain run).
+//!
 //! ```text
-//! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate 2000]
+//! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate 2000] [--tls]
 //! ```
 //! Run after `cargo build --release --bins` (the loader and aggregator are
 //! taken from the same directory).
@@ -28,7 +34,7 @@ use std::process::Command;
 use nettel_integration::{
     netns::{exec, PodPair},
     process::Stack,
-    servers::start_nginx,
+    servers::{self_signed_cert, start_nginx, start_nginx_tls},
 };
 
 const DD_BLOCKS: u64 = 2_000_000;
@@ -56,23 +62,52 @@ fn main() {
     let rounds: usize = flag("--rounds", "3").parse().expect("--rounds");
     let seconds: u64 = flag("--seconds", "10").parse().expect("--seconds");
     let rate: u64 = flag("--rate", "2000").parse().expect("--rate");
+    let tls = args.iter().any(|a| a == "--tls");
     assert!(rustix::process::geteuid().is_root(), "run as root (network namespaces, BPF)");
 
     let pods = PodPair::new(12);
-    let (nginx, _upstream) = start_nginx(&pods.b, &pods.b_v4);
+    let cert = tls.then(self_signed_cert);
+    let (nginx, _upstream) = match &cert {
+        Some((cert, key)) => start_nginx_tls(&pods.b, &pods.b_v4, cert, key),
+        None => start_nginx(&pods.b, &pods.b_v4),
+    };
     let nginx_pids = nginx_pids(nginx.child.id());
-    let url = format!("http://{}:8080/ok", pods.b_v4);
+    let url = format!("{}://{}:8080/ok", if tls { "https" } else { "http" }, pods.b_v4);
     let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
     wrk(&pods.a, &url, 2); // warm-up
 
-    const MODES: [Option<&str>; 3] = [None, Some("socket"), Some("syscall")];
+    // (label, loader flags); `None` is the agent off.
+    let modes: [(&str, Option<&[&str]>); 3] = if tls {
+        [
+            ("off", None),
+            ("on, TLS off", Some(&["--http-hook", "socket", "--tls", "off"])),
+            ("on, TLS uprobes", Some(&["--http-hook", "socket", "--tls", "on"])),
+        ]
+    } else {
+        [
+            ("off", None),
+            ("socket", Some(&["--http-hook", "socket", "--tls", "off"])),
+            ("syscall", Some(&["--http-hook", "syscall", "--tls", "off"])),
+        ]
+    };
+    let start = |flags: &[&str]| {
+        let stack = Stack::start_with(&entries, flags);
+        if flags.contains(&"on") {
+            // The attacher instruments nginx's libssl on its next /proc scan.
+            nettel_integration::wait_for(std::time::Duration::from_secs(20), "libssl instrumented", || {
+                let tls = stack.loader.status().counters?.probe?.tls?;
+                (tls.files_instrumented > 0).then_some(())
+            });
+        }
+        stack
+    };
     let mut samples: [Vec<Sample>; 3] = Default::default();
     for round in 0..rounds {
-        for k in 0..MODES.len() {
-            let m = (round + k) % MODES.len();
-            let stack = MODES[m].map(|hook| Stack::start_with(&entries, &["--http-hook", hook]));
-            let s = measure(&pods.a, &url, seconds, rate, &nginx_pids);
-            eprintln!("round {round} agent {}: {s:?}", MODES[m].unwrap_or("off"));
+        for k in 0..modes.len() {
+            let m = (round + k) % modes.len();
+            let stack = modes[m].1.map(start);
+            let s = measure(&pods.a, &url, seconds, rate, &nginx_pids, !tls);
+            eprintln!("round {round} agent {}: {s:?}", modes[m].0);
             samples[m].push(s);
             drop(stack);
         }
@@ -81,29 +116,36 @@ fn main() {
     // BPF time, with stats enabled for these passes only.
     let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let mut bpf_lines = Vec::new();
-    for hook in ["socket", "syscall"] {
-        let stack = Stack::start_with(&entries, &["--http-hook", hook]);
+    for (label, flags) in modes.iter().filter_map(|(l, f)| f.map(|f| (l, f))) {
+        let stack = start(flags);
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
         let before = http_prog_stats();
         let (requests, _, _, _) = wrk(&pods.a, &url, 5);
         let after = http_prog_stats();
         let per_request = (after.0 - before.0) as f64 / requests;
         let runs_per_request = (after.1 - before.1) as f64 / requests;
-        let before = http_prog_stats();
-        dd_cpu();
-        let after = http_prog_stats();
-        let dd_per_syscall = (after.0 - before.0) as f64 / (4 * DD_BLOCKS) as f64;
+        let (dd_per_syscall, dd_runs) = if tls {
+            (f64::NAN, 0)
+        } else {
+            let before = http_prog_stats();
+            dd_cpu();
+            let after = http_prog_stats();
+            ((after.0 - before.0) as f64 / (4 * DD_BLOCKS) as f64, after.1 - before.1)
+        };
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
         bpf_lines.push(format!(
-            "| {hook} | {per_request:.0} ns | {runs_per_request:.1} | {dd_per_syscall:.0} ns | {} |",
-            after.1 - before.1
+            "| {label} | {per_request:.0} ns | {runs_per_request:.1} | {dd_per_syscall:.0} ns | {dd_runs} |"
         ));
         drop(stack);
     }
 
     let med = |m: usize, f: fn(&Sample) -> f64| median(samples[m].iter().map(f).collect());
-    println!("\nnettel HTTP overhead: {rounds} rotating rounds, wrk {seconds} s, hey at {rate} req/s\n");
-    println!("| figure | agent off | socket hooks | ratio | syscall hooks | ratio |");
+    let what = if tls { "HTTPS" } else { "HTTP" };
+    println!("\nnettel {what} overhead: {rounds} rotating rounds, wrk {seconds} s, hey at {rate} req/s\n");
+    println!(
+        "| figure | agent {} | agent {} | ratio | agent {} | ratio |",
+        modes[0].0, modes[1].0, modes[2].0
+    );
     println!("|---|---|---|---|---|---|");
     let row = |name: &str, f: fn(&Sample) -> f64, unit: &str| {
         let (a, b, c) = (med(0, f), med(1, f), med(2, f));
@@ -117,26 +159,29 @@ fn main() {
     row("p99 latency at fixed rate", |s| s.rate_p99_us, "us");
     row("dd through a pipe: CPU per syscall", |s| s.dd_ns_per_syscall, "ns");
     println!();
-    for (m, hook) in [(1, "socket"), (2, "syscall")] {
+    for (m, hook) in [(1, modes[1].0), (2, modes[2].0)] {
         println!(
-            "{hook} hooks: added latency at fixed rate p50 {:+.1} us, p99 {:+.1} us; added CPU per dd syscall {:+.1} ns",
+            "agent {hook}: added latency at fixed rate p50 {:+.1} us, p99 {:+.1} us; added CPU per dd syscall {:+.1} ns",
             med(m, |s| s.rate_p50_us) - med(0, |s| s.rate_p50_us),
             med(m, |s| s.rate_p99_us) - med(0, |s| s.rate_p99_us),
             med(m, |s| s.dd_ns_per_syscall) - med(0, |s| s.dd_ns_per_syscall)
         );
     }
     println!("\nBPF time (kernel.bpf_stats_enabled, separate pass):\n");
-    println!("| hooks | BPF time per HTTP request | program runs per request | BPF time per dd syscall | program runs during dd |");
+    println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd |");
     println!("|---|---|---|---|---|");
     for l in bpf_lines {
         println!("{l}");
     }
 }
 
-fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32]) -> Sample {
+fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bool) -> Sample {
     let cpu0 = cpu_seconds(nginx);
     let (requests, rps, wrk_p50_us, wrk_p99_us) = wrk(ns, url, seconds);
     let cpu_us_per_req = (cpu_seconds(nginx) - cpu0) * 1e6 / requests;
+    if !full {
+        return Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, ..Sample::default() };
+    }
     let (rate_p50_us, rate_p99_us) = hey(ns, url, rate);
     let dd_ns_per_syscall = dd_cpu() * 1e9 / (4 * DD_BLOCKS) as f64;
     Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, rate_p50_us, rate_p99_us, dd_ns_per_syscall }
@@ -234,7 +279,7 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
-/// (run_time_ns, run_cnt) summed over nettel's HTTP programs.
+/// (run_time_ns, run_cnt) summed over nettel's HTTP and TLS programs.
 fn http_prog_stats() -> (u64, u64) {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
@@ -242,7 +287,7 @@ fn http_prog_stats() -> (u64, u64) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("nt_http")))
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("nt_http") || n.starts_with("nt_tls")))
         .fold((0, 0), |(t, c), p| {
             (t + p["run_time_ns"].as_u64().unwrap_or(0), c + p["run_cnt"].as_u64().unwrap_or(0))
         })
