@@ -135,8 +135,7 @@ impl Hub {
         if slots.is_empty() && n > 0 {
             // Read while a subscriber was there, which left before the batch
             // was full: a queue drop of its, reported to the next subscriber.
-            self.orphaned.fetch_add(n, Relaxed);
-            self.counters.subscriber_queue_drops.fetch_add(n, Relaxed);
+            self.orphan(n, 0);
         }
         if !slots.is_empty() {
             // Every subscriber has now heard of these failures.
@@ -144,6 +143,14 @@ impl Hub {
                 .kernel_reserve_failures_reported
                 .fetch_max(batch.kernel_reserve_failures_total, Relaxed);
         }
+    }
+
+    /// Records `events` read for a subscriber that left before it got them
+    /// (counted now as queue drops) and `unreported` drops already counted
+    /// but never reported to it: both are reported to the next subscriber.
+    pub fn orphan(&self, events: u64, unreported: u64) {
+        self.counters.subscriber_queue_drops.fetch_add(events, Relaxed);
+        self.orphaned.fetch_add(events + unreported, Relaxed);
     }
 
     /// Closes every subscriber queue: their streams end once drained. Used at
@@ -186,8 +193,7 @@ impl Subscription {
             orphaned += d.batch.events.len() as u64;
             unreported += d.dropped_before;
         }
-        self.hub.counters.subscriber_queue_drops.fetch_add(orphaned, Relaxed);
-        self.hub.orphaned.fetch_add(orphaned + unreported, Relaxed);
+        self.hub.orphan(orphaned, unreported);
         orphaned
     }
 }

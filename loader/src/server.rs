@@ -8,7 +8,7 @@ use nettel_proto::v1::{
     telemetry_service_server::{TelemetryService, TelemetryServiceServer},
 };
 use tokio::sync::mpsc;
-use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -147,7 +147,7 @@ impl TelemetryService for Service {
             let orphaned = sub.close();
             info!(subscriber = %name, id = sub.id, orphaned, "Subscriber detached.");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(Outbox { rx, hub: Arc::clone(&self.hub) })))
     }
 
     async fn get_loader_status(
@@ -168,6 +168,40 @@ impl TelemetryService for Service {
             heartbeat_interval_ms: i.heartbeat.as_millis().try_into().unwrap_or(u32::MAX),
             uninstrumented_tls: self.counters.tls.uninstrumented(),
         }))
+    }
+}
+
+/// The response stream of one subscriber: the last two messages between its
+/// hub queue and the transport. When the stream is dropped (the connection
+/// broke), the events still in it are counted as queue drops and reported to
+/// the next subscriber, like the ones left in the hub queue. Only what the
+/// transport already took (one message being written, the socket buffers) is
+/// lost with the connection.
+struct Outbox {
+    rx: mpsc::Receiver<Result<v1::StreamEventsResponse, Status>>,
+    hub: Arc<Hub>,
+}
+
+impl Stream for Outbox {
+    type Item = Result<v1::StreamEventsResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.rx.close();
+        let (mut events, mut unreported) = (0, 0);
+        while let Ok(Ok(msg)) = self.rx.try_recv() {
+            events += msg.events.len() as u64;
+            unreported += msg.loss.map_or(0, |l| l.subscriber_queue_drops);
+        }
+        self.hub.orphan(events, unreported);
     }
 }
 
