@@ -13,7 +13,7 @@
 //! such (status RPC and `nettel_tls_uninstrumented_processes{reason="go"}`),
 //! and its requests must not appear as HTTP metrics.
 //!
-//! Network namespaces: ids 50-54.
+//! Network namespaces: ids 50-55.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
@@ -286,4 +286,71 @@ fn with_the_https_overlay_capabilities_only_the_attacher_thread_keeps_sys_admin_
         assert_eq!(*eff, want, "{comm}: {threads:?}");
     }
     assert_eq!(threads.iter().filter(|(c, _)| c == "nt-tls-attach").count(), 1, "{threads:?}");
+}
+
+/// Files instrumented right now, from the status RPC.
+fn files_instrumented(loader: &nettel_integration::process::Loader) -> u64 {
+    let tls = loader.status().counters.and_then(|c| c.probe).and_then(|p| p.tls);
+    u64::from(tls.expect("TLS status").files_instrumented)
+}
+
+#[test]
+fn a_library_nobody_maps_any_more_is_detached() {
+    if !require_kernel("a_library_nobody_maps_any_more_is_detached") {
+        return;
+    }
+    // A private copy of the system libssl (its own inode), which only this
+    // server maps: LD_LIBRARY_PATH makes Python's _ssl load it.
+    let dir = scratch_dir("libssl");
+    let lib =
+        Command::new("python3").args(["-c", "import _ssl; print(_ssl.__file__)"]).output().expect("python3");
+    assert!(lib.status.success());
+    let ldd = Command::new("ldd").arg(String::from_utf8_lossy(&lib.stdout).trim()).output().expect("ldd");
+    let system_libssl = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(2).filter(|p| p.contains("libssl.so")).map(str::to_owned))
+        .expect("_ssl links libssl");
+    std::fs::copy(&system_libssl, dir.join("libssl.so.3")).unwrap();
+
+    let (cert, key) = self_signed_cert();
+    let pods = PodPair::new(55);
+    let stack = Stack::start_with(&[(&pods.b_v4, "py-private", "web", "py-private")], LOADER_ARGS);
+    std::thread::sleep(Duration::from_secs(1)); // the first scans settle
+    let before = files_instrumented(&stack.loader);
+    // The kernel's view: uprobe links of this loader's TLS programs.
+    let threads_map =
+        nettel_integration::bpftool::pinned_map_id(&stack.loader.pin_dir.join("nt_tls_threads"));
+    let uprobe_links = || -> usize {
+        ["nt_tls_ent", "nt_tls_entx", "nt_tls_rd_ret", "nt_tls_wr_ret"]
+            .iter()
+            .map(|p| nettel_integration::bpftool::links_feeding(p, threads_map))
+            .sum()
+    };
+    let links_before = uprobe_links();
+
+    let child = nettel_integration::netns::exec(&pods.b, "python3")
+        .args([fixture("http_server.py"), pods.b_v4.clone(), "8080".into(), cert, key])
+        .env("LD_LIBRARY_PATH", &dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = nettel_integration::servers::await_ready(child, "python3");
+    wait_for(Duration::from_secs(10), "the private libssl instrumented", || {
+        (files_instrumented(&stack.loader) == before + 1).then_some(())
+    });
+    assert!(uprobe_links() > links_before, "uprobes attached to the private libssl");
+    let u = format!("https://{}:8080/ok", pods.b_v4);
+    curl(&pods.a, &["-k", &u, &u]);
+    wait_for(Duration::from_secs(10), "2 HTTPS requests through the private libssl", || {
+        (sum(&stack.agg.scrape(), &format!("{HIST}_count"), &[("pod", "py-private")]) == 2).then_some(())
+    });
+
+    // The only process mapping it exits: after ten scans (300 ms each) unmapped, it is detached.
+    drop(server);
+    wait_for(Duration::from_secs(20), "the private libssl detached", || {
+        (files_instrumented(&stack.loader) == before).then_some(())
+    });
+    assert_eq!(uprobe_links(), links_before, "the kernel no longer has its uprobe links");
+    let log = stack.loader.proc.log();
+    assert!(log.contains("TLS uprobes detached: no process maps the file any more."), "{log}");
 }
