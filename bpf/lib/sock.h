@@ -34,6 +34,31 @@ static __always_inline __u16 nt_read_addrs(const struct sock_common *skc, __u8 *
 }
 
 /**
+ * nt_load_addrs() - nt_read_addrs() for a trusted BTF pointer
+ *
+ * Same outputs, but @skc must be a pointer the verifier trusts (a tp_btf
+ * argument): its fields are plain loads the JIT emits inline, where
+ * nt_read_addrs() makes six bpf_probe_read_kernel() calls.
+ */
+static __always_inline __u16 nt_load_addrs(const struct sock_common *skc, __u8 *family, __u8 *saddr,
+					   __u8 *daddr, __u16 *sport, __u16 *dport)
+{
+	__u16 fam = skc->skc_family;
+
+	*family = (__u8)fam;
+	*sport = skc->skc_num;
+	*dport = bpf_ntohs(skc->skc_dport);
+	if (fam == NT_AF_INET6) {
+		__builtin_memcpy(saddr, &skc->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(daddr, &skc->skc_v6_daddr, 16);
+	} else {
+		__builtin_memcpy(saddr, &skc->skc_rcv_saddr, 4);
+		__builtin_memcpy(daddr, &skc->skc_daddr, 4);
+	}
+	return fam;
+}
+
+/**
  * nt_read_sock_common() - copy family, addresses, ports, state and netns
  * cookie of a socket into a retransmit event
  * @skc: the socket's struct sock_common (full socket or request socket)

@@ -222,49 +222,107 @@ __noinline int nt_request_line(__u32 n, int partial_ok)
 	return 1 + nt_method_code(b, tl);
 }
 
-/* Returns the offset just past the first blank line (`\r\n\r\n`) in the first
- * @n peeked bytes, else 0. */
-__noinline int nt_header_end(__u32 n)
+/* Header lines looked at per message: a 512-byte peek of real traffic holds
+ * far fewer; past this, the scan gives up as if the headers ran on. */
+#define NT_HTTP_MAX_LINES 96
+
+/*
+ * Returns the offset of the first `\n` in peeked bytes [@from, @n), else -1.
+ * Eight bytes at a time: a word without a newline costs a handful of
+ * instructions instead of eight compares (headers are scanned on every
+ * request and response, so this loop is most of the probe's work).
+ */
+__noinline int nt_next_lf(__u32 from, __u32 n)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
 	const __u8 *b;
-	__u32 j;
+	__u32 j = from, i;
 
 	if (!pk || n > NT_HTTP_PEEK)
-		return 0;
+		return -1;
 	b = pk->buf;
-	for (j = 0; j < NT_HTTP_PEEK - 4; j++) {
-		if (j + 4 > n)
-			return 0;
-		if (b[j] == '\r' && b[j + 1] == '\n' && b[j + 2] == '\r' && b[j + 3] == '\n')
-			return j + 4;
+	for (i = 0; i < NT_HTTP_PEEK / 8; i++) {
+		__u64 x;
+
+		if (j + 8 > n || j > NT_HTTP_PEEK - 8)
+			break;
+		__builtin_memcpy(&x, b + j, 8);
+		x ^= 0x0a0a0a0a0a0a0a0aULL;
+		/* Exact test for a zero byte (a newline before the xor). */
+		if ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)
+			break;
+		j += 8;
 	}
-	return 0;
+	/* The word holding the newline, or the tail shorter than a word. */
+	for (i = 0; i < 8; i++) {
+		if (j >= n || j >= NT_HTTP_PEEK)
+			return -1;
+		if (b[j] == '\n')
+			return j;
+		j++;
+	}
+	return -1;
 }
 
-/* Returns the offset of a traceparent header's value in the first @n peeked
- * bytes (`\ntraceparent:`, name case-insensitive, optional space), else 0. */
-__noinline int nt_find_traceparent(__u32 n)
+/* What the line after the newline at peeked offset @lf of @n is. */
+enum { NT_LINE_STOP, NT_LINE_BLANK, NT_LINE_TRACEPARENT, NT_LINE_OTHER };
+
+/*
+ * Classifies the header line following the newline at @lf: the blank line
+ * ending the headers, a traceparent header (`traceparent:`, case-insensitive,
+ * with its 36-byte value within the peek), another line, or NT_LINE_STOP when
+ * @lf is not a newline with two more peeked bytes after it. Its own global
+ * function, so the verifier walks the compare chain once, not once per line.
+ */
+__noinline int nt_request_line_kind(int lf, __u32 n)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
 	const __u8 *b;
-	__u32 j;
+
+	if (!pk || lf < 0 || lf > NT_HTTP_PEEK - 3 || lf + 2 >= n || n > NT_HTTP_PEEK)
+		return NT_LINE_STOP;
+	if (pk->buf[lf + 1] == '\r' && pk->buf[lf + 2] == '\n')
+		return NT_LINE_BLANK;
+	if (lf > NT_HTTP_PEEK - 52 || lf + 50 > n)
+		return NT_LINE_OTHER;
+	/* A fresh pointer from the narrowed offset (the verifier bounds this one). */
+	asm volatile("" : "+r"(lf));
+	if (lf < 0 || lf > NT_HTTP_PEEK - 52)
+		return NT_LINE_OTHER;
+	b = pk->buf + lf;
+	if ((b[1] | 0x20) == 't' && (b[2] | 0x20) == 'r' && (b[3] | 0x20) == 'a' && (b[4] | 0x20) == 'c' &&
+	    (b[5] | 0x20) == 'e' && (b[6] | 0x20) == 'p' && (b[7] | 0x20) == 'a' && (b[8] | 0x20) == 'r' &&
+	    (b[9] | 0x20) == 'e' && (b[10] | 0x20) == 'n' && (b[11] | 0x20) == 't' && b[12] == ':')
+		return NT_LINE_TRACEPARENT;
+	return NT_LINE_OTHER;
+}
+
+/*
+ * Scans the header lines of the request starting the first @n peeked bytes.
+ * Returns the offset just past the blank line ending them (0 when it is not
+ * within the peek) | the offset of a traceparent header's value << 16 (0
+ * when there is none; optional space skipped).
+ */
+__noinline int nt_request_headers(__u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	__u32 from = 0, i, tp = 0;
 
 	if (!pk || n > NT_HTTP_PEEK)
 		return 0;
-	b = pk->buf;
-	for (j = 14; j < NT_HTTP_PEEK - 52; j++) {
-		if (j + 50 > n)
-			return 0;
-		if (b[j] != '\n' || (b[j + 1] | 0x20) != 't' || (b[j + 2] | 0x20) != 'r' ||
-		    (b[j + 3] | 0x20) != 'a' || (b[j + 4] | 0x20) != 'c' || (b[j + 5] | 0x20) != 'e' ||
-		    (b[j + 6] | 0x20) != 'p' || (b[j + 7] | 0x20) != 'a' || (b[j + 8] | 0x20) != 'r' ||
-		    (b[j + 9] | 0x20) != 'e' || (b[j + 10] | 0x20) != 'n' || (b[j + 11] | 0x20) != 't' ||
-		    b[j + 12] != ':')
-			continue;
-		return j + (b[j + 13] == ' ' ? 14 : 13);
+	for (i = 0; i < NT_HTTP_MAX_LINES; i++) {
+		int lf = nt_next_lf(from, n);
+		int kind = nt_request_line_kind(lf, n);
+
+		if (kind == NT_LINE_STOP || lf < 0 || lf > NT_HTTP_PEEK - 16)
+			break;
+		if (kind == NT_LINE_BLANK)
+			return (int)((lf + 3) | tp << 16);
+		if (kind == NT_LINE_TRACEPARENT && !tp)
+			tp = lf + (pk->buf[lf + 13] == ' ' ? 14 : 13);
+		from = lf + 1;
 	}
-	return 0;
+	return (int)(tp << 16);
 }
 
 /* Returns the status code of a status line (`HTTP/1.x NNN`) starting the
@@ -286,46 +344,84 @@ __noinline int nt_status_line(__u32 n)
 }
 
 /*
+ * Classifies the header line following the newline at @lf of a response:
+ * returns -1 (NT_LINE_STOP: no newline, or too close to the end of the
+ * peek), -2 for the blank line ending the headers, the value of a
+ * Content-Length header (0..65535; 0 when absent, malformed or larger), or
+ * -3 for another line. A global function for the same reason as
+ * nt_request_line_kind().
+ */
+__noinline int nt_response_line_kind(int lf, __u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	const __u8 *b;
+	__u32 k, body = 0;
+
+	if (!pk || lf < 0 || lf > NT_HTTP_PEEK - 24 || lf + 2 >= n || n > NT_HTTP_PEEK)
+		return -1;
+	b = pk->buf + lf;
+	if (b[1] == '\r' && b[2] == '\n')
+		return -2;
+	if ((b[1] | 0x20) != 'c' || (b[2] | 0x20) != 'o' || (b[3] | 0x20) != 'n' || (b[4] | 0x20) != 't' ||
+	    (b[5] | 0x20) != 'e' || (b[6] | 0x20) != 'n' || (b[7] | 0x20) != 't' || b[8] != '-' ||
+	    (b[9] | 0x20) != 'l' || (b[10] | 0x20) != 'e' || (b[11] | 0x20) != 'n' || (b[12] | 0x20) != 'g' ||
+	    (b[13] | 0x20) != 't' || (b[14] | 0x20) != 'h' || b[15] != ':')
+		return -3;
+	if (b[16] == ' ') {
+#pragma unroll
+		for (k = 17; k < 23; k++) {
+			if (b[k] < '0' || b[k] > '9')
+				break;
+			body = body * 10 + (b[k] - '0');
+		}
+	}
+	return body > 0xffff ? 0 : (int)body;
+}
+
+/*
  * Returns where the response starting the first @n peeked bytes ends, as
  * header length | body length << 16 (Content-Length, capped below 65536),
  * or 0 when its headers do not end within the peeked bytes.
  */
 __noinline int nt_response_extent(__u32 n)
 {
-	struct nt_http_peek_buf *pk = nt_peek();
-	const __u8 *b;
-	__u32 j, body = 0;
+	__u32 from = 12, i, body = 0;
 
-	if (!pk || n > NT_HTTP_PEEK)
-		return 0;
-	b = pk->buf;
-	for (j = 12; j < NT_HTTP_PEEK - 24; j++) {
-		if (j + 4 > n)
+	for (i = 0; i < NT_HTTP_MAX_LINES; i++) {
+		int lf = nt_next_lf(from, n);
+		int kind = nt_response_line_kind(lf, n);
+
+		if (kind == -1 || lf < 0 || lf > NT_HTTP_PEEK)
 			return 0;
-		if (b[j] == '\r' && b[j + 1] == '\n' && b[j + 2] == '\r' && b[j + 3] == '\n')
-			return (int)((j + 4) | body << 16);
-		if (b[j] != '\n' || (b[j + 1] | 0x20) != 'c' || (b[j + 2] | 0x20) != 'o' ||
-		    (b[j + 3] | 0x20) != 'n' || (b[j + 4] | 0x20) != 't' || (b[j + 5] | 0x20) != 'e' ||
-		    (b[j + 6] | 0x20) != 'n' || (b[j + 7] | 0x20) != 't' || b[j + 8] != '-' ||
-		    (b[j + 9] | 0x20) != 'l' || (b[j + 10] | 0x20) != 'e' || (b[j + 11] | 0x20) != 'n' ||
-		    (b[j + 12] | 0x20) != 'g' || (b[j + 13] | 0x20) != 't' || (b[j + 14] | 0x20) != 'h' ||
-		    b[j + 15] != ':')
-			continue;
-		body = 0;
-		if (b[j + 16] == ' ') {
-			__u32 k;
-
-#pragma unroll
-			for (k = 17; k < 23; k++) {
-				if (b[j + k] < '0' || b[j + k] > '9')
-					break;
-				body = body * 10 + (b[j + k] - '0');
-			}
-		}
-		if (body > 0xffff)
-			body = 0;
+		if (kind == -2)
+			return (int)((lf + 3) | body << 16);
+		if (kind >= 0)
+			body = kind & 0xffff;
+		from = lf + 1;
 	}
 	return 0;
+}
+
+/*
+ * Whether the bytes at @ubuf can start a request line: a method token (up to
+ * 7 uppercase letters seen) followed by a space, or 7 uppercase letters of a
+ * longer token. After a carried first letter (@carry) the read starts with
+ * the method's second byte, which may already be the space.
+ */
+static __always_inline int nt_maybe_request(void *ubuf, __u64 len, __u8 carry)
+{
+	__u8 b[8] = {};
+	int i;
+
+	if (len < (carry ? 7 : 8) || bpf_probe_read_user(b, 7, ubuf))
+		return 0;
+#pragma unroll
+	for (i = 0; i < 7; i++) {
+		if (b[i] >= 'A' && b[i] <= 'Z')
+			continue;
+		return b[i] == ' ' && (i > 0 || carry);
+	}
+	return 1;
 }
 
 /* Copies the bytes at @ubuf + @off (of @len) into the peek buffer; returns
@@ -380,14 +476,12 @@ static __always_inline struct nt_http_conn *nt_conn(__u64 key)
  */
 static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 {
-	struct nt_http_peek_buf *pk = nt_peek();
+	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
-	__u64 now = bpf_ktime_get_ns(), off = 0, key = (__u64)sk;
+	__u64 now = 0, off = 0, key = (__u64)sk;
 	__u8 carry = 0;
 	int i;
 
-	if (!pk)
-		return 0;
 	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
 	if (conn && conn->carry) {
 		carry = conn->carry;
@@ -399,15 +493,24 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 
 		if (!bpf_probe_read_user(&c, 1, ubuf) && c >= 'A' && c <= 'Z') {
 			conn->carry = c;
-			conn->carry_ns = now;
+			conn->carry_ns = bpf_ktime_get_ns();
 		}
 		return 0;
 	}
+	/* Cheap test before the peek: most reads (responses a client reads,
+	 * other protocols) fail it on their first bytes. */
+	if (!nt_maybe_request(ubuf, len, carry))
+		return 0;
+	if (!carry)
+		now = bpf_ktime_get_ns();
+	pk = nt_peek();
+	if (!pk)
+		return 0;
 	/* One more than the queue holds, so that an overflow is counted. */
 	for (i = 0; i <= NT_HTTP_PIPELINE; i++) {
 		struct nt_http_pending req = {};
 		__u32 n;
-		int m, end, tp;
+		int m, end, tp, hdr;
 
 		if (i == 0 && carry) {
 			/* The carried first byte, then this read. */
@@ -430,10 +533,11 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 			conn = nt_conn(key);
 		if (!conn)
 			return 0;
-		end = nt_header_end(n);
+		hdr = nt_request_headers(n);
+		end = hdr & 0xffff;
+		tp = (__u32)hdr >> 16;
 		req.method = (__u8)(m - 1);
 		req.start_ns = now;
-		tp = nt_find_traceparent(end > 0 ? (__u32)end : n);
 		if (tp > 0 && tp < NT_HTTP_PEEK - 40) {
 			__u8 val[36];
 
@@ -456,7 +560,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 }
 
 static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pending *req, __u16 status,
-				    __u32 flags)
+				    __u32 flags, int btf)
 {
 	struct nt_http_event *ev = nt_reserve(sizeof(*ev));
 
@@ -464,7 +568,10 @@ static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pendin
 		return;
 	__builtin_memset(ev, 0, sizeof(*ev));
 	nt_hdr_init(&ev->hdr, NT_EVENT_HTTP, sizeof(*ev));
-	nt_read_addrs(&sk->__sk_common, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
+	if (btf)
+		nt_load_addrs(&sk->__sk_common, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
+	else
+		nt_read_addrs(&sk->__sk_common, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
 	ev->method = req->method;
 	ev->status = status;
 	ev->duration_ns = bpf_ktime_get_ns() - req->start_ns;
@@ -483,9 +590,10 @@ static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pendin
  * request of the connection. The next response is looked for right after
  * the previous one's Content-Length body, then right after its headers
  * (HEAD, 204 and 304 responses carry none). @flags (NT_HTTP_F_*) go into
- * the events.
+ * the events. @btf: @sk is a trusted BTF pointer (a tp_btf argument), whose
+ * fields are loaded directly instead of through probe reads.
  */
-static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len, __u32 flags)
+static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len, __u32 flags, int btf)
 {
 	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
@@ -513,7 +621,6 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 		status = nt_status_line(n);
 		if (status <= 0)
 			break;
-		extent = nt_response_extent(n);
 		/* 1xx are interim: the final response still follows. */
 		if (status >= 200) {
 			if (!conn || conn->head == conn->tail) {
@@ -522,8 +629,9 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 			}
 			req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
 			conn->head++;
-			nt_emit(sk, &req, (__u16)status, flags);
+			nt_emit(sk, &req, (__u16)status, flags, btf);
 		}
+		extent = nt_response_extent(n);
 		if (extent <= 0)
 			break;
 		head = extent & 0xffff;
@@ -575,7 +683,7 @@ static __always_inline int nt_syscall_io(__u64 nr, int *dir, int *kind)
 	return 0;
 }
 
-static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1, __u64 len)
+static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1, __u64 len, int btf)
 {
 	void *ubuf = nt_user_buf(arg1, kind, &len);
 
@@ -583,7 +691,7 @@ static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1,
 		return 0;
 	if (dir == NT_DIR_IN)
 		return nt_on_request(sk, ubuf, len);
-	return nt_on_response(sk, ubuf, len, 0);
+	return nt_on_response(sk, ubuf, len, 0, btf);
 }
 
 /* Drops the state of connection @key, counting requests left unanswered. */
@@ -628,7 +736,7 @@ static __always_inline int nt_sock_io(struct sock *sk, int ret, int want)
 #endif
 	if (!nt_syscall_io(nr, &dir, &kind) || dir != want)
 		return 0;
-	return nt_io(sk, dir, kind, arg1, (__u64)ret);
+	return nt_io(sk, dir, kind, arg1, (__u64)ret, 1);
 }
 
 SEC("tp_btf/sock_recv_length")
@@ -686,7 +794,7 @@ int BPF_PROG(nt_http_exit, struct pt_regs *regs, long ret)
 	sk = nt_fd_tcp_sock(fd);
 	if (!sk)
 		return 0;
-	return nt_io(sk, dir, kind, arg1, (__u64)ret);
+	return nt_io(sk, dir, kind, arg1, (__u64)ret, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")

@@ -29,7 +29,7 @@
 //! Run after `cargo build --release --bins` (the loader and aggregator are
 //! taken from the same directory).
 
-use std::process::Command;
+use std::{collections::BTreeMap, process::Command};
 
 use nettel_integration::{
     netns::{exec, PodPair},
@@ -116,21 +116,34 @@ fn main() {
     // BPF time, with stats enabled for these passes only.
     let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let mut bpf_lines = Vec::new();
+    let mut per_program = Vec::new();
     for (label, flags) in modes.iter().filter_map(|(l, f)| f.map(|f| (l, f))) {
         let stack = start(flags);
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
         let before = http_prog_stats();
         let (requests, _, _, _) = wrk(&pods.a, &url, 5);
         let after = http_prog_stats();
-        let per_request = (after.0 - before.0) as f64 / requests;
-        let runs_per_request = (after.1 - before.1) as f64 / requests;
+        let (time, runs) = total(&after, &before);
+        let per_request = time as f64 / requests;
+        let runs_per_request = runs as f64 / requests;
+        for (name, (t, c)) in &after {
+            let (t0, c0) = before.get(name).copied().unwrap_or_default();
+            if c > &c0 {
+                per_program.push(format!(
+                    "| {label} | {name} | {:.2} | {:.0} ns | {:.0} ns |",
+                    (c - c0) as f64 / requests,
+                    (t - t0) as f64 / (c - c0) as f64,
+                    (t - t0) as f64 / requests
+                ));
+            }
+        }
         let (dd_per_syscall, dd_runs) = if tls {
             (f64::NAN, 0)
         } else {
             let before = http_prog_stats();
             dd_cpu();
-            let after = http_prog_stats();
-            ((after.0 - before.0) as f64 / (4 * DD_BLOCKS) as f64, after.1 - before.1)
+            let (time, runs) = total(&http_prog_stats(), &before);
+            (time as f64 / (4 * DD_BLOCKS) as f64, runs)
         };
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
         bpf_lines.push(format!(
@@ -171,6 +184,12 @@ fn main() {
     println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd |");
     println!("|---|---|---|---|---|");
     for l in bpf_lines {
+        println!("{l}");
+    }
+    println!("\nPer program, same pass:\n");
+    println!("| agent | program | runs per request | BPF time per run | BPF time per request |");
+    println!("|---|---|---|---|---|");
+    for l in per_program {
         println!("{l}");
     }
 }
@@ -279,18 +298,33 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
-/// (run_time_ns, run_cnt) summed over nettel's HTTP and TLS programs.
-fn http_prog_stats() -> (u64, u64) {
+/// (run_time_ns, run_cnt) of each of nettel's HTTP and TLS programs, by name.
+fn http_prog_stats() -> BTreeMap<String, (u64, u64)> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     progs
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("nt_http") || n.starts_with("nt_tls")))
-        .fold((0, 0), |(t, c), p| {
-            (t + p["run_time_ns"].as_u64().unwrap_or(0), c + p["run_cnt"].as_u64().unwrap_or(0))
+        .filter_map(|p| {
+            let name = p["name"].as_str().filter(|n| n.starts_with("nt_http") || n.starts_with("nt_tls"))?;
+            Some((
+                name.to_owned(),
+                (p["run_time_ns"].as_u64().unwrap_or(0), p["run_cnt"].as_u64().unwrap_or(0)),
+            ))
         })
+        .fold(BTreeMap::new(), |mut m, (name, (t, c))| {
+            let e: &mut (u64, u64) = m.entry(name).or_default();
+            *e = (e.0 + t, e.1 + c);
+            m
+        })
+}
+
+/// (run time, runs) added between two [`http_prog_stats`] readings, over all programs.
+fn total(after: &BTreeMap<String, (u64, u64)>, before: &BTreeMap<String, (u64, u64)>) -> (u64, u64) {
+    let sum = |m: &BTreeMap<String, (u64, u64)>| m.values().fold((0, 0), |(t, c), (a, b)| (t + a, c + b));
+    let (a, b) = (sum(after), sum(before));
+    (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
