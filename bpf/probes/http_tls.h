@@ -88,18 +88,42 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* shared with adopted socket hooks */
 } nt_tls_ssls SEC(".maps");
 
+/* HTTP probe settings (NT_HTTP_CFG_* flags), written by the loader at every
+ * start, so programs adopted from a previous loader follow the new one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_http_cfg SEC(".maps");
+
+/* Whether the OpenSSL uprobes may run. Without them nt_tls_threads stays
+ * empty, and the socket hooks skip its lookup (an array lookup with a
+ * constant key is inlined by the verifier: a load, not a hash). */
+static __always_inline int nt_tls_on(void)
+{
+	__u32 zero = 0, *flags = bpf_map_lookup_elem(&nt_http_cfg, &zero);
+
+	return flags && (*flags & NT_HTTP_CFG_TLS);
+}
+
 /*
  * Called by the socket hooks for every successful TCP read/write. Returns 1
  * when the bytes are ciphertext of an SSL call in progress on this thread
  * (the caller then skips them), 0 otherwise. Inlined: a global function
  * cannot take the hook's trusted sock pointer. Costs one hash lookup for
- * threads that never called SSL_read/SSL_write.
+ * threads that never called SSL_read/SSL_write, none when TLS is off.
  */
 static __always_inline int nt_tls_sock_io(__u64 sk, int in)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct nt_tls_thread *t = bpf_map_lookup_elem(&nt_tls_threads, &id);
+	__u64 id;
+	struct nt_tls_thread *t;
 
+	if (!nt_tls_on())
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	t = bpf_map_lookup_elem(&nt_tls_threads, &id);
 	if (!t)
 		return 0;
 	if (t->ssl) {
@@ -114,8 +138,11 @@ static __always_inline int nt_tls_sock_io(__u64 sk, int in)
 /* Drops the SSL mapping of sock @sk (at TCP CLOSE). */
 static __always_inline void nt_tls_forget(__u64 sk)
 {
-	struct nt_tls_key *k = bpf_map_lookup_elem(&nt_tls_ssls, &sk);
+	struct nt_tls_key *k;
 
+	if (!nt_tls_on())
+		return;
+	k = bpf_map_lookup_elem(&nt_tls_ssls, &sk);
 	if (!k)
 		return;
 	bpf_map_delete_elem(&nt_tls_socks, k);
@@ -200,7 +227,7 @@ static __always_inline int nt_tls_exit(struct pt_regs *ctx, int in)
 	}
 	if (in)
 		return nt_on_request((struct sock *)sk, (void *)buf, len);
-	return nt_on_response((struct sock *)sk, (void *)buf, len, NT_HTTP_F_TLS);
+	return nt_on_response((struct sock *)sk, (void *)buf, len, NT_HTTP_F_TLS, 0);
 }
 
 /* int SSL_read(SSL *ssl, void *buf, int num) and

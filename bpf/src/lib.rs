@@ -61,6 +61,8 @@ pub mod names {
     pub const CURSOR_MAP: &str = "nt_cursor";
     /// Array holding the benchmark's target tgid (`probes/bench.bpf.c`).
     pub const BENCH_CFG_MAP: &str = "nt_bench_cfg";
+    /// Array holding the HTTP probe's `NT_HTTP_CFG_*` flags (`probes/http_tls.h`).
+    pub const HTTP_CFG_MAP: &str = "nt_http_cfg";
 }
 
 #[cfg(test)]

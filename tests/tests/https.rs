@@ -13,14 +13,14 @@
 //! such (status RPC and `nettel_tls_uninstrumented_processes{reason="go"}`),
 //! and its requests must not appear as HTTP metrics.
 //!
-//! Network namespaces: ids 50-55.
+//! Network namespaces: ids 50-56.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use nettel_integration::{
     metrics::sum,
     netns::PodPair,
-    process::{scratch_dir, Stack},
+    process::{pods_file, scratch_dir, Aggregator, Loader, Stack},
     require_kernel,
     servers::{curl, fixture, self_signed_cert, start, start_nginx_tls},
     wait_for,
@@ -353,4 +353,42 @@ fn a_library_nobody_maps_any_more_is_detached() {
     assert_eq!(uprobe_links(), links_before, "the kernel no longer has its uprobe links");
     let log = stack.loader.proc.log();
     assert!(log.contains("TLS uprobes detached: no process maps the file any more."), "{log}");
+}
+
+/// A loader restarted with `--tls on` over the programs a `--tls off` loader
+/// left pinned adopts them (same programs, same links), and they must follow
+/// the new setting (`nt_http_cfg`, written at every start): HTTPS requests
+/// are then counted exactly, once each. Without that, the adopted socket
+/// hooks would skip the TLS bookkeeping and every request would be counted
+/// as `tls_no_connection` instead.
+#[test]
+fn adopted_probes_follow_a_restart_that_turns_tls_on() {
+    if !require_kernel("adopted_probes_follow_a_restart_that_turns_tls_on") {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let (cert, key) = self_signed_cert();
+    let pods = PodPair::new(56);
+    let first = Loader::start(NOBODY, &[NOBODY], &["--tls", "off"]);
+    let (pin_dir, socket) = first.exit(rustix::process::Signal::TERM);
+    let loader =
+        Loader::restart(&pin_dir, &socket, NOBODY, &[NOBODY], &[&["--tls", "on"][..], LOADER_ARGS].concat());
+    let origins: Vec<String> = loader.status().probes.into_iter().map(|p| p.origin).collect();
+    assert!(origins.iter().all(|o| o == "adopted"), "{origins:?}");
+    let pods_path = pods_file(&scratch_dir("pods"), &[(&pods.b_v4, "nginx-tls", "web", "nginx-tls")]);
+    let mut agg = Aggregator::start(&loader.socket, Some(&pods_path), NOBODY, NOBODY);
+    agg.wait_connected();
+    let stack = Stack { agg, loader, pods_file: pods_path };
+
+    let _nginx = start_nginx_tls(&pods.b, &pods.b_v4, &cert, &key);
+    std::thread::sleep(Duration::from_millis(800));
+    let expected = drive(&pods.a, &pods.b_v4);
+    assert_counts(&stack, "nginx-tls", &expected);
+    let text = stack.agg.scrape();
+    assert_eq!(
+        sum(&text, "nettel_http_unmatched_total", &[("reason", "tls_no_connection")]),
+        0,
+        "{}",
+        series(&text)
+    );
 }

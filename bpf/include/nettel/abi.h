@@ -42,6 +42,9 @@ enum nt_http_method {
 #define NT_HTTP_F_TRACE 1 /* trace_id holds a W3C traceparent trace id */
 #define NT_HTTP_F_TLS 2   /* seen through the OpenSSL uprobes (HTTPS) */
 
+/* nt_http_cfg[0], written by the loader at every start (probes/http_tls.h). */
+#define NT_HTTP_CFG_TLS 1 /* the OpenSSL uprobes may run: socket hooks track SSL threads */
+
 /* Values for nt_tcp_retransmit_event.rtx_kind. Never renumber. */
 enum nt_retransmit_kind {
 	NT_RTX_UNSPEC = 0,

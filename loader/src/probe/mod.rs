@@ -93,12 +93,15 @@ const OBJECTS: [(&str, &[u8]); 3] = [
 /// Returns the probes and the ring buffer (which the drain loop owns).
 ///
 /// With `bench_tgid`, also runs the benchmark probe for that process; it
-/// shares the pinned ring buffer and statistics map.
+/// shares the pinned ring buffer and statistics map. `tls` tells the HTTP
+/// probe whether the OpenSSL uprobes may run (without them its socket hooks
+/// skip the TLS bookkeeping).
 pub fn load(
     pin_dir: &Path,
     ring_bytes: u32,
     bench_tgid: Option<u32>,
     http_hook: HttpHook,
+    tls: bool,
 ) -> Result<(Probes, RingBuf<MapData>), Error> {
     if nettel_bpf::TCP_RETRANSMIT_OBJ.is_empty() {
         return Err(Error::StubObject);
@@ -128,6 +131,11 @@ pub fn load(
         None
     } else {
         let mut obj = load_object(pin_dir, ring_bytes, "http", nettel_bpf::HTTP_OBJ)?;
+        // Before any program runs, adopted ones included (the map is pinned and shared).
+        let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::HTTP_CFG_MAP)?)
+            .map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
+        let flags = if tls { nettel_bpf::abi::NT_HTTP_CFG_TLS } else { 0 };
+        cfg.set(0, flags, 0).map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
         attached.extend(http::ensure(&mut obj, http_hook, &links)?);
         Some(std::sync::Arc::new(std::sync::Mutex::new(obj)))
     };
