@@ -50,6 +50,17 @@ pub struct Delivery {
     pub dropped_total: u64,
 }
 
+impl Delivery {
+    /// The batch's events: moved out when this delivery holds the only
+    /// reference to the batch, copied otherwise (several subscribers).
+    pub fn take_events(&mut self) -> Vec<v1::Event> {
+        match Arc::get_mut(&mut self.batch) {
+            Some(batch) => std::mem::take(&mut batch.events),
+            None => self.batch.events.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     id: u64,
@@ -109,14 +120,21 @@ impl Hub {
         Subscription { rx, id, reserve_failures_baseline, hub: Arc::clone(self) }
     }
 
-    /// Offers `batch` to every subscriber without waiting.
+    /// Offers `batch` to every subscriber without waiting. The last subscriber
+    /// gets the hub's own reference, so with a single subscriber (the usual
+    /// case) its delivery holds the only one and can take the events without
+    /// copying them ([`Delivery::take_events`]).
     pub fn publish(&self, batch: Batch) {
-        let batch = Arc::new(batch);
         let n = batch.events.len() as u64;
+        let reserve_failures_total = batch.kernel_reserve_failures_total;
+        let mut batch = Some(Arc::new(batch));
         let mut slots = self.lock();
-        for slot in slots.iter_mut() {
+        let last = slots.len().saturating_sub(1);
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let shared = if i == last { batch.take() } else { batch.clone() };
+            let Some(shared) = shared else { break };
             let delivery = Delivery {
-                batch: Arc::clone(&batch),
+                batch: shared,
                 dropped_before: slot.pending_drops,
                 dropped_total: slot.dropped_total,
             };
@@ -139,9 +157,7 @@ impl Hub {
         }
         if !slots.is_empty() {
             // Every subscriber has now heard of these failures.
-            self.counters
-                .kernel_reserve_failures_reported
-                .fetch_max(batch.kernel_reserve_failures_total, Relaxed);
+            self.counters.kernel_reserve_failures_reported.fetch_max(reserve_failures_total, Relaxed);
         }
     }
 
@@ -268,6 +284,26 @@ mod tests {
         // 20 orphaned + 10 dropped and never reported: the sequence is explained.
         assert_eq!((d.dropped_before, d.dropped_total), (30, 30));
         assert_eq!(d.batch.first_sequence, 1 + d.dropped_before);
+    }
+
+    #[tokio::test]
+    async fn a_lone_subscriber_takes_the_events_and_several_each_get_all() {
+        let counters = Arc::new(Counters::default());
+        let hub = Hub::new(2, Arc::clone(&counters));
+        let mut only = hub.subscribe();
+        let b = batch(1, 3);
+        let buffer = b.events.as_ptr();
+        hub.publish(b);
+        let mut d = only.rx.recv().await.unwrap();
+        let events = d.take_events();
+        assert_eq!((events.len(), events.as_ptr()), (3, buffer), "moved, not copied");
+
+        let mut second = hub.subscribe();
+        hub.publish(batch(4, 5));
+        let (mut x, mut y) = (only.rx.recv().await.unwrap(), second.rx.recv().await.unwrap());
+        assert_eq!(x.take_events().len(), 5, "copied while the other holds the batch");
+        assert_eq!(y.take_events().len(), 5);
+        assert_eq!(x.batch.first_sequence, 4);
     }
 
     #[tokio::test]

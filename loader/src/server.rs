@@ -101,17 +101,18 @@ impl TelemetryService for Service {
                 // A subscriber that disconnected is unregistered at once, so the
                 // drain stops feeding a queue nobody reads (and, with no
                 // subscriber left, leaves events in the ring).
-                let d = tokio::select! {
+                let mut d = tokio::select! {
                     d = sub.rx.recv() => match d { Some(d) => d, None => break },
                     () = tx.closed() => break,
                 };
                 message_sequence += 1;
+                let events = d.take_events();
                 let b = &d.batch;
                 let msg = v1::StreamEventsResponse {
                     epoch,
                     message_sequence,
                     first_event_sequence: b.first_sequence,
-                    events: b.events.clone(),
+                    events,
                     loss: Some(v1::LossReport {
                         kernel_reserve_failures: b.kernel_reserve_failures_total.saturating_sub(last_kernel),
                         subscriber_queue_drops: d.dropped_before,
