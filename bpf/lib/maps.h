@@ -68,27 +68,36 @@ static __always_inline void *nt_reserve(__u32 size)
 	return rec;
 }
 
-/* Unread bytes at which a submit wakes the consumer: an eighth of the ring,
- * at most 32 KiB. Below it, records wait for the loader's 100 ms tick. */
+/* Unread bytes between consumer wakeups: an eighth of the ring, at most
+ * 32 KiB (a power of two either way, as the ring size is). */
 #define NT_WAKEUP_MAX_BYTES (32 * 1024)
 
 /**
  * nt_submit() - commit a reserved record and count it
- * @rec: record returned by nt_reserve()
+ * @rec: record returned by nt_reserve(), its header filled in
  *
- * Wakeups are batched: the consumer is woken only once the unread data
- * reaches NT_WAKEUP_MAX_BYTES or an eighth of the ring, whichever is less;
- * otherwise the loader's periodic drain (100 ms) collects the records. A
- * wakeup per event costs the traced workload a cross-CPU interrupt and a
- * context switch of the loader.
+ * Wakeups are batched: a submit wakes the consumer only when its record
+ * takes the unread data across a multiple of the wakeup mark
+ * (NT_WAKEUP_MAX_BYTES or an eighth of the ring, whichever is less), so a
+ * busy ring wakes the loader once per mark's worth of records, and a quiet
+ * one not at all: the loader's periodic drain (100 ms) collects those. A
+ * wakeup costs the traced workload an inter-processor interrupt (a VM exit
+ * on virtual machines) and a context switch of the loader. Waking at every
+ * submit above the mark instead would send one per event while the loader
+ * is on its way. A crossing missed because another CPU reserved in between
+ * is made up at the next multiple, or by the periodic drain.
  */
 static __always_inline void nt_submit(void *rec)
 {
+	/* Ring bytes of this record: 8-byte header, length rounded up to 8. */
+	__u64 bytes = ((((struct nt_event_hdr *)rec)->len + 7) & ~7ULL) + 8;
 	__u64 avail = bpf_ringbuf_query(&nt_events, BPF_RB_AVAIL_DATA);
 	__u64 size = bpf_ringbuf_query(&nt_events, BPF_RB_RING_SIZE);
 	__u64 mark = size / 8 < NT_WAKEUP_MAX_BYTES ? size / 8 : NT_WAKEUP_MAX_BYTES;
+	__u64 before = avail > bytes ? avail - bytes : 0;
+	int wake = mark && (avail & ~(mark - 1)) != (before & ~(mark - 1));
 
-	bpf_ringbuf_submit(rec, avail >= mark ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(rec, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	nt_stat_inc(NT_STAT_SUBMITTED);
 }
 

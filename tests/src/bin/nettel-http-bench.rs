@@ -120,10 +120,11 @@ fn main() {
     for (label, flags) in modes.iter().filter_map(|(l, f)| f.map(|f| (l, f))) {
         let stack = start(flags);
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
-        let before = http_prog_stats();
+        let (before, iwi_before) = (http_prog_stats(), irq_work_interrupts());
         let (requests, _, _, _) = wrk(&pods.a, &url, 5);
-        let after = http_prog_stats();
+        let (after, iwi_after) = (http_prog_stats(), irq_work_interrupts());
         let (time, runs) = total(&after, &before);
+        let wakeups = (iwi_after - iwi_before) as f64;
         let per_request = time as f64 / requests;
         let runs_per_request = runs as f64 / requests;
         for (name, (t, c)) in &after {
@@ -147,7 +148,9 @@ fn main() {
         };
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
         bpf_lines.push(format!(
-            "| {label} | {per_request:.0} ns | {runs_per_request:.1} | {dd_per_syscall:.0} ns | {dd_runs} |"
+            "| {label} | {per_request:.0} ns | {runs_per_request:.1} | {dd_per_syscall:.0} ns | {dd_runs} | {:.0} ({:.4}) |",
+            wakeups,
+            wakeups / requests
         ));
         drop(stack);
     }
@@ -181,8 +184,8 @@ fn main() {
         );
     }
     println!("\nBPF time (kernel.bpf_stats_enabled, separate pass):\n");
-    println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd |");
-    println!("|---|---|---|---|---|");
+    println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd | IRQ work interrupts (per request) |");
+    println!("|---|---|---|---|---|---|");
     for l in bpf_lines {
         println!("{l}");
     }
@@ -296,6 +299,16 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
             (f[11] + f[12]) as f64 / 100.0 // utime + stime, USER_HZ = 100
         })
         .sum()
+}
+
+/// IRQ work interrupts on all CPUs so far (`IWI` in /proc/interrupts): how a
+/// ring-buffer wakeup reaches the loader, one self-IPI each.
+fn irq_work_interrupts() -> u64 {
+    let text = std::fs::read_to_string("/proc/interrupts").expect("/proc/interrupts");
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix("IWI:"))
+        .map(|rest| rest.split_whitespace().map_while(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0)
 }
 
 /// (run_time_ns, run_cnt) of each of nettel's HTTP and TLS programs, by name.
