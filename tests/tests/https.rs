@@ -13,7 +13,11 @@
 //! such (status RPC and `nettel_tls_uninstrumented_processes{reason="go"}`),
 //! and its requests must not appear as HTTP metrics.
 //!
-//! Network namespaces: ids 50-56.
+//! OpenSSL 1.1.1 (the shared libraries scripts/setup takes from a pinned
+//! wheel) is tested through a small C server that calls `SSL_read` and
+//! `SSL_write` of the library it is given (`fixtures/openssl_server.c`).
+//!
+//! Network namespaces: ids 50-57.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
@@ -384,6 +388,52 @@ fn adopted_probes_follow_a_restart_that_turns_tls_on() {
     std::thread::sleep(Duration::from_millis(800));
     let expected = drive(&pods.a, &pods.b_v4);
     assert_counts(&stack, "nginx-tls", &expected);
+    let text = stack.agg.scrape();
+    assert_eq!(
+        sum(&text, "nettel_http_unmatched_total", &[("reason", "tls_no_connection")]),
+        0,
+        "{}",
+        series(&text)
+    );
+}
+
+/// Where scripts/setup puts OpenSSL 1.1.1's shared libraries.
+const OPENSSL_11: &str = "/opt/nettel-tools/openssl-1.1";
+
+/// OpenSSL 1.1.1: the same uprobes on its `SSL_read`/`SSL_write`, the same
+/// exact counts and buckets as on OpenSSL 3, for a server started after the
+/// loader.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn https_requests_through_openssl_1_1_are_counted_exactly() {
+    if !require_kernel("https_requests_through_openssl_1_1_are_counted_exactly") {
+        return;
+    }
+    let crypto = format!("{OPENSSL_11}/libcrypto-2ade47cd.so.1.1");
+    let ssl = format!("{OPENSSL_11}/libssl-3a880ada.so.1.1");
+    let bytes = std::fs::read(&crypto)
+        .unwrap_or_else(|e| panic!("{crypto}: {e}: run scripts/setup (it fetches OpenSSL 1.1.1)"));
+    assert!(bytes.windows(13).any(|w| w == b"OpenSSL 1.1.1"), "{crypto} is not OpenSSL 1.1.1");
+    let server = scratch_dir("openssl-1.1").join("openssl_server");
+    let out = Command::new("clang")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&server)
+        .arg(fixture("openssl_server.c"))
+        .output()
+        .expect("clang (scripts/setup installs it)");
+    assert!(out.status.success(), "openssl_server.c: {}", String::from_utf8_lossy(&out.stderr));
+
+    let (cert, key) = self_signed_cert();
+    let pods = PodPair::new(57);
+    let stack = Stack::start_with(&[(&pods.b_v4, "openssl-1-1", "web", "openssl-1-1")], LOADER_ARGS);
+    let before = files_instrumented(&stack.loader);
+    let args = [crypto, ssl.clone(), pods.b_v4.clone(), "8080".into(), cert, key];
+    let _server = start(&pods.b, server.to_str().unwrap(), &args);
+    wait_for(Duration::from_secs(10), "the attacher to instrument OpenSSL 1.1.1", || {
+        (files_instrumented(&stack.loader) > before).then_some(())
+    });
+    let expected = drive(&pods.a, &pods.b_v4);
+    assert_counts(&stack, "openssl-1-1", &expected);
     let text = stack.agg.scrape();
     assert_eq!(
         sum(&text, "nettel_http_unmatched_total", &[("reason", "tls_no_connection")]),
