@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `/metrics` at high series counts: encode time and the memory the series
+//! take, in process (the aggregator's own types; no kernel needed).
+//!
+//! For each series count N it builds the aggregator's state the way events
+//! build it in production: a pods file of N pods, one TCP retransmit event
+//! to each pod's address, so `node_tcp_retransmits_total` holds N series
+//! (the series budget raised to fit them). Then it answers `/metrics` through
+//! the same handler the HTTP server calls, `--scrapes` times per format
+//! (Prometheus text, and OpenMetrics as Prometheus asks for it by default),
+//! and reports the median and p99 time per scrape, the body size, and the
+//! process's VmRSS before and after the series exist.
+//!
+//! ```text
+//! target/release/nettel-scrape-bench [--series 10000,100000] [--scrapes 30]
+//! ```
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::Method;
+use nettel_aggregator::{
+    metrics::Metrics,
+    sink::{prometheus::Endpoint, text_format::OPENMETRICS_CONTENT_TYPE},
+    transform::{
+        aggregate::Aggregator,
+        enrich_pod::{Resolver, StaticPods},
+        fold_port::PortFolder,
+        limit_cardinality::SeriesLimits,
+    },
+};
+use nettel_proto::v1;
+
+fn flag(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.into())
+}
+
+fn vm_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+/// The i-th pod's address: 10.x.y.z, unique for i < 2^24.
+fn pod_ip(i: usize) -> [u8; 4] {
+    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
+fn pods_json(n: usize) -> Vec<u8> {
+    let pods: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let [a, b, c, d] = pod_ip(i);
+            serde_json::json!({
+                "name": format!("checkout-{i:06}-7d9f8c6b5-x2x4z"),
+                "namespace": format!("team-{:03}", i % 200),
+                "service": format!("checkout-{:04}", i % 5000),
+                "ips": [format!("{a}.{b}.{c}.{d}")],
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "pods": pods })).unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn main() {
+    let counts: Vec<usize> =
+        flag("--series", "10000,100000").split(',').map(|s| s.parse().expect("--series: numbers")).collect();
+    let scrapes: usize = flag("--scrapes", "30").parse().expect("--scrapes: a number");
+    println!("| series | format | body | encode p50 | encode p99 | VmRSS before / after the series |");
+    println!("|---|---|---|---|---|---|");
+    for n in counts {
+        let metrics = Arc::new(Metrics::default());
+        let pods = StaticPods::parse(&pods_json(n)).expect("pods");
+        let rss_before = vm_rss_mib();
+        let limits =
+            SeriesLimits { max_series: n + 16, max_per_metric: n + 16, ttl: Duration::from_secs(3600) };
+        let mut agg =
+            Aggregator::new(Arc::clone(&metrics), Resolver::Static(Arc::new(pods)), PortFolder::new(32768))
+                .with_limits(limits);
+        let now = Instant::now();
+        let events: Vec<v1::Event> = (0..n)
+            .map(|i| v1::Event {
+                timestamp_boot_ns: 1,
+                kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
+                    remote_addr: pod_ip(i).to_vec(),
+                    remote_port: 8080,
+                    kind: v1::RetransmitKind::Data as i32,
+                    segments: 1,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        agg.apply_batch(&events, now);
+        drop(events);
+        assert_eq!(agg.series().0, n, "every event a series of its own, none folded into overflow");
+        let rss_after = vm_rss_mib();
+        let endpoint = Endpoint {
+            registry: metrics.register(),
+            metrics: Arc::clone(&metrics),
+            require_kube_sync: false,
+        };
+        for (format, accept) in [("Prometheus text", None), ("OpenMetrics", Some(OPENMETRICS_CONTENT_TYPE))] {
+            let mut times = Vec::with_capacity(scrapes);
+            let mut body = 0;
+            for _ in 0..scrapes {
+                let t = Instant::now();
+                let resp =
+                    nettel_aggregator::sink::prometheus::respond(&endpoint, &Method::GET, "/metrics", accept);
+                times.push(t.elapsed());
+                assert!(resp.status().is_success());
+                body = http_body_len(resp);
+            }
+            times.sort();
+            println!(
+                "| {n} | {format} | {:.1} MiB | {:.2} ms | {:.2} ms | {rss_before:.1} / {rss_after:.1} MiB |",
+                body as f64 / (1024.0 * 1024.0),
+                percentile(&times, 0.5).as_secs_f64() * 1e3,
+                percentile(&times, 0.99).as_secs_f64() * 1e3,
+            );
+        }
+    }
+}
+
+/// Bytes in a response body (a `Full` body knows its exact size).
+fn http_body_len<B: hyper::body::Body>(resp: http::Response<B>) -> u64 {
+    hyper::body::Body::size_hint(resp.body()).exact().expect("a full body")
+}
