@@ -9,7 +9,9 @@
 //! rounds. Per round and mode:
 //! * `wrk -t1 -c16 --latency` for `--seconds`: requests/s, p50/p99 at saturation;
 //! * nginx CPU (master + worker, /proc) per request;
-//! * `hey` at a fixed `--rate` (below saturation): p50/p99 latency;
+//! * `nettel-traffic paced` at a fixed `--rate` (default: half the agent-off
+//!   maximum, from a calibration wrk run before the rounds), 16 keep-alive
+//!   connections, open loop: p50/p99 latency in microseconds;
 //! * a syscall-heavy process unrelated to the network, `dd bs=64` through a
 //!   pipe: CPU per read/write syscall (the probes fire on every one).
 //!
@@ -20,11 +22,11 @@
 //! With `--tls`, nginx serves HTTPS (Debian's OpenSSL 3) and the modes are:
 //! agent off, agent on without TLS (`--tls off`: the socket hooks see only
 //! ciphertext) and agent on with the OpenSSL uprobes (`--tls on`); only wrk
-//! requests/s, nginx CPU per request and the BPF time are measured (hey
-//! cannot skip certificate checks, and dd is covered by the plain run).
+//! requests/s, nginx CPU per request and the BPF time are measured (the
+//! paced client speaks plain HTTP, and dd is covered by the plain run).
 //!
 //! ```text
-//! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate 2000] [--tls]
+//! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate REQ_PER_S] [--tls]
 //! ```
 //! Run after `cargo build --release --bins` (the loader and aggregator are
 //! taken from the same directory).
@@ -61,7 +63,8 @@ fn main() {
     };
     let rounds: usize = flag("--rounds", "3").parse().expect("--rounds");
     let seconds: u64 = flag("--seconds", "10").parse().expect("--seconds");
-    let rate: u64 = flag("--rate", "2000").parse().expect("--rate");
+    let rate: Option<u64> =
+        args.iter().any(|a| a == "--rate").then(|| flag("--rate", "0").parse().expect("--rate"));
     let tls = args.iter().any(|a| a == "--tls");
     assert!(rustix::process::geteuid().is_root(), "run as root (network namespaces, BPF)");
 
@@ -74,7 +77,9 @@ fn main() {
     let nginx_pids = nginx_pids(nginx.child.id());
     let url = format!("{}://{}:8080/ok", if tls { "https" } else { "http" }, pods.b_v4);
     let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
-    wrk(&pods.a, &url, 2); // warm-up
+    // Warm-up; then the fixed rate: half of what nginx serves with the agent off.
+    wrk(&pods.a, &url, 2);
+    let rate = rate.unwrap_or_else(|| if tls { 0 } else { (wrk(&pods.a, &url, 5).1 / 2.0) as u64 });
 
     // (label, loader flags); `None` is the agent off.
     let modes: [(&str, Option<&[&str]>); 3] = if tls {
@@ -157,8 +162,8 @@ fn main() {
 
     let med = |m: usize, f: fn(&Sample) -> f64| median(samples[m].iter().map(f).collect());
     let what = if tls { "HTTPS" } else { "HTTP" };
-    let hey = if tls { String::new() } else { format!(", hey at {rate} req/s") };
-    println!("\nnettel {what} overhead: {rounds} rotating rounds, wrk {seconds} s{hey}\n");
+    let paced = if tls { String::new() } else { format!(", fixed rate {rate} req/s") };
+    println!("\nnettel {what} overhead: {rounds} rotating rounds, wrk {seconds} s{paced}\n");
     println!(
         "| figure | agent {} | agent {} | ratio | agent {} | ratio |",
         modes[0].0, modes[1].0, modes[2].0
@@ -174,8 +179,8 @@ fn main() {
     row("p99 latency at saturation", |s| s.wrk_p99_us, "us");
     // The fixed-rate and dd figures are not measured over TLS (see the module docs).
     if !tls {
-        row("p50 latency at fixed rate", |s| s.rate_p50_us, "us");
-        row("p99 latency at fixed rate", |s| s.rate_p99_us, "us");
+        row("p50 latency at the fixed rate", |s| s.rate_p50_us, "us");
+        row("p99 latency at the fixed rate", |s| s.rate_p99_us, "us");
         row("dd through a pipe: CPU per syscall", |s| s.dd_ns_per_syscall, "ns");
     }
     println!();
@@ -208,7 +213,7 @@ fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bo
     if !full {
         return Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, ..Sample::default() };
     }
-    let (rate_p50_us, rate_p99_us) = hey(ns, url, rate);
+    let (rate_p50_us, rate_p99_us) = paced(ns, url, rate);
     let dd_ns_per_syscall = dd_cpu() * 1e9 / (4 * DD_BLOCKS) as f64;
     Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, rate_p50_us, rate_p99_us, dd_ns_per_syscall }
 }
@@ -251,23 +256,19 @@ fn duration_us(s: &str) -> f64 {
     num.parse::<f64>().unwrap() * mult
 }
 
-/// Runs hey at a fixed total rate for 5 s; returns (p50 us, p99 us).
-fn hey(ns: &str, url: &str, rate: u64) -> (f64, f64) {
-    const WORKERS: u64 = 4;
-    let out = exec(ns, "hey")
-        .args(["-z", "5s", "-c", &WORKERS.to_string(), "-q", &(rate / WORKERS).to_string(), url])
+/// Sends GETs at a fixed total rate for 5 s over 16 keep-alive connections
+/// (`nettel-traffic paced`, open loop); returns (p50 us, p99 us).
+fn paced(ns: &str, url: &str, rate: u64) -> (f64, f64) {
+    let rest = url.strip_prefix("http://").expect("plain HTTP url");
+    let (addr, path) = rest.split_once('/').expect("url with a path");
+    let out = exec(ns, nettel_integration::process::bin("nettel-traffic").to_str().unwrap())
+        .args(["paced", addr, &format!("/{path}"), &rate.to_string(), "5", "16"])
         .output()
-        .expect("hey (scripts/setup installs it)");
+        .expect("nettel-traffic");
     let text = String::from_utf8_lossy(&out.stdout);
-    let pct = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{p}% in ")))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {p}% in hey output:\n{text}"))
-            * 1e6
-    };
-    (pct("50"), pct("99"))
+    assert!(out.status.success(), "nettel-traffic paced: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (v[0], v[1])
 }
 
 /// CPU seconds (user + system) of `dd bs=64` through a pipe, both ends.

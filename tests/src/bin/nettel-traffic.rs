@@ -11,6 +11,8 @@
 //! nettel-traffic blob   CONNECT_ADDR COUNT               # COUNT non-HTTP request/response exchanges
 //! nettel-traffic pipeline CONNECT_ADDR PATH...          # one GET per PATH, all in one write; read the responses
 //! nettel-traffic split  CONNECT_ADDR PATH                # one GET whose request line spans two writes
+//! nettel-traffic paced  CONNECT_ADDR PATH RATE SECONDS CONNS  # GETs at RATE/s over CONNS keep-alive
+//!                                                        # connections; prints "p50_us p99_us requests"
 //! ```
 //! `LISTEN_ADDR` `[::]:PORT` listens dual-stack (IPv4 peers appear v4-mapped).
 
@@ -43,6 +45,9 @@ fn main() -> ExitCode {
         ["blobd", addr] => blob_server(parse_addr(addr)),
         ["pipeline", addr, paths @ ..] if !paths.is_empty() => pipeline_client(parse_addr(addr), paths),
         ["split", addr, path] => split_client(parse_addr(addr), path),
+        ["paced", addr, path, rate, seconds, conns] => {
+            paced_client(parse_addr(addr), path, parse_n(rate), parse_n(seconds), parse_n(conns))
+        }
         _ => {
             eprintln!("usage: see the module docs of tests/src/bin/nettel-traffic.rs");
             return ExitCode::from(2);
@@ -186,13 +191,72 @@ fn split_client(addr: SocketAddr, path: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Open-loop load at a fixed total rate: each of `conns` keep-alive
+/// connections sends a GET every `conns / rate` seconds on a fixed schedule
+/// (a late request is sent at once, never skipped) and times each request
+/// from its write to the end of its response, in microseconds. Prints the
+/// p50 and p99 over all connections and the number of requests.
+fn paced_client(addr: SocketAddr, path: &str, rate: u64, seconds: u64, conns: u64) -> std::io::Result<()> {
+    let conns = conns.clamp(1, 256);
+    let interval = Duration::from_secs_f64(conns as f64 / rate.max(1) as f64);
+    let end = std::time::Instant::now() + Duration::from_secs(seconds);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let workers: Vec<_> = (0..conns)
+        .map(|i| {
+            let request = request.clone();
+            std::thread::spawn(move || -> std::io::Result<Vec<u32>> {
+                let open = || -> std::io::Result<(TcpStream, std::io::BufReader<TcpStream>)> {
+                    let stream = connect(addr)?;
+                    stream.set_nodelay(true)?;
+                    Ok((stream.try_clone()?, std::io::BufReader::new(stream)))
+                };
+                let (mut writer, mut reader) = open()?;
+                let mut latencies = Vec::new();
+                // Spread the connections' schedules over one interval.
+                let mut next = std::time::Instant::now() + interval.mul_f64(i as f64 / conns as f64);
+                while next < end {
+                    if let Some(wait) = next.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let sent = std::time::Instant::now();
+                    writer.write_all(request.as_bytes())?;
+                    let close = read_response_headers(&mut reader)?.1;
+                    latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    // Servers cap requests per connection (nginx: 1000): reconnect, untimed.
+                    if close {
+                        (writer, reader) = open()?;
+                    }
+                    next += interval;
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.join().map_err(|_| std::io::Error::other("a client thread panicked"))??);
+    }
+    if all.is_empty() {
+        return Err(std::io::Error::other("no request completed"));
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1];
+    println!("{} {} {}", pct(0.50), pct(0.99), all.len());
+    Ok(())
+}
+
 /// Reads one response with a Content-Length body; returns its status code.
 fn read_response(r: &mut impl std::io::BufRead) -> std::io::Result<u16> {
+    read_response_headers(r).map(|(status, _)| status)
+}
+
+/// [`read_response`], also telling whether the server closes the connection after it.
+fn read_response_headers(r: &mut impl std::io::BufRead) -> std::io::Result<(u16, bool)> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let mut line = String::new();
     r.read_line(&mut line)?;
     let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad(&line))?;
-    let mut length = 0usize;
+    let (mut length, mut close) = (0usize, false);
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 {
@@ -205,10 +269,13 @@ fn read_response(r: &mut impl std::io::BufRead) -> std::io::Result<u16> {
         if let Some(v) = h.strip_prefix("content-length:") {
             length = v.trim().parse().map_err(|_| bad(&h))?;
         }
+        if h.strip_prefix("connection:").is_some_and(|v| v.trim() == "close") {
+            close = true;
+        }
     }
     let mut body = vec![0u8; length];
     r.read_exact(&mut body)?;
-    Ok(status)
+    Ok((status, close))
 }
 
 // === Non-HTTP TCP traffic: a Redis-like line protocol ===
