@@ -38,6 +38,8 @@
 
 /* Connections tracked at once (kernel-side bound of the probe's state). */
 #define NT_HTTP_CONNS 65536
+/* How long a carried first byte waits for the rest of its request line. */
+#define NT_HTTP_CARRY_MAX_NS (1000ULL * 1000 * 1000)
 /* Pending requests per connection (power of two). */
 #ifndef NT_HTTP_PIPELINE
 #define NT_HTTP_PIPELINE 4
@@ -482,27 +484,43 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 	__u8 carry = 0;
 	int i;
 
-	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
-	if (conn && conn->carry) {
-		carry = conn->carry;
-		now = conn->carry_ns;
-		conn->carry = 0;
-	}
-	if (len == 1 && conn && !carry) {
+	if (len == 1) {
 		__u8 c = 0;
 
+		conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+		if (!conn)
+			return 0;
+		/* A second 1-byte read: the carried byte was not a request's. */
+		if (conn->carry) {
+			conn->carry = 0;
+			return 0;
+		}
 		if (!bpf_probe_read_user(&c, 1, ubuf) && c >= 'A' && c <= 'Z') {
 			conn->carry = c;
 			conn->carry_ns = bpf_ktime_get_ns();
 		}
 		return 0;
 	}
-	/* Cheap test before the peek: most reads (responses a client reads,
-	 * other protocols) fail it on their first bytes. */
-	if (!nt_maybe_request(ubuf, len, carry))
+	/*
+	 * Cheap test before anything else, the map lookup included: most reads
+	 * (responses a client reads, other protocols) fail it on their first
+	 * bytes. It lets through a read that starts with the rest of a carried
+	 * method (its second letter, or the space after a one-letter method);
+	 * the request-line parser below is exact either way.
+	 */
+	if (!nt_maybe_request(ubuf, len, 1))
 		return 0;
-	if (!carry)
-		now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_ns();
+	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+	if (conn && conn->carry) {
+		/* The rest of a request follows its first byte at once; a carry
+		 * older than that belongs to no request this read continues. */
+		if (now - conn->carry_ns < NT_HTTP_CARRY_MAX_NS) {
+			carry = conn->carry;
+			now = conn->carry_ns;
+		}
+		conn->carry = 0;
+	}
 	pk = nt_peek();
 	if (!pk)
 		return 0;
