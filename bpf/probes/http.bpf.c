@@ -616,21 +616,38 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
 	__u64 key = (__u64)sk, off = 0;
-	__u8 r[8];
+	__u32 first = 0;
+	const __u8 *r;
+	__u8 word[8];
 	int i;
 
-	/* Cheap test before touching the map or the peek buffer. */
-	if (len < 12 || bpf_probe_read_user(r, sizeof(r), ubuf))
-		return 0;
-	if (r[0] != 'H' || r[1] != 'T' || r[2] != 'T' || r[3] != 'P' || r[4] != '/' || r[5] != '1')
+	if (len < 12)
 		return 0;
 	pk = nt_peek();
 	if (!pk)
 		return 0;
+	/*
+	 * Cheap test before the map lookup. A write that fits the peek is
+	 * read once, whole, and tested in place (a response's headers are then
+	 * read a single time); a longer one is tested on its first 8 bytes
+	 * before anything more is read (bulk writes exit there).
+	 */
+	if (len <= NT_HTTP_PEEK) {
+		first = nt_peek_user(pk, ubuf, len, 0, 12);
+		if (!first)
+			return 0;
+		r = pk->buf;
+	} else {
+		if (bpf_probe_read_user(word, sizeof(word), ubuf))
+			return 0;
+		r = word;
+	}
+	if (r[0] != 'H' || r[1] != 'T' || r[2] != 'T' || r[3] != 'P' || r[4] != '/' || r[5] != '1')
+		return 0;
 	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
 	for (i = 0; i < NT_HTTP_PIPELINE; i++) {
 		struct nt_http_pending req;
-		__u32 n = nt_peek_user(pk, ubuf, len, off, 12);
+		__u32 n = i == 0 && first ? first : nt_peek_user(pk, ubuf, len, off, 12);
 		int status, extent;
 		__u64 head, body;
 
