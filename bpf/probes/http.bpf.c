@@ -345,12 +345,15 @@ __noinline int nt_status_line(__u32 n)
 	return (r[9] - '0') * 100 + (r[10] - '0') * 10 + (r[11] - '0');
 }
 
+/* nt_response_line_kind() results other than a Content-Length value. */
+enum { NT_RESP_STOP = -1, NT_RESP_BLANK = -2, NT_RESP_OTHER = -3 };
+
 /*
  * Classifies the header line following the newline at @lf of a response:
- * returns -1 (NT_LINE_STOP: no newline, or too close to the end of the
- * peek), -2 for the blank line ending the headers, the value of a
- * Content-Length header (0..65535; 0 when absent, malformed or larger), or
- * -3 for another line. A global function for the same reason as
+ * returns NT_RESP_STOP (no newline, or too close to the end of the peek),
+ * NT_RESP_BLANK for the blank line ending the headers, the value of a
+ * Content-Length header (0..65535; 0 when malformed or larger), or
+ * NT_RESP_OTHER for another line. A global function for the same reason as
  * nt_request_line_kind().
  */
 __noinline int nt_response_line_kind(int lf, __u32 n)
@@ -360,15 +363,15 @@ __noinline int nt_response_line_kind(int lf, __u32 n)
 	__u32 k, body = 0;
 
 	if (!pk || lf < 0 || lf > NT_HTTP_PEEK - 24 || lf + 2 >= n || n > NT_HTTP_PEEK)
-		return -1;
+		return NT_RESP_STOP;
 	b = pk->buf + lf;
 	if (b[1] == '\r' && b[2] == '\n')
-		return -2;
+		return NT_RESP_BLANK;
 	if ((b[1] | 0x20) != 'c' || (b[2] | 0x20) != 'o' || (b[3] | 0x20) != 'n' || (b[4] | 0x20) != 't' ||
 	    (b[5] | 0x20) != 'e' || (b[6] | 0x20) != 'n' || (b[7] | 0x20) != 't' || b[8] != '-' ||
 	    (b[9] | 0x20) != 'l' || (b[10] | 0x20) != 'e' || (b[11] | 0x20) != 'n' || (b[12] | 0x20) != 'g' ||
 	    (b[13] | 0x20) != 't' || (b[14] | 0x20) != 'h' || b[15] != ':')
-		return -3;
+		return NT_RESP_OTHER;
 	if (b[16] == ' ') {
 #pragma unroll
 		for (k = 17; k < 23; k++) {
@@ -393,9 +396,9 @@ __noinline int nt_response_extent(__u32 n)
 		int lf = nt_next_lf(from, n);
 		int kind = nt_response_line_kind(lf, n);
 
-		if (kind == -1 || lf < 0 || lf > NT_HTTP_PEEK)
+		if (kind == NT_RESP_STOP)
 			return 0;
-		if (kind == -2)
+		if (kind == NT_RESP_BLANK)
 			return (int)((lf + 3) | body << 16);
 		if (kind >= 0)
 			body = kind & 0xffff;
@@ -405,23 +408,23 @@ __noinline int nt_response_extent(__u32 n)
 }
 
 /*
- * Whether the bytes at @ubuf can start a request line: a method token (up to
- * 7 uppercase letters seen) followed by a space, or 7 uppercase letters of a
- * longer token. After a carried first letter (@carry) the read starts with
- * the method's second byte, which may already be the space.
+ * Whether the bytes at @ubuf can start a request line, or continue one whose
+ * first letter was carried: uppercase letters up to a space (which may come
+ * first, after a carried one-letter method), or 7 uppercase letters of a
+ * longer token. A filter only; the request-line parser is exact.
  */
-static __always_inline int nt_maybe_request(void *ubuf, __u64 len, __u8 carry)
+static __always_inline int nt_maybe_request(void *ubuf, __u64 len)
 {
 	__u8 b[8] = {};
 	int i;
 
-	if (len < (carry ? 7 : 8) || bpf_probe_read_user(b, 7, ubuf))
+	if (len < 7 || bpf_probe_read_user(b, 7, ubuf))
 		return 0;
 #pragma unroll
 	for (i = 0; i < 7; i++) {
 		if (b[i] >= 'A' && b[i] <= 'Z')
 			continue;
-		return b[i] == ' ' && (i > 0 || carry);
+		return b[i] == ' ';
 	}
 	return 1;
 }
@@ -504,11 +507,9 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 	/*
 	 * Cheap test before anything else, the map lookup included: most reads
 	 * (responses a client reads, other protocols) fail it on their first
-	 * bytes. It lets through a read that starts with the rest of a carried
-	 * method (its second letter, or the space after a one-letter method);
-	 * the request-line parser below is exact either way.
+	 * bytes.
 	 */
-	if (!nt_maybe_request(ubuf, len, 1))
+	if (!nt_maybe_request(ubuf, len))
 		return 0;
 	now = bpf_ktime_get_ns();
 	conn = bpf_map_lookup_elem(&nt_http_conns, &key);

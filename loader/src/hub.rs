@@ -131,8 +131,8 @@ impl Hub {
         let mut slots = self.lock();
         let last = slots.len().saturating_sub(1);
         for (i, slot) in slots.iter_mut().enumerate() {
-            let shared = if i == last { batch.take() } else { batch.clone() };
-            let Some(shared) = shared else { break };
+            let shared = if i == last { batch.take() } else { batch.clone() }
+                .expect("only the last subscriber takes the batch");
             let delivery = Delivery {
                 batch: shared,
                 dropped_before: slot.pending_drops,

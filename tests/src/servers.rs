@@ -121,3 +121,16 @@ fn start_nginx_conf(ns: &str, addr: &str, conf: &str, vars: &[(&str, &str)]) -> 
     wait_for(Duration::from_secs(10), "nginx listening on 8080", || listening(ns, 8080).then_some(()));
     (nginx, upstream)
 }
+
+/// An `iperf3` server listening on `addr` in netns `ns`, killed on drop.
+pub fn start_iperf3(ns: &str, addr: &str) -> Server {
+    let child = exec(ns, "iperf3")
+        .args(["-s", "-B", addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start iperf3 ({e}): scripts/setup installs it"));
+    // It prints nothing parseable when ready; it listens within milliseconds.
+    std::thread::sleep(Duration::from_millis(300));
+    Server(child)
+}

@@ -18,6 +18,7 @@ use std::process::Stdio;
 use nettel_integration::{
     netns::{exec, PodPair},
     process::Stack,
+    servers::start_iperf3,
 };
 
 fn flag(name: &str, default: u64) -> u64 {
@@ -46,13 +47,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let (rounds, seconds) = (flag("--rounds", 5), flag("--seconds", 5));
     let pods = PodPair::new(45);
-    let mut server = exec(&pods.b, "iperf3")
-        .args(["-s", "-B", &pods.b_v4])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 server");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _server = start_iperf3(&pods.b, &pods.b_v4);
     let (mut off, mut on, mut rtx_off, mut rtx_on) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         for agent in [round % 2 == 1, round % 2 == 0] {
@@ -72,8 +67,6 @@ fn main() {
             drop(stack);
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
     let (off, on) = (median(off), median(on));
     println!("| figure | agent off | agent on (socket hooks, --tls off) | ratio |");
     println!("|---|---|---|---|");

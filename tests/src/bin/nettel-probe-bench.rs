@@ -28,6 +28,7 @@ use std::{
 use nettel_integration::{
     netns::{exec, PodPair},
     process::Stack,
+    servers::start_iperf3,
 };
 
 fn flag(name: &str, default: u64) -> u64 {
@@ -58,12 +59,7 @@ fn progs() -> BTreeMap<u64, (String, u64, u64)> {
 fn main() {
     let (seconds, rounds) = (flag("--seconds", 5), flag("--rounds", 3));
     let pods = PodPair::new(46);
-    let mut server = exec(&pods.b, "iperf3")
-        .args(["-s", "-B", &pods.b_v4])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 server (scripts/setup installs it)");
+    let _server = start_iperf3(&pods.b, &pods.b_v4);
     let stack = Stack::start_with(&[], &["--tls", "off", "--http-hook", "off"]);
     let before_bpftrace = progs();
     let mut bpftrace = Command::new("bpftrace")
@@ -117,8 +113,6 @@ fn main() {
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
     let _ = bpftrace.kill();
     let _ = bpftrace.wait();
-    let _ = server.kill();
-    let _ = server.wait();
     drop(stack);
     ratios.sort_by(f64::total_cmp);
     println!("\nmedian ratio nettel / bpftrace: {:.2}", ratios[ratios.len() / 2]);
