@@ -2,11 +2,15 @@
 //! Every metric the aggregator serves: the product metrics (`node_*`) and the
 //! self-metrics (`nettel_*`), registered once in one registry.
 
+use std::sync::Arc;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family as ClientFamily, gauge::Gauge},
     registry::Registry,
 };
+
+use crate::sink::families::{push_label, CounterValue, Family, HistogramValue, LabelSet};
 
 /// Buckets of `http_request_duration_seconds`: 1 ms to 10 s, including the
 /// seed's 0.05 and 0.1.
@@ -14,7 +18,7 @@ pub const HTTP_BUCKETS: [f64; 13] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Labels of `http_request_duration_seconds`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct HttpLabels {
     /// The serving pod (by cgroup, else by the socket's local address); empty for node-level.
     pub pod: String,
@@ -26,32 +30,31 @@ pub struct HttpLabels {
     pub status: String,
 }
 
-/// Exemplar labels: the W3C trace id of the request.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TraceLabels {
-    pub trace_id: String,
+impl LabelSet for HttpLabels {
+    fn write_text(&self, out: &mut String) {
+        push_label(out, "pod", &self.pod);
+        push_label(out, "namespace", &self.namespace);
+        push_label(out, "service", &self.service);
+        push_label(out, "method", &self.method);
+        push_label(out, "status", &self.status);
+    }
 }
 
-fn http_histogram() -> HistogramWithExemplars<TraceLabels> {
-    HistogramWithExemplars::new(HTTP_BUCKETS.into_iter())
-}
-
-/// The HTTP latency histogram family.
-pub type HttpDurations =
-    Family<HttpLabels, HistogramWithExemplars<TraceLabels>, fn() -> HistogramWithExemplars<TraceLabels>>;
-
-/// Wrapper giving [`HttpDurations`] a `Default`.
+/// `http_request_duration_seconds`, with trace-id exemplars.
 #[derive(Debug, Clone)]
-pub struct HttpFamily(pub HttpDurations);
+pub struct HttpDurations(pub Arc<Family<HistogramValue>>);
 
-impl Default for HttpFamily {
+impl Default for HttpDurations {
     fn default() -> Self {
-        Self(Family::new_with_constructor(http_histogram))
+        Self(Arc::new(Family::new(
+            "http_request_duration_seconds",
+            "Server-side HTTP/1.x request latency (request read to status line written), by serving pod, method and status",
+        )))
     }
 }
 
 /// Labels of `node_tcp_retransmits_total`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct RetransmitLabels {
     /// Pod owning the destination address; empty for node-level.
     pub pod: String,
@@ -61,6 +64,29 @@ pub struct RetransmitLabels {
     pub dest_port: String,
     /// `data` (tcp_retransmit_skb) or `synack` (tcp_retransmit_synack).
     pub kind: String,
+}
+
+impl LabelSet for RetransmitLabels {
+    fn write_text(&self, out: &mut String) {
+        push_label(out, "pod", &self.pod);
+        push_label(out, "namespace", &self.namespace);
+        push_label(out, "service", &self.service);
+        push_label(out, "dest_port", &self.dest_port);
+        push_label(out, "kind", &self.kind);
+    }
+}
+
+/// `node_tcp_retransmits_total`.
+#[derive(Debug, Clone)]
+pub struct TcpRetransmits(pub Arc<Family<CounterValue>>);
+
+impl Default for TcpRetransmits {
+    fn default() -> Self {
+        Self(Arc::new(Family::new(
+            "node_tcp_retransmits",
+            "TCP segments retransmitted to a destination (as counted by the kernel's TcpRetransSegs), by destination pod and port; kind=data for tcp_retransmit_skb, kind=synack for SYN-ACK retransmits",
+        )))
+    }
 }
 
 /// A `reason` label.
@@ -84,44 +110,46 @@ pub struct KindLabels {
 /// All metric handles.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub tcp_retransmits: Family<RetransmitLabels, Counter>,
+    /// `node_tcp_retransmits_total` (served by `sink::families`, not the registry).
+    pub tcp_retransmits: TcpRetransmits,
     pub tcp_retransmit_failed: Counter,
-    pub events_received: Family<KindLabels, Counter>,
+    pub events_received: ClientFamily<KindLabels, Counter>,
     pub kernel_lost: Counter,
     pub loader_queue_dropped: Counter,
     pub loader_decode_errors: Counter,
     /// Connections and requests the loader refused on its socket, by reason.
-    pub loader_socket_refusals: Family<ReasonLabels, Counter>,
-    pub decode_errors: Family<ReasonLabels, Counter>,
+    pub loader_socket_refusals: ClientFamily<ReasonLabels, Counter>,
+    pub decode_errors: ClientFamily<ReasonLabels, Counter>,
     pub stream_connects: Counter,
-    pub stream_disconnects: Family<ReasonLabels, Counter>,
+    pub stream_disconnects: ClientFamily<ReasonLabels, Counter>,
     pub stream_gaps: Counter,
     pub stream_gap_events: Counter,
     pub loader_restarts: Counter,
     pub loader_connected: Gauge,
-    pub unresolved_addresses: Family<KindLabels, Counter>,
+    pub unresolved_addresses: ClientFamily<KindLabels, Counter>,
     pub pods_indexed: Gauge,
     pub kube_pods: Gauge,
     pub kube_synced: Gauge,
     pub kube_last_sync_age: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub kube_watch_errors: Family<ResourceLabels, Counter>,
-    pub kube_relists: Family<ResourceLabels, Counter>,
-    pub http_duration: HttpFamily,
-    pub http_unmatched: Family<ReasonLabels, Counter>,
+    pub kube_watch_errors: ClientFamily<ResourceLabels, Counter>,
+    pub kube_relists: ClientFamily<ResourceLabels, Counter>,
+    /// `http_request_duration_seconds` (served by `sink::families`, not the registry).
+    pub http_duration: HttpDurations,
+    pub http_unmatched: ClientFamily<ReasonLabels, Counter>,
     /// Files (libssl copies, executables) carrying the OpenSSL uprobes.
     pub tls_instrumented_files: Gauge,
     /// Processes mapping one of them.
     pub tls_instrumented_processes: Gauge,
     /// Processes with TLS nettel cannot instrument, by reason.
-    pub tls_uninstrumented: Family<ReasonLabels, Gauge>,
+    pub tls_uninstrumented: ClientFamily<ReasonLabels, Gauge>,
     /// Live series of each limited metric (`transform::limit_cardinality`).
-    pub series: Family<MetricLabels, Gauge>,
+    pub series: ClientFamily<MetricLabels, Gauge>,
     /// Events counted into an overflow series.
-    pub series_overflow_events: Family<MetricLabels, Counter>,
+    pub series_overflow_events: ClientFamily<MetricLabels, Counter>,
     /// Distinct label sets refused by the series budget.
-    pub series_refused: Family<MetricLabels, Counter>,
+    pub series_refused: ClientFamily<MetricLabels, Counter>,
     /// Series removed after `--series-ttl-secs` without events.
-    pub series_expired: Family<MetricLabels, Counter>,
+    pub series_expired: ClientFamily<MetricLabels, Counter>,
     /// Streams refused because the loader writes a newer event schema.
     pub schema_mismatch: Counter,
     /// Event schema version of the loader's last stream message.
@@ -135,14 +163,10 @@ pub struct ResourceLabels {
 }
 
 impl Metrics {
-    /// Registers every metric in a new registry.
+    /// Registers every self-metric in a new registry (the product families
+    /// are written by `sink::families`).
     pub fn register(&self) -> Registry {
         let mut r = Registry::default();
-        r.register(
-            "node_tcp_retransmits",
-            "TCP segments retransmitted to a destination (as counted by the kernel's TcpRetransSegs), by destination pod and port; kind=data for tcp_retransmit_skb, kind=synack for SYN-ACK retransmits",
-            self.tcp_retransmits.clone(),
-        );
         r.register(
             "nettel_tcp_retransmit_failed_attempts",
             "Retransmit attempts the kernel reported as failed (tracepoint err != 0); not in node_tcp_retransmits_total",
@@ -236,11 +260,6 @@ impl Metrics {
             self.kube_relists.clone(),
         );
         r.register(
-            "http_request_duration_seconds",
-            "Server-side HTTP/1.x request latency (request read to status line written), by serving pod, method and status",
-            self.http_duration.0.clone(),
-        );
-        r.register(
             "nettel_http_unmatched",
             "HTTP requests or responses the kernel probe could not pair, by reason (response_without_request, closed_with_pending, pipeline_full, connection_table_full, tls_no_connection, tls_call_lost)",
             self.http_unmatched.clone(),
@@ -294,32 +313,5 @@ impl Metrics {
             self.loader_schema_version.clone(),
         );
         r
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_histogram_encodes_with_exemplars() {
-        let m = Metrics::default();
-        let r = m.register();
-        let labels = HttpLabels {
-            pod: "p".into(),
-            namespace: "n".into(),
-            service: "s".into(),
-            method: "GET".into(),
-            status: "200".into(),
-        };
-        m.http_duration.0.get_or_create(&labels).observe(
-            0.12,
-            Some(TraceLabels { trace_id: "ab".into() }),
-            None,
-        );
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        assert!(out.contains("http_request_duration_seconds_bucket{"), "{out}");
-        assert!(out.contains("trace_id=\"ab\""), "{out}");
     }
 }

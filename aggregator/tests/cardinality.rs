@@ -75,9 +75,12 @@ fn rss_kib() -> u64 {
 }
 
 fn encode(m: &Metrics) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &m.register()).unwrap();
-    out
+    nettel_aggregator::sink::text_format::encode(
+        &m.register(),
+        m,
+        nettel_aggregator::sink::text_format::Format::OpenMetrics,
+    )
+    .unwrap()
 }
 
 fn by_metric(
@@ -151,7 +154,7 @@ fn a_flood_of_distinct_series_stays_at_the_caps_with_bounded_memory() {
     assert_eq!(by_metric(&m.series_refused, HTTP), http_excess);
     let o = || OVERFLOW.to_owned();
     let overflow = RetransmitLabels { pod: o(), namespace: o(), service: o(), dest_port: o(), kind: o() };
-    assert_eq!(m.tcp_retransmits.get_or_create(&overflow).get(), tcp_excess);
+    assert_eq!(m.tcp_retransmits.0.get(&overflow).map_or(0, |s| s.value.get()), tcp_excess);
     let overflow_line = format!(
         r#"http_request_duration_seconds_count{{pod="{OVERFLOW}",namespace="{OVERFLOW}",service="{OVERFLOW}",method="{OVERFLOW}",status="{OVERFLOW}"}} {http_excess}"#
     );

@@ -132,11 +132,13 @@ async fn a_newer_schema_is_refused_and_nothing_is_counted() {
     assert_eq!(m.stream_connects.get(), 0);
     assert_eq!(m.loader_schema_version.get(), 2);
     assert!(disconnects(&m, "schema_too_new") >= 2);
-    let text = {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &m.register()).unwrap();
-        out
-    };
+    let text = nettel_aggregator::sink::text_format::encode(
+        &m.register(),
+        &m,
+        nettel_aggregator::sink::text_format::Format::OpenMetrics,
+    )
+    .unwrap();
+    assert!(text.contains("# TYPE node_tcp_retransmits counter"), "{text}");
     assert!(!text.contains("node_tcp_retransmits_total{"), "{text}");
 }
 

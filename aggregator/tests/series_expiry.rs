@@ -34,9 +34,12 @@ fn retransmit(port: u32) -> v1::Event {
 }
 
 fn encode(m: &Metrics) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &m.register()).unwrap();
-    out
+    nettel_aggregator::sink::text_format::encode(
+        &m.register(),
+        m,
+        nettel_aggregator::sink::text_format::Format::OpenMetrics,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -49,6 +52,7 @@ fn idle_series_expire_from_metrics_and_from_the_handle_cache() {
     let at = |s| t0 + Duration::from_secs(s);
     let count = |port: &str| {
         m.tcp_retransmits
+            .0
             .get(&RetransmitLabels {
                 pod: String::new(),
                 namespace: String::new(),
@@ -56,7 +60,7 @@ fn idle_series_expire_from_metrics_and_from_the_handle_cache() {
                 dest_port: port.into(),
                 kind: "data".into(),
             })
-            .map(|c| c.get())
+            .map(|c| c.value.get())
     };
 
     // Ports 80 to 82 are admitted; 83 overflows (cap 4 = 3 + overflow).

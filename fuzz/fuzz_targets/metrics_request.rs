@@ -9,7 +9,10 @@ use http::{header, Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use nettel_aggregator::{
     metrics::{Metrics, RetransmitLabels},
-    sink::prometheus::{respond, Endpoint},
+    sink::{
+        families::LabelSet,
+        prometheus::{respond, Endpoint},
+    },
 };
 
 fn endpoint() -> &'static Endpoint {
@@ -23,7 +26,9 @@ fn endpoint() -> &'static Endpoint {
             dest_port: "8080".into(),
             kind: "data".into(),
         };
-        metrics.tcp_retransmits.get_or_create(&labels).inc();
+        let mut text = String::new();
+        labels.write_text(&mut text);
+        metrics.tcp_retransmits.0.get_or_create(&text, false, 0).value.inc_by(1);
         Endpoint { registry: metrics.register(), metrics, require_kube_sync: true }
     })
 }

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{info, warn};
 
-use super::text_format::{self, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use super::text_format::{self, Format, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use crate::{metrics::Metrics, Error};
 
 /// Most concurrent HTTP connections; more wait in the kernel's accept queue.
@@ -92,14 +92,16 @@ pub fn respond(
     }
     match path {
         "/metrics" => {
-            let mut om = String::with_capacity(16 * 1024);
-            if let Err(e) = prometheus_client::encoding::text::encode(&mut om, &endpoint.registry) {
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}\n"));
-            }
-            let (body, ctype) = if text_format::wants_openmetrics(accept) {
-                (om, OPENMETRICS_CONTENT_TYPE)
-            } else {
-                (text_format::openmetrics_to_prometheus(&om), PROMETHEUS_CONTENT_TYPE)
+            let format = text_format::negotiate(accept);
+            let body = match text_format::encode(&endpoint.registry, &endpoint.metrics, format) {
+                Ok(body) => body,
+                Err(e) => {
+                    return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}\n"))
+                }
+            };
+            let ctype = match format {
+                Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+                Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
             };
             let body = if method == Method::HEAD { String::new() } else { body };
             Response::builder()
@@ -141,6 +143,12 @@ mod tests {
         Endpoint { registry: metrics.register(), metrics, require_kube_sync: true }
     }
 
+    fn label_text(l: &impl crate::sink::families::LabelSet) -> String {
+        let mut s = String::new();
+        l.write_text(&mut s);
+        s
+    }
+
     async fn body(r: Response<Full<bytes_crate::Bytes>>) -> String {
         String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
@@ -155,15 +163,19 @@ mod tests {
             dest_port: "8080".into(),
             kind: "data".into(),
         };
-        e.metrics.tcp_retransmits.get_or_create(&labels).inc();
+        e.metrics.tcp_retransmits.0.get_or_create(&label_text(&labels), false, 0).value.inc_by(1);
         let prom = respond(&e, &Method::GET, "/metrics", None);
         assert_eq!(prom.headers()[header::CONTENT_TYPE], PROMETHEUS_CONTENT_TYPE);
         let text = body(prom).await;
         assert!(text.contains("# TYPE node_tcp_retransmits_total counter"), "{text}");
+        assert!(text.contains("\nnode_tcp_retransmits_total{pod=\"web-0\",namespace=\"shop\",service=\"web\",dest_port=\"8080\",kind=\"data\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE nettel_loader_connected gauge"), "self-metrics too: {text}");
         assert!(!text.contains("# EOF"));
         let om = respond(&e, &Method::GET, "/metrics", Some("application/openmetrics-text; version=1.0.0"));
         assert_eq!(om.headers()[header::CONTENT_TYPE], OPENMETRICS_CONTENT_TYPE);
-        assert!(body(om).await.ends_with("# EOF\n"));
+        let om = body(om).await;
+        assert!(om.contains("# TYPE node_tcp_retransmits counter\n"), "{om}");
+        assert!(om.ends_with("# EOF\n") && om.matches("# EOF").count() == 1, "{om}");
         assert_eq!(respond(&e, &Method::POST, "/metrics", None).status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(respond(&e, &Method::GET, "/nope", None).status(), StatusCode::NOT_FOUND);
         assert_eq!(respond(&e, &Method::GET, "/readyz", None).status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Exposition formats. `prometheus-client` encodes OpenMetrics; scrapers that
-//! do not ask for OpenMetrics get the Prometheus text format 0.0.4, derived by
-//! a line transform:
+//! Exposition formats and the `/metrics` body ([`encode`]).
+//!
+//! The product families are written by `sink::families` directly in either
+//! format. The self-metrics are a `prometheus-client` registry, which encodes
+//! OpenMetrics; scrapers that do not ask for OpenMetrics get them in the
+//! Prometheus text format 0.0.4, derived by a line transform:
 //!
 //! * counter families are named with their `_total` suffix in `# HELP`/`# TYPE`
 //!   (OpenMetrics names the family without it, 0.0.4 names the sample);
@@ -11,10 +14,44 @@
 
 use std::collections::HashSet;
 
+use prometheus_client::registry::Registry;
+
+pub use super::families::Format;
+use crate::metrics::Metrics;
+
 /// Content type of OpenMetrics text 1.0.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The `/metrics` body: the self-metrics in `registry`, then the product
+/// families of `metrics`, in `format`.
+pub fn encode(registry: &Registry, metrics: &Metrics, format: Format) -> Result<String, std::fmt::Error> {
+    let mut own = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut own, registry)?;
+    let own = match format {
+        Format::OpenMetrics => own.strip_suffix("# EOF\n").map(str::to_owned).unwrap_or(own),
+        Format::Prometheus => openmetrics_to_prometheus(&own),
+    };
+    let (tcp, http) = (&metrics.tcp_retransmits.0, &metrics.http_duration.0);
+    let mut body = String::with_capacity(own.len() + tcp.size_hint() + http.size_hint() + 8);
+    body.push_str(&own);
+    tcp.write(format, &mut body);
+    http.write(format, &mut body);
+    if format == Format::OpenMetrics {
+        body.push_str("# EOF\n");
+    }
+    Ok(body)
+}
+
+/// The format an `Accept` header asks for.
+pub fn negotiate(accept: Option<&str>) -> Format {
+    if wants_openmetrics(accept) {
+        Format::OpenMetrics
+    } else {
+        Format::Prometheus
+    }
+}
 
 /// Whether an `Accept` header asks for OpenMetrics.
 pub fn wants_openmetrics(accept: Option<&str>) -> bool {

@@ -25,7 +25,8 @@ use super::{
 };
 use crate::{
     kube::cgroup::CgroupResolver,
-    metrics::{HttpLabels, KindLabels, Metrics, ReasonLabels, RetransmitLabels, TraceLabels},
+    metrics::{HttpLabels, KindLabels, Metrics, ReasonLabels, RetransmitLabels},
+    sink::families::{CounterValue, HistogramValue},
 };
 
 /// Label value of an HTTP method.
@@ -44,17 +45,6 @@ fn method_label(m: i32) -> &'static str {
     }
 }
 
-/// Lowercase hex of a 16-byte trace id (per event: no formatting machinery).
-fn hex(b: &[u8; 16]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for x in b {
-        out.push(char::from(DIGITS[usize::from(x >> 4)]));
-        out.push(char::from(DIGITS[usize::from(x & 0xf)]));
-    }
-    out
-}
-
 /// A label value from attribution, cut to [`MAX_LABEL_LEN`] bytes (on a char
 /// boundary) whatever the source, so no label string is unbounded.
 fn bounded(s: &str) -> String {
@@ -70,8 +60,6 @@ fn bounded(s: &str) -> String {
 
 /// Most cached series handles before the cache is cleared.
 pub const MAX_CACHED_SERIES: usize = 65536;
-
-type HttpSeries = prometheus_client::metrics::exemplar::HistogramWithExemplars<TraceLabels>;
 
 /// A cached handle: the series and whether its address resolved to a pod.
 #[derive(Debug)]
@@ -95,7 +83,7 @@ pub struct Aggregator {
     /// `pods.generation()` the cache was filled under.
     cache_generation: u64,
     ports: PortFolder,
-    cache: HashMap<(IpAddr, u32, i32), Cached<Counter>>,
+    cache: HashMap<(IpAddr, u32, i32), Cached<CounterValue>>,
     received_tcp: Counter,
     received_synthetic: Counter,
     received_http: Counter,
@@ -104,11 +92,11 @@ pub struct Aggregator {
     unresolved_tcp: Counter,
     unresolved_http: Counter,
     /// HTTP series handles by (cgroup id, local address, method, status).
-    http_cache: HashMap<(u64, IpAddr, i32, u32), Cached<HttpSeries>>,
+    http_cache: HashMap<(u64, IpAddr, i32, u32), Cached<HistogramValue>>,
     cgroups: Option<CgroupResolver>,
     budget: Budget,
-    tcp_series: SeriesTable<RetransmitLabels, Counter>,
-    http_series: SeriesTable<HttpLabels, HttpSeries, fn() -> HttpSeries>,
+    tcp_series: SeriesTable<CounterValue>,
+    http_series: SeriesTable<HistogramValue>,
     /// Clock of series touches: milliseconds since `start`, set per batch.
     start: Instant,
     now_ms: u64,
@@ -132,14 +120,14 @@ impl Aggregator {
         let o = || OVERFLOW.to_owned();
         let tcp_series = SeriesTable::new(
             "node_tcp_retransmits_total",
-            metrics.tcp_retransmits.clone(),
-            RetransmitLabels { pod: o(), namespace: o(), service: o(), dest_port: o(), kind: o() },
+            Arc::clone(&metrics.tcp_retransmits.0),
+            &RetransmitLabels { pod: o(), namespace: o(), service: o(), dest_port: o(), kind: o() },
             &metrics,
         );
         let http_series = SeriesTable::new(
             "http_request_duration_seconds",
-            metrics.http_duration.0.clone(),
-            HttpLabels { pod: o(), namespace: o(), service: o(), method: o(), status: o() },
+            Arc::clone(&metrics.http_duration.0),
+            &HttpLabels { pod: o(), namespace: o(), service: o(), method: o(), status: o() },
             &metrics,
         );
         Self {
@@ -252,7 +240,7 @@ impl Aggregator {
         self.refresh_cache();
         if let Some(c) = self.cache.get(&key) {
             c.series.touch(self.now_ms);
-            c.series.handle.inc_by(segments);
+            c.series.value.inc_by(segments);
             if c.series.overflow {
                 self.tcp_series.count_overflow();
             }
@@ -276,8 +264,8 @@ impl Aggregator {
             }
             .into(),
         };
-        let series = self.tcp_series.get_or_admit(labels, &mut self.budget, self.now_ms);
-        series.handle.inc_by(segments);
+        let series = self.tcp_series.get_or_admit(&labels, &mut self.budget, self.now_ms);
+        series.value.inc_by(segments);
         if series.overflow {
             self.tcp_series.count_overflow();
         }
@@ -295,7 +283,7 @@ impl Aggregator {
             return self.decode_error("bad_http_status");
         }
         let exemplar = match <&[u8; 16]>::try_from(h.trace_id.as_slice()) {
-            Ok(id) => Some(TraceLabels { trace_id: hex(id) }),
+            Ok(id) => Some(id),
             Err(_) if h.trace_id.is_empty() => None,
             // Counted, and the request still is, without an exemplar.
             Err(_) => {
@@ -309,7 +297,7 @@ impl Aggregator {
         let key = (h.cgroup_id, local, h.method, h.status);
         if let Some(c) = self.http_cache.get(&key) {
             c.series.touch(self.now_ms);
-            c.series.handle.observe(seconds, exemplar, None);
+            c.series.value.observe(seconds, exemplar);
             if c.series.overflow {
                 self.http_series.count_overflow();
             }
@@ -335,8 +323,8 @@ impl Aggregator {
             method: method_label(h.method).into(),
             status: h.status.to_string(),
         };
-        let series = self.http_series.get_or_admit(labels, &mut self.budget, self.now_ms);
-        series.handle.observe(seconds, exemplar, None);
+        let series = self.http_series.get_or_admit(&labels, &mut self.budget, self.now_ms);
+        series.value.observe(seconds, exemplar);
         if series.overflow {
             self.http_series.count_overflow();
         }
@@ -382,7 +370,7 @@ pub fn expiry_period(ttl: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::enrich_pod::StaticPods;
+    use crate::{sink::families::Format, transform::enrich_pod::StaticPods};
 
     fn rtx(addr: &[u8], port: u32, kind: v1::RetransmitKind, error: i32) -> v1::Event {
         rtx_segs(addr, port, kind, error, 1)
@@ -406,14 +394,15 @@ mod tests {
         let ns = if pod.is_empty() { "" } else { "shop" };
         let svc = if pod.is_empty() { "" } else { "web" };
         m.tcp_retransmits
-            .get_or_create(&RetransmitLabels {
+            .0
+            .get(&RetransmitLabels {
                 pod: pod.into(),
                 namespace: ns.into(),
                 service: svc.into(),
                 dest_port: port.into(),
                 kind: kind.into(),
             })
-            .get()
+            .map_or(0, |s| s.value.get())
     }
 
     #[test]
@@ -480,8 +469,7 @@ mod tests {
         a.apply(&req(200, 2, &[], &[1, 2, 3, 4, 5]));
         let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
         assert_eq!((reason("bad_trace_id"), reason("bad_http_status"), reason("bad_address")), (1, 2, 1));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &m.register()).unwrap();
+        let out = crate::sink::text_format::encode(&m.register(), &m, Format::OpenMetrics).unwrap();
         assert!(out.contains(r#"method="GET",status="200"} 1"#), "{out}");
         assert!(out.contains(r#"method="OTHER",status="200"} 1"#), "{out}");
         assert!(out.contains(&format!(r#"trace_id="{}""#, "ab".repeat(16))), "{out}");
@@ -518,14 +506,15 @@ mod tests {
         a.apply(&ev);
         let count = |pod: &str| {
             m.tcp_retransmits
-                .get_or_create(&RetransmitLabels {
+                .0
+                .get(&RetransmitLabels {
                     pod: pod.into(),
                     namespace: "shop".into(),
                     service: String::new(),
                     dest_port: "80".into(),
                     kind: "data".into(),
                 })
-                .get()
+                .map_or(0, |s| s.value.get())
         };
         assert_eq!((count("old"), count("new")), (1, 1), "the cached series of `old` was not reused");
     }

@@ -22,29 +22,29 @@
 //!   the family (and so from `/metrics`). Callers caching [`Series`] handles
 //!   must drop those that are [`Series::is_expired`]. A removed counter that
 //!   comes back starts from 0, which Prometheus treats as a counter reset.
+//! * Label sets are compared as the text they are written out as
+//!   ([`LabelSet::write_text`]): the text is made once per admission check,
+//!   and an admitted series keeps it (`sink::families`).
 //!
 //! Nothing here runs per event: admission runs once per handle-cache miss, and
 //! the per-event cost is [`Series::touch`] (one relaxed load, rarely a store).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    hash::{BuildHasher, Hash, RandomState},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
+    collections::{HashSet, VecDeque},
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
     time::Duration,
 };
 
-use prometheus_client::metrics::{
-    counter::Counter,
-    family::{Family, MetricConstructor},
-    gauge::Gauge,
-};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use tracing::warn;
 
-use crate::metrics::{MetricLabels, Metrics};
+pub use crate::sink::families::Series;
+use crate::{
+    metrics::{MetricLabels, Metrics},
+    sink::families::{Family, LabelSet, Value},
+};
 
 /// The label value of every label of an overflow series.
 pub const OVERFLOW: &str = "__overflow__";
@@ -66,37 +66,6 @@ pub struct SeriesLimits {
 impl Default for SeriesLimits {
     fn default() -> Self {
         Self { max_series: 50_000, max_per_metric: 20_000, ttl: Duration::from_secs(600) }
-    }
-}
-
-/// One live series: its metric handle and when it was last counted into.
-#[derive(Debug)]
-pub struct Series<M> {
-    /// The handle to count into.
-    pub handle: M,
-    /// Whether this is the metric's overflow series.
-    pub overflow: bool,
-    /// Milliseconds on the caller's clock (see [`SeriesTable::expire`]).
-    touched_ms: AtomicU64,
-    expired: AtomicBool,
-}
-
-impl<M> Series<M> {
-    fn new(handle: M, overflow: bool, now_ms: u64) -> Self {
-        Self { handle, overflow, touched_ms: AtomicU64::new(now_ms), expired: AtomicBool::new(false) }
-    }
-
-    /// Marks the series as counted into at `now_ms`.
-    #[inline]
-    pub fn touch(&self, now_ms: u64) {
-        if self.touched_ms.load(Relaxed) != now_ms {
-            self.touched_ms.store(now_ms, Relaxed);
-        }
-    }
-
-    /// Whether the series was removed from its family: counting into it is lost.
-    pub fn is_expired(&self) -> bool {
-        self.expired.load(Relaxed)
     }
 }
 
@@ -151,12 +120,15 @@ impl RecentSet {
 
 /// The live series of one family, and the budget bookkeeping for it.
 #[derive(Debug)]
-pub struct SeriesTable<L, M, C = fn() -> M> {
-    name: String,
-    family: Family<L, M, C>,
-    live: HashMap<L, Arc<Series<M>>>,
-    overflow_labels: L,
-    overflow: Option<Arc<Series<M>>>,
+pub struct SeriesTable<V> {
+    family: Arc<Family<V>>,
+    /// Label text of the overflow series.
+    overflow_labels: String,
+    overflow: Option<Arc<Series<V>>>,
+    /// Admitted (non-overflow) series.
+    admitted: usize,
+    /// Scratch buffer for label text (admission only).
+    scratch: String,
     refusals: RecentSet,
     hasher: RandomState,
     overflow_events: Counter,
@@ -165,23 +137,26 @@ pub struct SeriesTable<L, M, C = fn() -> M> {
     gauge: Gauge,
 }
 
-impl<L, M, C> SeriesTable<L, M, C>
-where
-    L: Clone + Hash + Eq,
-    M: Clone,
-    C: MetricConstructor<M>,
-{
-    /// A table serving `family`, whose self-metrics carry `metric="<name>"`.
-    pub fn new(name: &str, family: Family<L, M, C>, overflow_labels: L, metrics: &Metrics) -> Self {
+impl<V: Value> SeriesTable<V> {
+    /// A table admitting series into `family`, whose self-metrics carry
+    /// `metric="<name>"`; the overflow series has `overflow_labels`.
+    pub fn new(
+        name: &str,
+        family: Arc<Family<V>>,
+        overflow_labels: &impl LabelSet,
+        metrics: &Metrics,
+    ) -> Self {
         let label = MetricLabels { metric: name.to_owned() };
         let gauge = metrics.series.get_or_create(&label).clone();
         gauge.set(0);
+        let mut text = String::new();
+        overflow_labels.write_text(&mut text);
         Self {
-            name: name.to_owned(),
             family,
-            live: HashMap::new(),
-            overflow_labels,
+            overflow_labels: text,
             overflow: None,
+            admitted: 0,
+            scratch: String::new(),
             refusals: RecentSet::default(),
             hasher: RandomState::new(),
             overflow_events: metrics.series_overflow_events.get_or_create(&label).clone(),
@@ -193,33 +168,40 @@ where
 
     /// The series for `labels`: the live one, a newly admitted one, or the
     /// overflow series when the budget is spent (the refusal is counted).
-    pub fn get_or_admit(&mut self, labels: L, budget: &mut Budget, now_ms: u64) -> Arc<Series<M>> {
-        if let Some(s) = self.live.get(&labels) {
-            return Arc::clone(s);
+    pub fn get_or_admit(
+        &mut self,
+        labels: &impl LabelSet,
+        budget: &mut Budget,
+        now_ms: u64,
+    ) -> Arc<Series<V>> {
+        self.scratch.clear();
+        labels.write_text(&mut self.scratch);
+        if self.scratch != self.overflow_labels {
+            if let Some(s) = self.family.get_text(&self.scratch) {
+                return s;
+            }
+            if self.admitted + 1 < budget.limits.max_per_metric && budget.has_room() {
+                let s = self.family.get_or_create(&self.scratch, false, now_ms);
+                self.admitted += 1;
+                budget.admitted += 1;
+                self.update_gauge();
+                return s;
+            }
         }
-        if self.live.len() + 1 < budget.limits.max_per_metric && budget.has_room() {
-            let handle = self.family.get_or_create_owned(&labels);
-            let s = Arc::new(Series::new(handle, false, now_ms));
-            self.live.insert(labels, Arc::clone(&s));
-            budget.admitted += 1;
-            self.update_gauge();
-            return s;
-        }
-        if self.refusals.insert(self.hasher.hash_one(&labels)) {
+        if self.refusals.insert(self.hasher.hash_one(self.scratch.as_str())) {
             let n = self.refused.inc() + 1;
             if n.is_power_of_two() {
-                warn!(metric = %self.name, refused = n, "Series budget spent; new label sets are counted into the overflow series.");
+                warn!(metric = %self.family.name(), refused = n, "Series budget spent; new label sets are counted into the overflow series.");
             }
         }
         self.overflow_series(now_ms)
     }
 
-    fn overflow_series(&mut self, now_ms: u64) -> Arc<Series<M>> {
+    fn overflow_series(&mut self, now_ms: u64) -> Arc<Series<V>> {
         if let Some(s) = &self.overflow {
             return Arc::clone(s);
         }
-        let handle = self.family.get_or_create_owned(&self.overflow_labels);
-        let s = Arc::new(Series::new(handle, true, now_ms));
+        let s = self.family.get_or_create(&self.overflow_labels, true, now_ms);
         self.overflow = Some(Arc::clone(&s));
         self.update_gauge();
         s
@@ -231,39 +213,28 @@ where
         self.overflow_events.inc();
     }
 
-    /// Removes every series last counted into `ttl_ms` or more before `now_ms`;
-    /// returns how many were removed.
+    /// Removes every series last counted into `ttl_ms` or more before `now_ms`
+    /// (from the family, so from `/metrics`; their handles are marked
+    /// expired); returns how many were removed.
     pub fn expire(&mut self, budget: &mut Budget, now_ms: u64, ttl_ms: u64) -> usize {
-        let stale = |s: &Series<M>| now_ms.saturating_sub(s.touched_ms.load(Relaxed)) >= ttl_ms;
-        let family = &self.family;
-        let mut removed = 0;
-        self.live.retain(|labels, s| {
-            if !stale(s) {
-                return true;
-            }
-            family.remove(labels);
-            s.expired.store(true, Relaxed);
-            removed += 1;
-            false
-        });
-        budget.admitted -= removed;
-        if self.overflow.as_deref().is_some_and(stale) {
-            if let Some(s) = self.overflow.take() {
-                self.family.remove(&self.overflow_labels);
-                s.expired.store(true, Relaxed);
-                removed += 1;
-            }
+        let removed = self.family.remove_where(|s| now_ms.saturating_sub(s.touched_ms()) >= ttl_ms);
+        let overflow_removed = removed.iter().filter(|s| s.overflow).count();
+        let admitted_removed = removed.len() - overflow_removed;
+        self.admitted -= admitted_removed;
+        budget.admitted -= admitted_removed;
+        if overflow_removed > 0 {
+            self.overflow = None;
         }
-        if removed > 0 {
-            self.expired.inc_by(removed as u64);
+        if !removed.is_empty() {
+            self.expired.inc_by(removed.len() as u64);
             self.update_gauge();
         }
-        removed
+        removed.len()
     }
 
     /// Live series, the overflow series included.
     pub fn len(&self) -> usize {
-        self.live.len() + usize::from(self.overflow.is_some())
+        self.admitted + usize::from(self.overflow.is_some())
     }
 
     /// Whether the table has no series.
@@ -278,18 +249,28 @@ where
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::family::Family as ClientFamily;
+
     use super::*;
-    use crate::metrics::KindLabels;
+    use crate::sink::families::{push_label, CounterValue};
 
-    fn table(m: &Metrics) -> SeriesTable<KindLabels, Counter> {
-        SeriesTable::new("t", Family::default(), KindLabels { kind: OVERFLOW.into() }, m)
+    struct K(String);
+
+    impl LabelSet for K {
+        fn write_text(&self, out: &mut String) {
+            push_label(out, "kind", &self.0);
+        }
     }
 
-    fn k(i: usize) -> KindLabels {
-        KindLabels { kind: i.to_string() }
+    fn table(m: &Metrics) -> SeriesTable<CounterValue> {
+        SeriesTable::new("t", Arc::new(Family::new("t", "Test.")), &K(OVERFLOW.into()), m)
     }
 
-    fn metric(f: &Family<MetricLabels, Counter>) -> u64 {
+    fn k(i: usize) -> K {
+        K(i.to_string())
+    }
+
+    fn metric(f: &ClientFamily<MetricLabels, Counter>) -> u64 {
         f.get_or_create(&MetricLabels { metric: "t".into() }).get()
     }
 
@@ -299,16 +280,16 @@ mod tests {
         let mut t = table(&m);
         let mut b = Budget::new(SeriesLimits { max_per_metric: 4, ..SeriesLimits::default() }, 1);
         for i in 0..10 {
-            let s = t.get_or_admit(k(i), &mut b, 0);
+            let s = t.get_or_admit(&k(i), &mut b, 0);
             assert_eq!(s.overflow, i >= 3, "series {i}");
         }
         assert_eq!(t.len(), 4);
         assert_eq!(metric(&m.series_refused), 7);
         // Refused again: not counted again.
-        t.get_or_admit(k(9), &mut b, 0);
+        t.get_or_admit(&k(9), &mut b, 0);
         assert_eq!(metric(&m.series_refused), 7);
         // An admitted one is found again.
-        assert!(!t.get_or_admit(k(1), &mut b, 0).overflow);
+        assert!(!t.get_or_admit(&k(1), &mut b, 0).overflow);
         assert_eq!(m.series.get_or_create(&MetricLabels { metric: "t".into() }).get(), 4);
     }
 
@@ -318,10 +299,10 @@ mod tests {
         let (mut a, mut c) = (table(&m), table(&m));
         let mut b = Budget::new(SeriesLimits { max_series: 6, ..SeriesLimits::default() }, 2);
         for i in 0..10 {
-            a.get_or_admit(k(i), &mut b, 0);
+            a.get_or_admit(&k(i), &mut b, 0);
         }
         for i in 0..10 {
-            c.get_or_admit(k(i), &mut b, 0);
+            c.get_or_admit(&k(i), &mut b, 0);
         }
         assert_eq!((a.len(), c.len()), (5, 1), "a took 4 + overflow, c only its overflow");
         assert_eq!(a.len() + c.len(), 6);
@@ -332,16 +313,17 @@ mod tests {
         let m = Metrics::default();
         let mut t = table(&m);
         let mut b = Budget::new(SeriesLimits { max_per_metric: 3, ..SeriesLimits::default() }, 1);
-        let old = t.get_or_admit(k(0), &mut b, 0);
-        let fresh = t.get_or_admit(k(1), &mut b, 0);
-        let over = t.get_or_admit(k(2), &mut b, 0);
+        let old = t.get_or_admit(&k(0), &mut b, 0);
+        let fresh = t.get_or_admit(&k(1), &mut b, 0);
+        let over = t.get_or_admit(&k(2), &mut b, 0);
         assert!(over.overflow);
         fresh.touch(900);
         assert_eq!(t.expire(&mut b, 1000, 1000), 2, "the old series and the overflow series");
         assert!(old.is_expired() && over.is_expired() && !fresh.is_expired());
         assert_eq!(t.len(), 1);
-        assert!(!t.get_or_admit(k(2), &mut b, 1000).overflow, "room again");
+        assert!(!t.get_or_admit(&k(2), &mut b, 1000).overflow, "room again");
         assert!(t.family.get(&k(0)).is_none());
+        assert_eq!(t.family.len(), 2, "the fresh series and the one admitted again");
     }
 
     #[test]
