@@ -3,16 +3,17 @@
 //! take, in process (the aggregator's own types; no kernel needed).
 //!
 //! For each series count N it builds the aggregator's state the way events
-//! build it in production: a pods file of N pods, one TCP retransmit event
-//! to each pod's address, so `node_tcp_retransmits_total` holds N series
-//! (the series budget raised to fit them). Then it answers `/metrics` through
-//! the same handler the HTTP server calls, `--scrapes` times per format
-//! (Prometheus text, and OpenMetrics as Prometheus asks for it by default),
-//! and reports the median and p99 time per scrape, the body size, and the
-//! process's VmRSS before and after the series exist.
+//! build it in production: a pods file of `--pods` pods (10,000, the memory
+//! target's cluster), then TCP retransmit events to N distinct (pod, port)
+//! destinations, so `node_tcp_retransmits_total` holds N series (the series
+//! budget raised to fit them). Then it answers `/metrics` through the same
+//! handler the HTTP server calls, `--scrapes` times per format (Prometheus
+//! text, and OpenMetrics as Prometheus asks for it by default), and reports
+//! the median and p99 time per scrape, the body size, and the process's VmRSS
+//! with the pods indexed, with the series, and after the scrapes.
 //!
 //! ```text
-//! target/release/nettel-scrape-bench [--series 10000,100000] [--scrapes 30]
+//! target/release/nettel-scrape-bench [--series 10000,100000] [--pods 10000] [--scrapes 30]
 //! ```
 
 use std::{
@@ -77,11 +78,15 @@ fn main() {
     let counts: Vec<usize> =
         flag("--series", "10000,100000").split(',').map(|s| s.parse().expect("--series: numbers")).collect();
     let scrapes: usize = flag("--scrapes", "30").parse().expect("--scrapes: a number");
-    println!("| series | format | body | encode p50 | encode p99 | VmRSS before / after the series |");
-    println!("|---|---|---|---|---|---|");
+    let pod_count: usize = flag("--pods", "10000").parse().expect("--pods: a number");
+    assert!(pod_count > 0, "--pods: at least 1");
+    println!(
+        "| series | pods | format | body | encode p50 | encode p99 | VmRSS pods / + series / after scrapes |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for n in counts {
         let metrics = Arc::new(Metrics::default());
-        let pods = StaticPods::parse(&pods_json(n)).expect("pods");
+        let pods = StaticPods::parse(&pods_json(pod_count)).expect("pods");
         let rss_before = vm_rss_mib();
         let limits =
             SeriesLimits { max_series: n + 16, max_per_metric: n + 16, ttl: Duration::from_secs(3600) };
@@ -93,8 +98,9 @@ fn main() {
             .map(|i| v1::Event {
                 timestamp_boot_ns: 1,
                 kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-                    remote_addr: pod_ip(i).to_vec(),
-                    remote_port: 8080,
+                    remote_addr: pod_ip(i % pod_count).to_vec(),
+                    // Distinct listening ports per pod (below the ephemeral fold).
+                    remote_port: 8000 + (i / pod_count) as u32,
                     kind: v1::RetransmitKind::Data as i32,
                     segments: 1,
                     ..Default::default()
@@ -110,6 +116,7 @@ fn main() {
             metrics: Arc::clone(&metrics),
             require_kube_sync: false,
         };
+        let mut rows = Vec::new();
         for (format, accept) in [("Prometheus text", None), ("OpenMetrics", Some(OPENMETRICS_CONTENT_TYPE))] {
             let mut times = Vec::with_capacity(scrapes);
             let mut body = 0;
@@ -122,11 +129,15 @@ fn main() {
                 body = http_body_len(resp);
             }
             times.sort();
+            rows.push((format, body, percentile(&times, 0.5), percentile(&times, 0.99)));
+        }
+        let rss_scraped = vm_rss_mib();
+        for (format, body, p50, p99) in rows {
             println!(
-                "| {n} | {format} | {:.1} MiB | {:.2} ms | {:.2} ms | {rss_before:.1} / {rss_after:.1} MiB |",
+                "| {n} | {pod_count} | {format} | {:.1} MiB | {:.2} ms | {:.2} ms | {rss_before:.1} / {rss_after:.1} / {rss_scraped:.1} MiB |",
                 body as f64 / (1024.0 * 1024.0),
-                percentile(&times, 0.5).as_secs_f64() * 1e3,
-                percentile(&times, 0.99).as_secs_f64() * 1e3,
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
             );
         }
     }
