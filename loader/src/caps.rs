@@ -127,6 +127,8 @@ pub enum Operation {
     TracingProgLoad,
     /// perf_event_open(2) / raw tracepoint open to attach.
     Attach,
+    /// perf_event_open(2) of a uprobe (the TLS attacher thread).
+    UprobeAttach,
     /// mount(2) of bpffs or tracefs.
     Mount,
 }
@@ -142,7 +144,9 @@ pub fn missing_for(op: Operation, effective: u64) -> Vec<&'static str> {
     let needed: &[sys::Cap] = match op {
         Operation::Bpf => &[sys::Cap::Bpf],
         Operation::TracingProgLoad | Operation::Attach => &[sys::Cap::Bpf, sys::Cap::Perfmon],
-        Operation::Mount => &[sys::Cap::SysAdmin],
+        // "perf: Require CAP_SYS_ADMIN for uprobes" (Linux 6.16 and stable
+        // backports; CAP_PERFMON before). See crate::tls::ATTACHER_CAPS.
+        Operation::Mount | Operation::UprobeAttach => &[sys::Cap::SysAdmin],
     };
     needed.iter().filter(|c| !has(**c)).map(|c| cap_name(*c)).collect()
 }
@@ -178,6 +182,7 @@ mod tests {
         assert_eq!(missing_for(Operation::Bpf, perfmon), ["CAP_BPF"]);
         assert_eq!(missing_for(Operation::Attach, 0), ["CAP_BPF", "CAP_PERFMON"]);
         assert_eq!(missing_for(Operation::Mount, bpf | perfmon), ["CAP_SYS_ADMIN"]);
+        assert_eq!(missing_for(Operation::UprobeAttach, bpf | perfmon), ["CAP_SYS_ADMIN"]);
         assert!(missing_for(Operation::Attach, bpf | perfmon).is_empty());
         assert!(missing_for(Operation::Mount, admin).is_empty());
     }

@@ -109,6 +109,14 @@ pub struct RunArgs {
     /// (how soon a new libssl or OpenSSL executable is instrumented).
     #[arg(long, env = "NETTEL_TLS_SCAN_MS", default_value_t = 2000)]
     pub tls_scan_ms: u64,
+    /// Skip nettel's own capability checks (the preflight's CAP_BPF/CAP_PERFMON
+    /// check and, with `--tls on`, the TLS attacher's) and let the kernel
+    /// decide: a missing capability then fails the first kernel operation that
+    /// needs it, and the error names that operation and the capability. For
+    /// diagnosing capability issues and for the minimality test
+    /// (tests/tests/capabilities.rs); off by default.
+    #[arg(long, env = "NETTEL_SKIP_CAPABILITY_CHECK")]
+    pub skip_capability_check: bool,
 }
 
 /// A feature switch.
@@ -203,6 +211,12 @@ mod tests {
         let c = parse(&[]).validate().unwrap();
         assert_eq!(c.ring_bytes, 1 << 20);
         assert_eq!(c.queue_batches, 256);
+    }
+
+    #[test]
+    fn the_capability_checks_run_unless_skipped() {
+        assert!(!parse(&[]).skip_capability_check);
+        assert!(parse(&["--skip-capability-check"]).skip_capability_check);
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn pin_root(pin_dir: &Path) -> &Path {
 }
 
 fn check(pin_dir: &Path) -> ExitCode {
-    let report = preflight::run(pin_root(pin_dir));
+    let report = preflight::run(pin_root(pin_dir), preflight::CapabilityCheck::Enforce);
     print!("{report}");
     if report.all_pass() {
         println!("nettel-loader check: all checks passed");
@@ -131,7 +131,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
     let cfg = args.validate()?;
-    let report = preflight::run(pin_root(&args.pin_dir));
+    let capability_check = if args.skip_capability_check {
+        warn!("Capability checks skipped (--skip-capability-check): the kernel decides.");
+        preflight::CapabilityCheck::Skip
+    } else {
+        preflight::CapabilityCheck::Enforce
+    };
+    let report = preflight::run(pin_root(&args.pin_dir), capability_check);
     if !report.runnable() {
         return Err(Error::Preflight(report.failures()));
     }
@@ -145,8 +151,11 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
     let shared = Arc::new(tls::Shared::default());
     let attacher = match (args.tls, &probes.http) {
         (Toggle::On, Some(http)) => {
-            let tls_cfg =
-                tls::Config { scan: Duration::from_millis(args.tls_scan_ms), proc_root: "/proc".into() };
+            let tls_cfg = tls::Config {
+                scan: Duration::from_millis(args.tls_scan_ms),
+                proc_root: "/proc".into(),
+                capability_check,
+            };
             Some(
                 tls::Attacher::start(Arc::clone(http), tls_cfg, Arc::clone(&shared))
                     .map_err(Error::with_capability_hint)?,

@@ -13,7 +13,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::MapInfo;
+use aya::{
+    maps::{MapError, MapInfo},
+    sys::SyscallError,
+};
 use nettel_bpf::names;
 use tracing::warn;
 
@@ -119,7 +122,7 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Err
             fresh.push(spec.name.clone());
             continue;
         }
-        let Err(reason) = check(&path, spec) else { continue };
+        let Some(reason) = check(&path, spec)? else { continue };
         if DURABLE.contains(&spec.name.as_str()) {
             return Err(Error::PinnedMapMismatch { map: spec.name.clone(), path, reason });
         }
@@ -134,22 +137,41 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Err
     Ok(fresh)
 }
 
-fn check(path: &Path, spec: &MapSpec) -> Result<(), String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+/// Why the map pinned at `path` does not match `spec` (`None`: it matches).
+/// A refused `BPF_OBJ_GET` (EPERM: a missing capability, an LSM) is an error,
+/// not a mismatch: it says nothing about the map, which must not be replaced.
+fn check(path: &Path, spec: &MapSpec) -> Result<Option<String>, Error> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return Ok(Some(format!("cannot stat: {e}"))),
+    };
     if meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
-        return Err(format!("owner uid {} mode {:o} is not private", meta.uid(), meta.mode() & 0o7777));
+        return Ok(Some(format!("owner uid {} mode {:o} is not private", meta.uid(), meta.mode() & 0o7777)));
     }
-    let info = MapInfo::from_pin(path).map_err(|e| format!("not a BPF map: {e}"))?;
-    let ty = info.map_type().map_err(|e| format!("unknown map type: {e}"))? as u32;
+    let info = match MapInfo::from_pin(path) {
+        Ok(info) => info,
+        Err(MapError::SyscallError(SyscallError { io_error, .. })) if io_error.raw_os_error() == Some(1) => {
+            return Err(Error::PinnedMapRefused {
+                map: spec.name.clone(),
+                path: path.to_owned(),
+                source: io_error,
+            })
+        }
+        Err(e) => return Ok(Some(format!("not a BPF map: {e}"))),
+    };
+    let ty = match info.map_type() {
+        Ok(ty) => ty as u32,
+        Err(e) => return Ok(Some(format!("unknown map type: {e}"))),
+    };
     let got = (ty, info.key_size(), info.value_size(), info.max_entries());
     let want = (spec.map_type, spec.key_size, spec.value_size, spec.max_entries);
     if got != want {
-        return Err(format!(
+        return Ok(Some(format!(
             "found (type {}, key {}, value {}, max_entries {}), expected (type {}, key {}, value {}, max_entries {})",
             got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
-        ));
+        )));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Removes what the loader pinned: every `nt_*` entry of `dir/links` and of

@@ -87,15 +87,27 @@ impl fmt::Display for Report {
     }
 }
 
+/// Whether [`run`] checks the capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapabilityCheck {
+    Enforce,
+    /// `run --skip-capability-check`: the report has no capabilities line,
+    /// and the kernel is the judge (a refusal names the missing capability,
+    /// see [`crate::Error::with_capability_hint`]).
+    Skip,
+}
+
 /// Runs every check. `pin_root` is the bpffs mount expected to hold the pin dir.
-pub fn run(pin_root: &Path) -> Report {
-    let checks = vec![
-        Check { name: "btf", outcome: check_btf() },
-        Check { name: "kernel", outcome: check_kernel() },
-        Check { name: "capabilities", outcome: check_caps() },
+pub fn run(pin_root: &Path, capabilities: CapabilityCheck) -> Report {
+    let mut checks =
+        vec![Check { name: "btf", outcome: check_btf() }, Check { name: "kernel", outcome: check_kernel() }];
+    if capabilities == CapabilityCheck::Enforce {
+        checks.push(Check { name: "capabilities", outcome: check_caps() });
+    }
+    checks.extend([
         Check { name: "bpffs", outcome: check_mount(pin_root, sys::BPF_FS_MAGIC, "bpf") },
         Check { name: "tracefs", outcome: check_mount(Path::new(TRACEFS), sys::TRACEFS_MAGIC, "tracefs") },
-    ];
+    ]);
     Report { checks }
 }
 
@@ -170,4 +182,16 @@ fn check_mount(path: &Path, magic: i64, fstype: &'static str) -> Outcome {
 
 fn fail(problem: String, fix: &str) -> Outcome {
     Outcome::Fail { problem, fix: fix.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_capability_check_leaves_no_capabilities_line() {
+        let names = |c| run(Path::new("/"), c).checks.iter().map(|c| c.name).collect::<Vec<_>>();
+        assert_eq!(names(CapabilityCheck::Enforce), ["btf", "kernel", "capabilities", "bpffs", "tracefs"]);
+        assert_eq!(names(CapabilityCheck::Skip), ["btf", "kernel", "bpffs", "tracefs"]);
+    }
 }

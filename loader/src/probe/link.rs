@@ -115,11 +115,8 @@ pub fn ensure(
         Origin::Attached
     };
     let link = attach()?;
-    let pinned: PinnedLink = link.pin(&path).map_err(|e| Error::Io {
-        what: "failed to pin the link",
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
+    let pinned: PinnedLink =
+        link.pin(&path).map_err(|source| Error::PinLink { program, path: path.clone(), source })?;
     // Closing our descriptor leaves the pin as the only reference.
     drop(pinned);
     Ok(origin)

@@ -166,7 +166,7 @@ fn load_object(pin_dir: &Path, ring_bytes: u32, object: &'static str, bytes: &[u
         .default_map_pin_directory(pin_dir)
         .map_max_entries(names::EVENTS_MAP, ring_bytes)
         .load(bytes)
-        .map_err(|source| Error::ObjectLoad { object, source })
+        .map_err(|e| Error::object(object, e))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {

@@ -31,7 +31,11 @@ use super::{
     maps::FileId,
     open, Reason,
 };
-use crate::Error;
+use crate::{
+    caps::{self, Operation},
+    error::capability_hint,
+    Error,
+};
 
 /// The http object, shared between the main thread (which keeps it alive)
 /// and the attacher thread (which attaches uprobes to it).
@@ -138,7 +142,7 @@ impl Links {
                         &fd_path,
                         UProbeScope::AllProcesses,
                     )
-                    .map_err(|e| io::Error::other(chain(&e)))
+                    .map_err(|e| io::Error::other(attach_error(&e)))
                 });
             match result {
                 Ok(link) => links.push((program, link)),
@@ -183,6 +187,25 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// [`chain`] of an attach error; when the kernel refused (EPERM, or EACCES,
+/// which `perf_uprobe_event_init()` returns without CAP_SYS_ADMIN), also the
+/// capability this thread lacks, or the LSM/seccomp hint when it has it.
+fn attach_error(e: &aya::programs::ProgramError) -> String {
+    let mut refused = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        refused |= matches!(c.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error), Some(1 | 13));
+        cur = c.source();
+    }
+    if !refused {
+        return chain(e);
+    }
+    // This thread's own set (capability sets are per thread).
+    let effective = rustix::thread::capabilities(None).map_or(0, |c| c.effective.bits());
+    let missing = caps::missing_for(Operation::UprobeAttach, effective);
+    format!("{} ({})", chain(e), capability_hint(Operation::UprobeAttach, &missing))
+}
+
 fn detach_all(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     // Entry probes first (the reverse of attach order).
     for (program, link) in links.into_iter().rev() {
@@ -194,6 +217,8 @@ fn detach_all(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
 
 #[cfg(test)]
 mod tests {
+    use rustix::thread::CapabilitySet;
+
     use super::*;
 
     #[test]
@@ -206,5 +231,31 @@ mod tests {
         assert_eq!(first_entry, 4);
         let plain = hooks(&Offsets { read: 1, write: 2, read_ex: None, write_ex: None });
         assert_eq!(plain.len(), 4);
+    }
+
+    #[test]
+    fn a_refused_uprobe_attach_names_cap_sys_admin_or_an_lsm() {
+        let err = |errno| {
+            aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "perf_event_open",
+                io_error: io::Error::from_raw_os_error(errno),
+            })
+        };
+        // A thread without CAP_SYS_ADMIN (capability sets are per thread).
+        let without = std::thread::spawn(move || {
+            caps::drop_to(CapabilitySet::empty()).unwrap();
+            [1, 13].map(|errno| attach_error(&err(errno)))
+        });
+        for shown in without.join().unwrap() {
+            assert!(shown.starts_with("`perf_event_open` failed: "), "{shown}");
+            assert!(
+                shown.ends_with("(needs CAP_SYS_ADMIN (Kubernetes: `capabilities.add: [SYS_ADMIN]`))"),
+                "{shown}"
+            );
+        }
+        if rustix::thread::capabilities(None).unwrap().effective.contains(CapabilitySet::SYS_ADMIN) {
+            assert!(attach_error(&err(13)).ends_with("or a seccomp profile refused it)"));
+        }
+        assert_eq!(attach_error(&err(2)), "`perf_event_open` failed: No such file or directory (os error 2)");
     }
 }

@@ -111,6 +111,10 @@ pub struct Config {
     pub scan: Duration,
     /// procfs (normally `/proc`).
     pub proc_root: PathBuf,
+    /// Whether [`Attacher::start`] refuses to start without [`ATTACHER_CAPS`]
+    /// in the permitted set (`Skip`: `run --skip-capability-check`, the
+    /// kernel refuses each uprobe attach instead).
+    pub capability_check: crate::preflight::CapabilityCheck,
 }
 
 /// The running attacher thread; stopping it detaches every uprobe.
@@ -133,7 +137,7 @@ impl Attacher {
                 .filter(|(c, _)| !permitted.contains(*c))
                 .map(|(_, n)| n)
                 .collect();
-        if !missing.is_empty() {
+        if !missing.is_empty() && cfg.capability_check == crate::preflight::CapabilityCheck::Enforce {
             return Err(Error::TlsCapabilities { missing });
         }
         load_programs(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()))?;
