@@ -4,7 +4,10 @@
 //! loader's and aggregator's logs, `/metrics` in both exposition formats, the
 //! status RPC and the event stream itself are searched for kernel pointers
 //! (hex `ffff8...`-`ffffff...` words, and their decimal values) and for
-//! verifier log text.
+//! verifier log text. A successful load has no verifier log; a rejected one,
+//! whose log does hold kernel addresses, is covered by
+//! loader/tests/verifier_log.rs (the kernel rejects a fixture program, and the
+//! loader's error for it must carry neither).
 //!
 //! Network namespaces: id 42. No retransmits are generated.
 
