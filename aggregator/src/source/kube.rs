@@ -11,6 +11,10 @@
 //!
 //! During an API outage the index keeps serving what it has; only deleted
 //! pods' TTLs run out.
+//!
+//! The watches deserialize into [`LeanPod`] and [`LeanEndpointSlice`], which
+//! keep only what [`pod_info`] and [`slice_info`] read, and list in pages of
+//! [`PAGE_SIZE`] (see BENCHMARKS.md, kube-cache).
 
 use std::{
     collections::HashSet,
@@ -23,7 +27,6 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{watcher, WatchStreamExt},
@@ -32,11 +35,22 @@ use kube::{
 use tracing::{info, warn};
 
 use crate::{
-    kube::pod_index::{PodInfo, PodState, SliceInfo},
+    kube::{
+        objects::{LeanEndpointSlice, LeanPod},
+        pod_index::{PodInfo, PodState, SliceInfo},
+    },
     metrics::{Metrics, ResourceLabels},
     transform::enrich_pod::ClusterIndex,
     Error,
 };
+
+/// Objects per list request (kube's default is 500). The watcher holds a
+/// whole page, as response text and as objects, while it hands the objects
+/// out one by one, so the page bounds the initial list's memory peak; with
+/// 10,000 realistic Pods, 100 instead of 500 lowered the aggregator's peak RSS
+/// from ~30.5 to ~25.7 MiB. The total bytes listed stay the same, in 5x the
+/// requests.
+pub const PAGE_SIZE: u32 = 100;
 
 /// Builds a client from `kubeconfig`, or from the in-cluster service account.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
@@ -105,8 +119,9 @@ impl KubeSource {
         warn!(resource, error = %e, "Kubernetes watch error; backing off and retrying.");
     }
 
-    async fn watch_pods(self: Arc<Self>, api: Api<Pod>) {
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    async fn watch_pods(self: Arc<Self>, api: Api<LeanPod>) {
+        let mut stream =
+            watcher(api, watcher::Config::default().page_size(PAGE_SIZE)).default_backoff().boxed();
         let mut relist: HashSet<Arc<str>> = HashSet::new();
         while let Some(ev) = stream.next().await {
             let now = Instant::now();
@@ -150,8 +165,9 @@ impl KubeSource {
         }
     }
 
-    async fn watch_slices(self: Arc<Self>, api: Api<EndpointSlice>) {
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    async fn watch_slices(self: Arc<Self>, api: Api<LeanEndpointSlice>) {
+        let mut stream =
+            watcher(api, watcher::Config::default().page_size(PAGE_SIZE)).default_backoff().boxed();
         let mut relist: HashSet<(Arc<str>, Arc<str>)> = HashSet::new();
         while let Some(ev) = stream.next().await {
             match ev {
@@ -188,7 +204,7 @@ impl KubeSource {
         }
     }
 
-    fn remove_slice(&self, s: &EndpointSlice) {
+    fn remove_slice(&self, s: &LeanEndpointSlice) {
         if let (Some(ns), Some(name)) = (s.metadata.namespace.as_deref(), s.metadata.name.as_deref()) {
             self.index.update(|i| i.remove_slice(ns, name));
         }
@@ -215,13 +231,13 @@ impl KubeSource {
 }
 
 /// What the index keeps of a Pod; `None` for objects without a UID.
-pub fn pod_info(p: &Pod) -> Option<PodInfo> {
+pub fn pod_info(p: &LeanPod) -> Option<PodInfo> {
     let md = &p.metadata;
     let uid: Arc<str> = md.uid.as_deref()?.into();
     let status = p.status.as_ref();
     let mut ips: Vec<std::net::IpAddr> = status
         .and_then(|s| s.pod_ips.as_ref())
-        .map(|v| v.iter().filter_map(|i| i.ip.parse().ok()).collect())
+        .map(|v| v.iter().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect())
         .unwrap_or_default();
     if ips.is_empty() {
         ips.extend(
@@ -253,7 +269,7 @@ pub fn pod_info(p: &Pod) -> Option<PodInfo> {
 }
 
 /// What the index keeps of an EndpointSlice; `None` without a service label.
-pub fn slice_info(s: &EndpointSlice) -> Option<SliceInfo> {
+pub fn slice_info(s: &LeanEndpointSlice) -> Option<SliceInfo> {
     let md = &s.metadata;
     let service = md.labels.as_ref()?.get("kubernetes.io/service-name")?;
     let pod_uids = s
