@@ -20,7 +20,31 @@ pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    Ok((head.lines().next().unwrap_or("").to_owned(), body.to_owned()))
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked { dechunk(body)? } else { body.to_owned() };
+    Ok((head.lines().next().unwrap_or("").to_owned(), body))
+}
+
+/// Decodes a chunked HTTP/1.1 body (`/metrics` is streamed in chunks).
+fn dechunk(mut rest: &str) -> std::io::Result<String> {
+    let bad =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("chunked body: {what}"));
+    let mut out = String::new();
+    loop {
+        let (size_line, after) = rest.split_once("\r\n").ok_or_else(|| bad("no chunk-size line"))?;
+        let hex = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let data = after.get(..size).ok_or_else(|| bad("truncated chunk"))?;
+        out.push_str(data);
+        rest = after[size..].strip_prefix("\r\n").ok_or_else(|| bad("chunk without CRLF"))?;
+    }
 }
 
 /// Scrapes `/metrics` (Prometheus text format).

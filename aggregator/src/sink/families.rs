@@ -402,16 +402,14 @@ impl<V: Value> Family<V> {
         self.len() == 0
     }
 
-    /// Bytes [`Self::write`] is likely to append (to size the body once).
-    pub fn size_hint(&self) -> usize {
-        let inner = self.lock_read();
-        let per_series_lines = if V::TYPE == "histogram" { HTTP_BUCKETS.len() + 3 } else { 1 };
-        let label_bytes: usize = inner.order.iter().map(|s| s.labels.len()).sum();
-        (label_bytes + inner.order.len() * (self.name.len() + 40)) * per_series_lines + 256
+    /// The live series, in creation order (for writing them out without
+    /// holding the lock).
+    pub fn snapshot(&self) -> Vec<Arc<Series<V>>> {
+        self.lock_read().order.clone()
     }
 
-    /// Appends the family: `# HELP`, `# TYPE` and every series.
-    pub fn write(&self, format: Format, out: &mut String) {
+    /// Appends the family's `# HELP` and `# TYPE` lines.
+    pub fn write_header(&self, format: Format, out: &mut String) {
         let suffix = match format {
             Format::OpenMetrics => "",
             Format::Prometheus => V::TEXT_SUFFIX,
@@ -426,8 +424,18 @@ impl<V: Value> Family<V> {
             out.push_str(text);
             out.push('\n');
         }
+    }
+
+    /// Appends the sample lines of one of this family's series.
+    pub fn write_series(&self, series: &Series<V>, format: Format, out: &mut String) {
+        series.value.write(self.name, &series.labels, format, out);
+    }
+
+    /// Appends the family: `# HELP`, `# TYPE` and every series.
+    pub fn write(&self, format: Format, out: &mut String) {
+        self.write_header(format, out);
         for s in &self.lock_read().order {
-            s.value.write(self.name, &s.labels, format, out);
+            self.write_series(s, format, out);
         }
     }
 }

@@ -6,14 +6,17 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::{
+    body::{Frame, Incoming},
+    service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{info, warn};
 
-use super::text_format::{self, Format, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use super::text_format::{self, Chunks, Format, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use crate::{metrics::Metrics, Error};
 
 /// Most concurrent HTTP connections; more wait in the kernel's accept queue.
@@ -70,8 +73,11 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
     }
 }
 
+/// A response body: whole, or `/metrics` streamed in chunks.
+pub type Body = BoxBody<bytes_crate::Bytes, Infallible>;
+
 /// Answers one request.
-pub fn handle(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<bytes_crate::Bytes>> {
+pub fn handle(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Body> {
     respond(
         endpoint,
         req.method(),
@@ -81,33 +87,35 @@ pub fn handle(endpoint: &Endpoint, req: &Request<Incoming>) -> Response<Full<byt
 }
 
 /// Request handling without the HTTP plumbing (tested directly).
-pub fn respond(
-    endpoint: &Endpoint,
-    method: &Method,
-    path: &str,
-    accept: Option<&str>,
-) -> Response<Full<bytes_crate::Bytes>> {
+pub fn respond(endpoint: &Endpoint, method: &Method, path: &str, accept: Option<&str>) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported\n");
     }
     match path {
         "/metrics" => {
             let format = text_format::negotiate(accept);
-            let body = match text_format::encode(&endpoint.registry, &endpoint.metrics, format) {
-                Ok(body) => body,
-                Err(e) => {
-                    return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}\n"))
-                }
-            };
             let ctype = match format {
                 Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
                 Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
             };
-            let body = if method == Method::HEAD { String::new() } else { body };
+            let body = if method == Method::HEAD {
+                Full::new(bytes_crate::Bytes::new()).boxed()
+            } else {
+                match Chunks::new(&endpoint.registry, &endpoint.metrics, format) {
+                    // Written chunk by chunk as hyper sends them.
+                    Ok(chunks) => StreamBody::new(futures::stream::iter(
+                        chunks.map(|c| Ok::<_, Infallible>(Frame::data(bytes_crate::Bytes::from(c)))),
+                    ))
+                    .boxed(),
+                    Err(e) => {
+                        return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding failed: {e}\n"))
+                    }
+                }
+            };
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, ctype)
-                .body(Full::new(body.into()))
+                .body(body)
                 .expect("static response parts are valid")
         }
         "/healthz" => plain(StatusCode::OK, "ok\n"),
@@ -124,11 +132,11 @@ pub fn respond(
     }
 }
 
-fn plain(status: StatusCode, body: &str) -> Response<Full<bytes_crate::Bytes>> {
+fn plain(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(bytes_crate::Bytes::copy_from_slice(body.as_bytes())))
+        .body(Full::new(bytes_crate::Bytes::copy_from_slice(body.as_bytes())).boxed())
         .expect("static response parts are valid")
 }
 
@@ -149,7 +157,7 @@ mod tests {
         s
     }
 
-    async fn body(r: Response<Full<bytes_crate::Bytes>>) -> String {
+    async fn body(r: Response<Body>) -> String {
         String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Exposition formats and the `/metrics` body ([`encode`]).
+//! Exposition formats and the `/metrics` body ([`Chunks`]).
 //!
 //! The product families are written by `sink::families` directly in either
 //! format. The self-metrics are a `prometheus-client` registry, which encodes
@@ -12,11 +12,12 @@
 //! * exemplars (` # {...} value`) are removed from sample lines;
 //! * `info` families become `gauge`, `unknown` become `untyped`.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use prometheus_client::registry::Registry;
 
 pub use super::families::Format;
+use super::families::{CounterValue, Family, HistogramValue, Series, Value};
 use crate::metrics::Metrics;
 
 /// Content type of OpenMetrics text 1.0.
@@ -24,24 +25,114 @@ pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; versio
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The `/metrics` body: the self-metrics in `registry`, then the product
-/// families of `metrics`, in `format`.
-pub fn encode(registry: &Registry, metrics: &Metrics, format: Format) -> Result<String, std::fmt::Error> {
-    let mut own = String::with_capacity(16 * 1024);
-    prometheus_client::encoding::text::encode(&mut own, registry)?;
-    let own = match format {
-        Format::OpenMetrics => own.strip_suffix("# EOF\n").map(str::to_owned).unwrap_or(own),
-        Format::Prometheus => openmetrics_to_prometheus(&own),
-    };
-    let (tcp, http) = (&metrics.tcp_retransmits.0, &metrics.http_duration.0);
-    let mut body = String::with_capacity(own.len() + tcp.size_hint() + http.size_hint() + 8);
-    body.push_str(&own);
-    tcp.write(format, &mut body);
-    http.write(format, &mut body);
-    if format == Format::OpenMetrics {
-        body.push_str("# EOF\n");
+/// Bytes a [`Chunks`] chunk grows to before it is handed out.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The `/metrics` body in chunks of about [`CHUNK_BYTES`], written as they are
+/// taken: the self-metrics of a registry, then the product families, in one
+/// format. A scrape holds the self-metrics text, a snapshot of the series
+/// handles (8 bytes per series) and one chunk, never the whole body, however
+/// many series there are and however many scrapes run at once.
+pub struct Chunks {
+    format: Format,
+    own: Option<String>,
+    tcp: Part<CounterValue>,
+    http: Part<HistogramValue>,
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Tcp,
+    Http,
+    Eof,
+    Done,
+}
+
+/// One family being written out from a snapshot of its series.
+struct Part<V> {
+    family: Arc<Family<V>>,
+    series: std::vec::IntoIter<Arc<Series<V>>>,
+    header_written: bool,
+}
+
+impl<V: Value> Part<V> {
+    fn new(family: &Arc<Family<V>>) -> Self {
+        Self { family: Arc::clone(family), series: family.snapshot().into_iter(), header_written: false }
     }
-    Ok(body)
+
+    /// Writes until `out` holds [`CHUNK_BYTES`]; true once the family is complete.
+    fn fill(&mut self, format: Format, out: &mut String) -> bool {
+        if !self.header_written {
+            self.family.write_header(format, out);
+            self.header_written = true;
+        }
+        while out.len() < CHUNK_BYTES {
+            match self.series.next() {
+                Some(s) => self.family.write_series(&s, format, out),
+                None => return true,
+            }
+        }
+        false
+    }
+}
+
+impl Chunks {
+    /// Encodes the self-metrics now and snapshots the product families' series.
+    pub fn new(registry: &Registry, metrics: &Metrics, format: Format) -> Result<Self, std::fmt::Error> {
+        let mut own = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut own, registry)?;
+        let own = match format {
+            Format::OpenMetrics => own.strip_suffix("# EOF\n").map(str::to_owned).unwrap_or(own),
+            Format::Prometheus => openmetrics_to_prometheus(&own),
+        };
+        Ok(Self {
+            format,
+            own: Some(own),
+            tcp: Part::new(&metrics.tcp_retransmits.0),
+            http: Part::new(&metrics.http_duration.0),
+            stage: Stage::Tcp,
+        })
+    }
+}
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunks")
+            .field("format", &self.format)
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.stage == Stage::Done {
+            return None;
+        }
+        let mut out = self.own.take().unwrap_or_else(|| String::with_capacity(CHUNK_BYTES + 4096));
+        loop {
+            match self.stage {
+                Stage::Tcp if self.tcp.fill(self.format, &mut out) => self.stage = Stage::Http,
+                Stage::Http if self.http.fill(self.format, &mut out) => self.stage = Stage::Eof,
+                Stage::Eof => {
+                    if self.format == Format::OpenMetrics {
+                        out.push_str("# EOF\n");
+                    }
+                    self.stage = Stage::Done;
+                }
+                _ => break,
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The whole `/metrics` body at once (tests and tools; `/metrics` streams [`Chunks`]).
+pub fn encode(registry: &Registry, metrics: &Metrics, format: Format) -> Result<String, std::fmt::Error> {
+    Ok(Chunks::new(registry, metrics, format)?.collect())
 }
 
 /// The format an `Accept` header asks for.
@@ -137,6 +228,47 @@ mod tests {
         assert_eq!(labels_end("x 1"), 0);
         assert_eq!(labels_end("x{a=\"}\"} 1"), 8);
         assert_eq!(labels_end("x{a=\"unterminated"), 17);
+    }
+
+    #[test]
+    fn the_body_comes_in_bounded_chunks_that_add_up_to_the_whole() {
+        let m = Metrics::default();
+        for i in 0..5000 {
+            m.tcp_retransmits
+                .0
+                .get_or_create(&format!("pod=\"p{i}\",dest_port=\"80\""), false, 0)
+                .value
+                .inc_by(1);
+        }
+        m.http_duration.0.get_or_create("pod=\"p\"", false, 0).value.observe(0.1, None);
+        let registry = m.register();
+        for format in [Format::OpenMetrics, Format::Prometheus] {
+            let chunks: Vec<String> = Chunks::new(&registry, &m, format).unwrap().collect();
+            assert!(chunks.len() > 4, "{format:?}: {} chunks", chunks.len());
+            let (last, full) = chunks.split_last().unwrap();
+            for c in full {
+                assert!(
+                    (CHUNK_BYTES..CHUNK_BYTES + 256).contains(&c.len()),
+                    "{format:?}: chunk of {}",
+                    c.len()
+                );
+                assert!(c.ends_with('\n'), "{format:?}: a chunk ends within a line");
+            }
+            let mut own = String::new();
+            prometheus_client::encoding::text::encode(&mut own, &registry).unwrap();
+            let own = match format {
+                Format::OpenMetrics => own.strip_suffix("# EOF\n").unwrap().to_owned(),
+                Format::Prometheus => openmetrics_to_prometheus(&own),
+            };
+            let mut whole = own;
+            m.tcp_retransmits.0.write(format, &mut whole);
+            m.http_duration.0.write(format, &mut whole);
+            if format == Format::OpenMetrics {
+                whole.push_str("# EOF\n");
+            }
+            assert_eq!(chunks.concat(), whole, "{format:?}");
+            assert!(last.len() < CHUNK_BYTES, "{format:?}");
+        }
     }
 
     #[test]
