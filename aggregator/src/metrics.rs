@@ -190,7 +190,7 @@ impl Metrics {
         );
         r.register(
             "nettel_loader_socket_refusals",
-            "Connections and requests the loader refused or closed on its socket, by reason (peer_not_allowed, over_connection_limit, handshake_timeout, protocol_error, stalled_subscriber, request_too_large, invalid_request); loader-wide totals",
+            "Connections and requests the loader refused or closed on its socket, by reason (peer_not_allowed, over_connection_limit, handshake_timeout, protocol_error, stalled_subscriber, idle_connection, request_too_large, invalid_request); loader-wide totals",
             self.loader_socket_refusals.clone(),
         );
         r.register(

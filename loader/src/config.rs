@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// counted.
     #[arg(long, env = "NETTEL_STALL_TIMEOUT_MS", default_value_t = 30_000)]
     pub stall_timeout_ms: u64,
+    /// Milliseconds a connection may have no request in flight (after its
+    /// first) before it is closed and counted; a `StreamEvents` subscription
+    /// is in flight for as long as it lasts.
+    #[arg(long, env = "NETTEL_IDLE_TIMEOUT_MS", default_value_t = 120_000)]
+    pub idle_timeout_ms: u64,
     /// Ring buffer size in bytes: a power of two, at least 4096 (one page).
     #[arg(long, env = "NETTEL_RING_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub ring_buffer_bytes: u64,
@@ -179,6 +184,10 @@ impl RunArgs {
                 self.stall_timeout_ms
             ));
         }
+        if !(1000..=3_600_000).contains(&self.idle_timeout_ms) {
+            problems
+                .push(format!("--idle-timeout-ms {} must be between 1000 and 3600000", self.idle_timeout_ms));
+        }
         if !(100..=600_000).contains(&self.tls_scan_ms) {
             problems.push(format!("--tls-scan-ms {} must be between 100 and 600000", self.tls_scan_ms));
         }
@@ -236,11 +245,26 @@ mod tests {
 
     #[test]
     fn socket_timeouts_are_bounded() {
-        let e = parse(&["--handshake-timeout-ms", "0", "--stall-timeout-ms", "999"])
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("--handshake-timeout-ms 0") && e.contains("--stall-timeout-ms 999"), "{e}");
-        assert!(parse(&["--handshake-timeout-ms", "100", "--stall-timeout-ms", "1000"]).validate().is_ok());
+        let e =
+            parse(&["--handshake-timeout-ms", "0", "--stall-timeout-ms", "999", "--idle-timeout-ms", "999"])
+                .validate()
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("--handshake-timeout-ms 0")
+                && e.contains("--stall-timeout-ms 999")
+                && e.contains("--idle-timeout-ms 999"),
+            "{e}"
+        );
+        assert!(parse(&[
+            "--handshake-timeout-ms",
+            "100",
+            "--stall-timeout-ms",
+            "1000",
+            "--idle-timeout-ms",
+            "1000"
+        ])
+        .validate()
+        .is_ok());
     }
 }

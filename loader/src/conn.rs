@@ -21,6 +21,10 @@
 //!   HTTP/2 connection error it detected itself: anything but the HTTP/2
 //!   preface (garbage, HTTP/1, TLS), a frame over [`MAX_FRAME_BYTES`], a
 //!   flow-control violation, a reset or CONTINUATION flood.
+//! - **Idle** (`idle_connections`): after its first request, the connection
+//!   had no request in flight (no open stream: a `StreamEvents` subscription
+//!   is one for as long as it lasts) for the idle timeout. HTTP/2 keepalive
+//!   alone would let a peer that answers pings hold its slot forever.
 //!
 //! Requests answered with an error status before they reach the service (the
 //! service itself never answers with one) are counted too, and the connection
@@ -37,14 +41,20 @@
 use std::{
     convert::Infallible,
     future::poll_fn,
+    pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use hyper::{body::Incoming, server::conn::http2, service::service_fn};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    server::conn::http2,
+    service::service_fn,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nettel_proto::v1::telemetry_service_server::TelemetryServiceServer;
 use tokio::{
@@ -91,6 +101,57 @@ struct Signals {
     stalled: Notify,
     /// The serving task is done with the connection.
     ended: AtomicBool,
+    /// Requests in flight: from the service being called until the response
+    /// body is done with (dropped).
+    in_flight: AtomicUsize,
+    /// `in_flight` went back to 0.
+    quiet: Notify,
+}
+
+/// Counts one request in flight on its connection until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Signals>);
+
+impl InFlight {
+    fn new(signals: &Arc<Signals>) -> Self {
+        signals.in_flight.fetch_add(1, Relaxed);
+        Self(Arc::clone(signals))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.0.quiet.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is
+/// dropped (a `StreamEvents` body lives as long as the subscription).
+struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl ConnectionHandle {
@@ -125,6 +186,15 @@ impl ConnectionHandle {
     }
 }
 
+/// How long a connection may go without progress.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From admission to the first request answered without an error status.
+    pub handshake: Duration,
+    /// After that, with no request in flight.
+    pub idle: Duration,
+}
+
 /// Serves every connection received on `incoming` until `stop` changes (or its
 /// sender is gone); then stops taking connections, asks the open ones to shut
 /// down gracefully (HTTP/2 GOAWAY; their streams end when the hub closes) and
@@ -132,7 +202,7 @@ impl ConnectionHandle {
 pub async fn serve(
     mut incoming: mpsc::Receiver<GuardedStream>,
     service: TelemetryServiceServer<Service>,
-    handshake_timeout: Duration,
+    timeouts: Timeouts,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -155,7 +225,7 @@ pub async fn serve(
                     let task = Connection {
                         builder: builder.clone(),
                         service: service.clone(),
-                        handshake_timeout,
+                        timeouts,
                         counters: Arc::clone(&counters),
                         stop: stop.clone(),
                     };
@@ -175,7 +245,7 @@ pub async fn serve(
 struct Connection {
     builder: http2::Builder<TokioExecutor>,
     service: TelemetryServiceServer<Service>,
-    handshake_timeout: Duration,
+    timeouts: Timeouts,
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
 }
@@ -186,6 +256,7 @@ enum End {
     Served(Result<(), hyper::Error>),
     HandshakeTimeout,
     Stalled,
+    Idle,
     /// The loader is stopping and the peer had not completed a request.
     Shutdown,
 }
@@ -201,20 +272,25 @@ impl Connection {
                 let (handle, counters, mut service) =
                     (handle.clone(), Arc::clone(&counters), service.clone());
                 async move {
+                    let in_flight = InFlight::new(&handle.0);
                     poll_fn(|cx| {
                         <TelemetryServiceServer<Service> as Tower<Req>>::poll_ready(&mut service, cx)
                     })
                     .await?;
                     let response = service.call(req).await?;
                     handle.answered(response.headers(), &counters);
-                    Ok::<_, Infallible>(response)
+                    Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _in_flight: in_flight }))
                 }
             })
         };
         let conn = self.builder.serve_connection(TokioIo::new(stream), svc);
         tokio::pin!(conn);
-        let deadline = tokio::time::sleep(self.handshake_timeout);
+        let deadline = tokio::time::sleep(self.timeouts.handshake);
         tokio::pin!(deadline);
+        // Armed whenever no request is in flight after the handshake.
+        let idle = tokio::time::sleep(self.timeouts.idle);
+        tokio::pin!(idle);
+        let mut idle_armed = false;
         let mut awaiting_request = true;
         let mut stopping = *self.stop.borrow_and_update();
         let mut goaway_sent = false;
@@ -227,11 +303,23 @@ impl Connection {
                 conn.as_mut().graceful_shutdown();
                 goaway_sent = true;
             }
+            if !awaiting_request && !idle_armed && handle.0.in_flight.load(Relaxed) == 0 {
+                idle.as_mut().reset(tokio::time::Instant::now() + self.timeouts.idle);
+                idle_armed = true;
+            }
             tokio::select! {
                 result = conn.as_mut() => break End::Served(result),
                 () = handle.0.served.notified(), if awaiting_request => awaiting_request = false,
                 () = &mut deadline, if awaiting_request => break End::HandshakeTimeout,
                 () = handle.0.stalled.notified() => break End::Stalled,
+                // The last request in flight ended: the idle time starts now.
+                () = handle.0.quiet.notified() => idle_armed = false,
+                () = &mut idle, if idle_armed => {
+                    if handle.0.in_flight.load(Relaxed) == 0 {
+                        break End::Idle;
+                    }
+                    idle_armed = false;
+                }
                 _ = self.stop.changed(), if !stopping => stopping = true,
             }
         };
@@ -257,7 +345,7 @@ impl Connection {
                 if let Some(total) = counters::bump(&c.handshake_timeouts) {
                     warn!(
                         total,
-                        timeout_ms = self.handshake_timeout.as_millis(),
+                        timeout_ms = self.timeouts.handshake.as_millis(),
                         "Closed a connection that sent no complete request within the handshake timeout."
                     );
                 }
@@ -265,6 +353,15 @@ impl Connection {
             End::Stalled => {
                 if let Some(total) = counters::bump(&c.stalled_connections) {
                     warn!(total, "Closed a connection whose subscriber stopped reading.");
+                }
+            }
+            End::Idle => {
+                if let Some(total) = counters::bump(&c.idle_connections) {
+                    warn!(
+                        total,
+                        timeout_ms = self.timeouts.idle.as_millis(),
+                        "Closed a connection with no request in flight for the idle timeout."
+                    );
                 }
             }
         }
@@ -302,6 +399,13 @@ mod tests {
 
     /// A loader's socket and server without probes, as root allows.
     async fn start(dir: &Path, handshake: Duration) -> (Arc<Counters>, watch::Sender<bool>, JoinHandle<()>) {
+        start_with(dir, Timeouts { handshake, idle: Duration::from_secs(600) }).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        timeouts: Timeouts,
+    ) -> (Arc<Counters>, watch::Sender<bool>, JoinHandle<()>) {
         let path = dir.join("loader.sock");
         let listener = tokio::net::UnixListener::from_std(socket::bind(&path, None).unwrap()).unwrap();
         let counters = Arc::new(Counters::default());
@@ -320,8 +424,21 @@ mod tests {
         let hub = Hub::new(4, Arc::clone(&counters));
         let service = Service::into_server(hub, Arc::clone(&counters), info, Duration::from_secs(30));
         let (stop, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve(incoming, service, handshake, Arc::clone(&counters), stop_rx));
+        let server = tokio::spawn(serve(incoming, service, timeouts, Arc::clone(&counters), stop_rx));
         (counters, stop, server)
+    }
+
+    /// A gRPC client on its own connection to the socket at `path`.
+    async fn client(path: &Path) -> TelemetryServiceClient<tonic::transport::Channel> {
+        let path = path.to_owned();
+        let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            }))
+            .await
+            .unwrap();
+        TelemetryServiceClient::new(channel)
     }
 
     /// Everything the server sends until it closes the connection. A close
@@ -431,6 +548,39 @@ mod tests {
         assert_eq!((socket.requests_too_large, socket.requests_invalid), (1, 2));
         assert_eq!(counters.handshake_timeouts.load(Relaxed), 0);
         assert_eq!(counters.protocol_errors.load(Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_with_no_request_in_flight_are_closed_at_the_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeouts = Timeouts { handshake: Duration::from_secs(5), idle: Duration::from_millis(500) };
+        let (counters, _stop, _) = start_with(dir.path(), timeouts).await;
+        let path = dir.path().join("loader.sock");
+        // One status request, then nothing: closed after the idle timeout.
+        let mut status = client(&path).await;
+        status.get_loader_status(v1::GetLoaderStatusRequest {}).await.unwrap();
+        // A subscription is a request in flight for as long as it is open.
+        let mut subscriber = client(&path).await;
+        let stream = subscriber
+            .stream_events(v1::StreamEventsRequest { subscriber_name: "idle-test".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        // Requests keep a connection busy: one every 50 ms for over a second.
+        let mut poller = client(&path).await;
+        for _ in 0..25 {
+            poller.get_loader_status(v1::GetLoaderStatusRequest {}).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(counters.idle_connections.load(Relaxed), 1, "only the status client's connection");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(counters.idle_connections.load(Relaxed), 2, "the poller's, after its last request");
+        // The subscription ends: its connection idles from then on.
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(counters.idle_connections.load(Relaxed), 3);
+        assert_eq!(counters.handshake_timeouts.load(Relaxed), 0);
+        assert_eq!(counters.stalled_connections.load(Relaxed), 0);
     }
 
     #[tokio::test]

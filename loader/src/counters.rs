@@ -27,6 +27,7 @@ pub struct Counters {
     pub handshake_timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub stalled_connections: AtomicU64,
+    pub idle_connections: AtomicU64,
     pub requests_too_large: AtomicU64,
     pub requests_invalid: AtomicU64,
     pub http_unmatched: AtomicU64,
@@ -64,6 +65,7 @@ impl Counters {
             handshake_timeouts: self.handshake_timeouts.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             stalled_connections: self.stalled_connections.load(Relaxed),
+            idle_connections: self.idle_connections.load(Relaxed),
             requests_too_large: self.requests_too_large.load(Relaxed),
             requests_invalid: self.requests_invalid.load(Relaxed),
         }

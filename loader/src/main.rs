@@ -221,7 +221,10 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
     let server = tokio::spawn(conn::serve(
         incoming,
         service,
-        Duration::from_millis(args.handshake_timeout_ms),
+        conn::Timeouts {
+            handshake: Duration::from_millis(args.handshake_timeout_ms),
+            idle: Duration::from_millis(args.idle_timeout_ms),
+        },
         Arc::clone(&counters),
         stop_rx.clone(),
     ));

@@ -104,6 +104,7 @@ impl Tracker {
                     ("handshake_timeout", s.handshake_timeouts, last.handshake_timeouts),
                     ("protocol_error", s.protocol_errors, last.protocol_errors),
                     ("stalled_subscriber", s.stalled_connections, last.stalled_connections),
+                    ("idle_connection", s.idle_connections, last.idle_connections),
                     ("request_too_large", s.requests_too_large, last.requests_too_large),
                     ("invalid_request", s.requests_invalid, last.requests_invalid),
                 ],
@@ -114,6 +115,7 @@ impl Tracker {
                 handshake_timeouts: s.handshake_timeouts.max(last.handshake_timeouts),
                 protocol_errors: s.protocol_errors.max(last.protocol_errors),
                 stalled_connections: s.stalled_connections.max(last.stalled_connections),
+                idle_connections: s.idle_connections.max(last.idle_connections),
                 requests_too_large: s.requests_too_large.max(last.requests_too_large),
                 requests_invalid: s.requests_invalid.max(last.requests_invalid),
             };
