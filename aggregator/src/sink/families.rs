@@ -259,11 +259,6 @@ impl<V> Series<V> {
     pub fn is_expired(&self) -> bool {
         self.expired.load(Relaxed)
     }
-
-    /// The label text.
-    pub fn labels(&self) -> &str {
-        &self.labels
-    }
 }
 
 /// A series keyed by its label text in the family's index.
