@@ -428,17 +428,21 @@ mod tests {
         (counters, stop, server)
     }
 
-    /// A gRPC client on its own connection to the socket at `path`.
-    async fn client(path: &Path) -> TelemetryServiceClient<tonic::transport::Channel> {
+    /// A gRPC channel on its own connection to the socket at `path`.
+    async fn channel(path: &Path) -> tonic::transport::Channel {
         let path = path.to_owned();
-        let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
+        tonic::transport::Endpoint::from_static("http://loader.invalid")
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let path = path.clone();
                 async move { UnixStream::connect(path).await.map(TokioIo::new) }
             }))
             .await
-            .unwrap();
-        TelemetryServiceClient::new(channel)
+            .unwrap()
+    }
+
+    /// A gRPC client on its own connection to the socket at `path`.
+    async fn client(path: &Path) -> TelemetryServiceClient<tonic::transport::Channel> {
+        TelemetryServiceClient::new(channel(path).await)
     }
 
     /// Everything the server sends until it closes the connection. A close
@@ -502,14 +506,7 @@ mod tests {
     async fn oversized_and_invalid_requests_are_refused_on_a_connection_that_stays_up() {
         let dir = tempfile::tempdir().unwrap();
         let (counters, _stop, _) = start(dir.path(), Duration::from_secs(2)).await;
-        let path = dir.path().join("loader.sock");
-        let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move { UnixStream::connect(path).await.map(TokioIo::new) }
-            }))
-            .await
-            .unwrap();
+        let channel = channel(&dir.path().join("loader.sock")).await;
         let mut client = TelemetryServiceClient::new(channel.clone());
         let big = v1::StreamEventsRequest { subscriber_name: "x".repeat(20_000) };
         let e = client.stream_events(big).await.unwrap_err();

@@ -41,6 +41,17 @@ pub fn require_kernel(name: &str) -> bool {
     false
 }
 
+/// The value after `name` (e.g. `--rounds`) on this process's command line.
+pub fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// [`flag`] parsed, or `default` when absent; panics naming the flag on a bad value.
+pub fn flag_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    flag(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}: cannot parse `{v}`")))
+}
+
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

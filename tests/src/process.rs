@@ -211,17 +211,7 @@ impl Loader {
         let socket = self.socket.clone();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let channel =
-                tonic::transport::Endpoint::from_static("http://loader.invalid")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let socket = socket.clone();
-                        async move {
-                            tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new)
-                        }
-                    }))
-                    .await
-                    .expect("connect to loader");
-            v1::telemetry_service_client::TelemetryServiceClient::new(channel)
+            v1::telemetry_service_client::TelemetryServiceClient::new(loader_channel(socket).await)
                 .get_loader_status(v1::GetLoaderStatusRequest {})
                 .await
                 .expect("GetLoaderStatus")
@@ -341,4 +331,15 @@ impl Stack {
         agg.wait_connected();
         Self { agg, loader, pods_file }
     }
+}
+
+/// A gRPC channel to the loader's Unix socket at `socket` (connected now).
+pub async fn loader_channel(socket: PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_static("http://loader.invalid")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
+        .expect("connect to loader")
 }

@@ -61,13 +61,7 @@ fn assert_clean(what: &str, text: &str) {
 fn stream(socket: PathBuf, n: usize) -> String {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let socket = socket.clone();
-                async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
-            }))
-            .await
-            .expect("connect to loader");
+        let channel = nettel_integration::process::loader_channel(socket).await;
         let mut s = v1::telemetry_service_client::TelemetryServiceClient::new(channel)
             .stream_events(v1::StreamEventsRequest { subscriber_name: "leak-check".into() })
             .await

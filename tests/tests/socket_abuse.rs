@@ -166,13 +166,7 @@ fn oversized_and_invalid_requests_are_refused_on_a_connection_that_keeps_serving
     let socket = loader.socket.clone();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let status = rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let socket = socket.clone();
-                async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
-            }))
-            .await
-            .expect("connect to loader");
+        let channel = nettel_integration::process::loader_channel(socket).await;
         let mut client = TelemetryServiceClient::new(channel.clone());
         // 4 MiB, 256 times the 16 KiB the loader decodes.
         let huge = v1::StreamEventsRequest { subscriber_name: "x".repeat(4 << 20) };

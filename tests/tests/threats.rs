@@ -152,13 +152,7 @@ fn raw_stream(
 ) -> Vec<Vec<u8>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_static("http://loader.invalid")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let socket = socket.clone();
-                async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
-            }))
-            .await
-            .expect("connect to loader");
+        let channel = nettel_integration::process::loader_channel(socket).await;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.expect("channel ready");
         let path = http::uri::PathAndQuery::from_static("/nettel.telemetry.v1.TelemetryService/StreamEvents");

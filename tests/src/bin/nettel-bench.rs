@@ -26,7 +26,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("gen") {
         return generator();
     }
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = nettel_integration::flag;
     let rates: Vec<u64> = flag("--rates")
         .unwrap_or_else(|| "250000,500000,1000000,1500000,2000000,0".into())
         .split(',')

@@ -16,15 +16,11 @@
 use std::process::Stdio;
 
 use nettel_integration::{
+    flag_or,
     netns::{exec, PodPair},
     process::Stack,
     servers::start_iperf3,
 };
-
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().unwrap())
-}
 
 /// One iperf3 run of `seconds`: (received Gbit/s, sender retransmits).
 fn iperf(pods: &PodPair, seconds: u64) -> (f64, u64) {
@@ -45,7 +41,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let (rounds, seconds) = (flag("--rounds", 5), flag("--seconds", 5));
+    let (rounds, seconds): (u64, u64) = (flag_or("--rounds", 5), flag_or("--seconds", 5));
     let pods = PodPair::new(45);
     let _server = start_iperf3(&pods.b, &pods.b_v4);
     let (mut off, mut on, mut rtx_off, mut rtx_on) = (vec![], vec![], vec![], vec![]);

@@ -34,6 +34,7 @@
 use std::{collections::BTreeMap, process::Command};
 
 use nettel_integration::{
+    flag, flag_or,
     netns::{exec, PodPair},
     process::Stack,
     servers::{self_signed_cert, start_nginx, start_nginx_tls},
@@ -53,19 +54,10 @@ struct Sample {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| default.to_owned())
-    };
-    let rounds: usize = flag("--rounds", "3").parse().expect("--rounds");
-    let seconds: u64 = flag("--seconds", "10").parse().expect("--seconds");
-    let rate: Option<u64> =
-        args.iter().any(|a| a == "--rate").then(|| flag("--rate", "0").parse().expect("--rate"));
-    let tls = args.iter().any(|a| a == "--tls");
+    let tls = std::env::args().any(|a| a == "--tls");
+    let rounds: usize = flag_or("--rounds", 3);
+    let seconds: u64 = flag_or("--seconds", 10);
+    let rate: Option<u64> = flag("--rate").map(|r| r.parse().expect("--rate: a number"));
     assert!(rustix::process::geteuid().is_root(), "run as root (network namespaces, BPF)");
 
     let pods = PodPair::new(12);

@@ -26,15 +26,11 @@ use std::{
 };
 
 use nettel_integration::{
+    flag_or,
     netns::{exec, PodPair},
     process::Stack,
     servers::start_iperf3,
 };
-
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().unwrap())
-}
 
 /// (name, run_time_ns, run_cnt) of every loaded program, by id.
 fn progs() -> BTreeMap<u64, (String, u64, u64)> {
@@ -57,7 +53,7 @@ fn progs() -> BTreeMap<u64, (String, u64, u64)> {
 }
 
 fn main() {
-    let (seconds, rounds) = (flag("--seconds", 5), flag("--rounds", 3));
+    let (seconds, rounds): (u64, u64) = (flag_or("--seconds", 5), flag_or("--rounds", 3));
     let pods = PodPair::new(46);
     let _server = start_iperf3(&pods.b, &pods.b_v4);
     let stack = Stack::start_with(&[], &["--tls", "off", "--http-hook", "off"]);

@@ -33,12 +33,8 @@ use nettel_aggregator::{
         limit_cardinality::SeriesLimits,
     },
 };
+use nettel_integration::{flag, flag_or};
 use nettel_proto::v1;
-
-fn flag(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.into())
-}
 
 fn vm_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -76,10 +72,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let counts: Vec<usize> =
-        flag("--series", "10000,100000").split(',').map(|s| s.parse().expect("--series: numbers")).collect();
-    let scrapes: usize = flag("--scrapes", "30").parse().expect("--scrapes: a number");
-    let pod_count: usize = flag("--pods", "10000").parse().expect("--pods: a number");
+    let counts: Vec<usize> = flag("--series")
+        .unwrap_or_else(|| "10000,100000".into())
+        .split(',')
+        .map(|s| s.parse().expect("--series: numbers"))
+        .collect();
+    let scrapes: usize = flag_or("--scrapes", 30);
+    let pod_count: usize = flag_or("--pods", 10000);
+    // Built once: the scrapes time the body, not a runtime's start-up.
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     assert!(pod_count > 0, "--pods: at least 1");
     println!(
         "| series | pods | format | body | encode p50 | encode p99 | VmRSS pods / + series / after scrapes |"
@@ -127,7 +128,7 @@ fn main() {
                     nettel_aggregator::sink::prometheus::respond(&endpoint, &Method::GET, "/metrics", accept);
                 assert!(resp.status().is_success());
                 // The body is written as it is taken: time until the last chunk.
-                body = drain(resp);
+                body = drain(&rt, resp);
                 times.push(t.elapsed());
             }
             times.sort();
@@ -147,9 +148,11 @@ fn main() {
 
 /// Takes a response body chunk by chunk, as hyper does when it sends one,
 /// dropping each; returns its size in bytes.
-fn drain(resp: http::Response<nettel_aggregator::sink::prometheus::Body>) -> u64 {
+fn drain(
+    rt: &tokio::runtime::Runtime,
+    resp: http::Response<nettel_aggregator::sink::prometheus::Body>,
+) -> u64 {
     use http_body_util::BodyExt;
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     rt.block_on(async {
         let mut body = resp.into_body();
         let mut n = 0;

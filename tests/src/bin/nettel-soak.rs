@@ -29,6 +29,7 @@ use std::{
 };
 
 use nettel_integration::{
+    flag_or,
     generator::Generator,
     metrics::sum,
     netns::{exec, PodPair},
@@ -81,19 +82,10 @@ struct Row {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: &str| -> u64 {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map_or(default, String::as_str)
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} takes a whole number"))
-    };
-    let minutes = flag("--minutes", "30");
-    let interval = flag("--interval", "60").max(1);
-    let rate = flag("--rate", "500").max(10);
-    let synthetic = flag("--synthetic", "2000");
+    let minutes: u64 = flag_or("--minutes", 30);
+    let interval: u64 = flag_or::<u64>("--interval", 60).max(1);
+    let rate: u64 = flag_or::<u64>("--rate", 500).max(10);
+    let synthetic: u64 = flag_or("--synthetic", 2000);
     assert!(rustix::process::geteuid().is_root(), "run as root (network namespaces, BPF)");
     let seconds = minutes * 60;
 

@@ -71,12 +71,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .map_or(5, |v| v.parse().unwrap());
+    let rounds: usize = nettel_integration::flag_or("--rounds", 5);
     println!(
         "| loader flags | start | time to serving (median of {rounds}) | min / max | VmHWM then (median) |"
     );
