@@ -408,18 +408,15 @@ __noinline int nt_response_extent(__u32 n)
 }
 
 /*
- * Whether the bytes at @ubuf can start a request line, or continue one whose
+ * Whether the 7 bytes at @b can start a request line, or continue one whose
  * first letter was carried: uppercase letters up to a space (which may come
  * first, after a carried one-letter method), or 7 uppercase letters of a
  * longer token. A filter only; the request-line parser is exact.
  */
-static __always_inline int nt_maybe_request(void *ubuf, __u64 len)
+static __always_inline int nt_maybe_request(const __u8 *b)
 {
-	__u8 b[8] = {};
 	int i;
 
-	if (len < 7 || bpf_probe_read_user(b, 7, ubuf))
-		return 0;
 #pragma unroll
 	for (i = 0; i < 7; i++) {
 		if (b[i] >= 'A' && b[i] <= 'Z')
@@ -437,6 +434,8 @@ static __always_inline __u32 nt_peek_user(struct nt_http_peek_buf *pk, void *ubu
 	__u64 left = len > off ? len - off : 0;
 	__u32 n = left > NT_HTTP_PEEK ? NT_HTTP_PEEK : (__u32)left;
 
+	/* Hide what clang knows of n, so that the verifier sees the bound. */
+	asm volatile("" : "+r"(n));
 	if (n < min || n > NT_HTTP_PEEK || bpf_probe_read_user(pk->buf, n, ubuf + off))
 		return 0;
 	return n;
@@ -484,6 +483,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
 	__u64 now = 0, off = 0, key = (__u64)sk;
+	__u32 first;
 	__u8 carry = 0;
 	int i;
 
@@ -505,11 +505,17 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 		return 0;
 	}
 	/*
-	 * Cheap test before anything else, the map lookup included: most reads
-	 * (responses a client reads, other protocols) fail it on their first
-	 * bytes.
+	 * One read of the first bytes (up to the peek size), tested before
+	 * anything else, the map lookup included: a read that cannot start a
+	 * request (another protocol, a body) exits here. Reading 7 bytes first
+	 * would cost a second user copy on every request, and on this path
+	 * (servers' sockets only) most reads are requests.
 	 */
-	if (!nt_maybe_request(ubuf, len))
+	pk = nt_peek();
+	if (!pk)
+		return 0;
+	first = nt_peek_user(pk, ubuf, len, 0, 8);
+	if (!first || !nt_maybe_request(pk->buf))
 		return 0;
 	now = bpf_ktime_get_ns();
 	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
@@ -522,9 +528,6 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 		}
 		conn->carry = 0;
 	}
-	pk = nt_peek();
-	if (!pk)
-		return 0;
 	/* One more than the queue holds, so that an overflow is counted. */
 	for (i = 0; i <= NT_HTTP_PIPELINE; i++) {
 		struct nt_http_pending req = {};
@@ -541,7 +544,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 			pk->buf[0] = carry;
 			n += 1;
 		} else {
-			n = nt_peek_user(pk, ubuf, len, off, 8);
+			n = i == 0 ? first : nt_peek_user(pk, ubuf, len, off, 8);
 		}
 		if (!n)
 			break;
@@ -666,6 +669,13 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 			req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
 			conn->head++;
 			nt_emit(sk, &req, (__u16)status, flags, btf);
+			/*
+			 * Further responses in this write are looked for only
+			 * while requests are pending (pipelining): finding where
+			 * this one ends is a header scan, most of a write's cost.
+			 */
+			if (conn->head == conn->tail)
+				break;
 		}
 		extent = nt_response_extent(n);
 		if (extent <= 0)
@@ -746,6 +756,18 @@ static __always_inline int nt_conn_end(__u64 key)
 }
 
 /*
+ * Whether @sk is the server end of a connection: a socket accept() returned
+ * inherits its listener's backlog (sk_max_ack_backlog, copied when the
+ * kernel clones the listener), where a socket that connect()ed has 0. A
+ * listener created with backlog 0 is the exception: its connections look
+ * like clients and are not traced (README, limits).
+ */
+static __always_inline int nt_accepted(struct sock *sk)
+{
+	return sk->sk_max_ack_backlog != 0;
+}
+
+/*
  * Socket hooks (kernel >= 6.3, the default where available): the
  * sock_recv_length/sock_send_length tracepoints fire only for socket I/O and
  * hand over the sock itself, so no other syscall on the node pays anything and
@@ -762,6 +784,15 @@ static __always_inline int nt_sock_io(struct sock *sk, int ret, int want)
 
 	if (ret <= 0 || sk->sk_protocol != NT_IPPROTO_TCP || sk->sk_type != NT_SOCK_STREAM)
 		return 0;
+	/*
+	 * The client end of a connection: nothing to parse (requests are
+	 * recognised where they are served). Only an SSL call in progress needs
+	 * the sock, so that its plaintext is attributed and not counted as lost.
+	 */
+	if (!nt_accepted(sk)) {
+		nt_tls_sock_io((__u64)sk, want == NT_DIR_IN);
+		return 0;
+	}
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 #if defined(__TARGET_ARCH_x86)
 	nr = regs->orig_ax;
@@ -830,6 +861,11 @@ int BPF_PROG(nt_http_exit, struct pt_regs *regs, long ret)
 	sk = nt_fd_tcp_sock(fd);
 	if (!sk)
 		return 0;
+	/* The client end: see nt_sock_io(). */
+	if (!BPF_CORE_READ(sk, sk_max_ack_backlog)) {
+		nt_tls_sock_io((__u64)sk, dir == NT_DIR_IN);
+		return 0;
+	}
 	return nt_io(sk, dir, kind, arg1, (__u64)ret, 0);
 }
 

@@ -129,6 +129,7 @@ struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_type;
 	__u16 sk_protocol;
+	__u32 sk_max_ack_backlog; /* u32 since 5.5 */
 };
 
 /* For the HTTP probe: fd -> struct file -> socket -> sock. */

@@ -27,7 +27,11 @@
 //!
 //! ```text
 //! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate REQ_PER_S] [--tls]
+//!                                      [--hooks socket,syscall] [--loader-args "FLAGS"]
 //! ```
+//! `--hooks` picks the agent-on modes to compare with agent off (default both; with `--tls`, the
+//! modes are `tls-off,tls-on`). `--rounds 0` runs only the BPF-time pass. `--loader-args` adds loader
+//! flags to every agent-on mode.
 //! Run after `cargo build --release --bins` (the loader and aggregator are
 //! taken from the same directory).
 
@@ -53,7 +57,14 @@ struct Sample {
     dd_ns_per_syscall: f64,
 }
 
+const USAGE: &str = "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] \
+[--hooks socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"]";
+
 fn main() {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
     let tls = std::env::args().any(|a| a == "--tls");
     let rounds: usize = flag_or("--rounds", 3);
     let seconds: u64 = flag_or("--seconds", 10);
@@ -71,25 +82,27 @@ fn main() {
     let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
     // Warm-up; then the fixed rate: half of what nginx serves with the agent off.
     wrk(&pods.a, &url, 2);
-    let rate = rate.unwrap_or_else(|| if tls { 0 } else { (wrk(&pods.a, &url, 5).1 / 2.0) as u64 });
+    let rate = rate.unwrap_or_else(|| if tls || rounds == 0 { 0 } else { (wrk(&pods.a, &url, 5).1 / 2.0) as u64 });
 
-    // (label, loader flags); `None` is the agent off.
-    let modes: [(&str, Option<&[&str]>); 3] = if tls {
-        [
-            ("off", None),
-            ("on, TLS off", Some(&["--http-hook", "socket", "--tls", "off"])),
-            ("on, TLS uprobes", Some(&["--http-hook", "socket", "--tls", "on"])),
-        ]
+    // (label, loader flags); `None` is the agent off, always first.
+    let all: [(&str, &[&str]); 2] = if tls {
+        [("tls-off", &["--http-hook", "socket", "--tls", "off"]), ("tls-on", &["--http-hook", "socket", "--tls", "on"])]
     } else {
-        [
-            ("off", None),
-            ("socket", Some(&["--http-hook", "socket", "--tls", "off"])),
-            ("syscall", Some(&["--http-hook", "syscall", "--tls", "off"])),
-        ]
+        [("socket", &["--http-hook", "socket", "--tls", "off"]), ("syscall", &["--http-hook", "syscall", "--tls", "off"])]
     };
-    let start = |flags: &[&str]| {
+    let wanted = flag("--hooks").unwrap_or_else(|| all.map(|(l, _)| l).join(","));
+    // Extra loader flags for every agent-on mode (experiments: ring size, ...).
+    let extra = flag("--loader-args").unwrap_or_default();
+    let mut modes: Vec<(&str, Option<Vec<&str>>)> = vec![("off", None)];
+    for name in wanted.split(',') {
+        let Some((label, flags)) = all.iter().find(|(l, _)| *l == name) else {
+            panic!("--hooks: unknown mode `{name}` (known: {}); {USAGE}", all.map(|(l, _)| l).join(", "))
+        };
+        modes.push((label, Some(flags.iter().copied().chain(extra.split_whitespace()).collect())));
+    }
+    let start = |flags: &Vec<&str>| {
         let stack = Stack::start_with(&entries, flags);
-        if flags.contains(&"on") {
+        if flags.windows(2).any(|w| w == ["--tls", "on"]) {
             // The attacher instruments nginx's libssl on its next /proc scan.
             nettel_integration::wait_for(std::time::Duration::from_secs(20), "libssl instrumented", || {
                 let tls = stack.loader.status().counters?.probe?.tls?;
@@ -98,11 +111,11 @@ fn main() {
         }
         stack
     };
-    let mut samples: [Vec<Sample>; 3] = Default::default();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
         for k in 0..modes.len() {
             let m = (round + k) % modes.len();
-            let stack = modes[m].1.map(start);
+            let stack = modes[m].1.as_ref().map(start);
             let s = measure(&pods.a, &url, seconds, rate, &nginx_pids, !tls);
             eprintln!("round {round} agent {}: {s:?}", modes[m].0);
             samples[m].push(s);
@@ -114,12 +127,17 @@ fn main() {
     let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let mut bpf_lines = Vec::new();
     let mut per_program = Vec::new();
-    for (label, flags) in modes.iter().filter_map(|(l, f)| f.map(|f| (l, f))) {
+    for (label, flags) in modes.iter().filter_map(|(l, f)| f.as_ref().map(|f| (l, f))) {
         let stack = start(flags);
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
+        let agent = [agent_pids("nettel-loader"), agent_pids("nettel-aggregat")];
         let (before, iwi_before) = (http_prog_stats(), irq_work_interrupts());
+        let agent_cpu0 = agent.each_ref().map(|p| cpu_seconds(p));
         let (requests, _, _, _) = wrk(&pods.a, &url, 5);
+        let agent_cpu = agent.each_ref().map(|p| cpu_seconds(p));
         let (after, iwi_after) = (http_prog_stats(), irq_work_interrupts());
+        let [loader_us, agg_us] =
+            [0, 1].map(|i| (agent_cpu[i] - agent_cpu0[i]) * 1e6 / requests);
         let (time, runs) = total(&after, &before);
         let wakeups = (iwi_after - iwi_before) as f64;
         let per_request = time as f64 / requests;
@@ -145,7 +163,7 @@ fn main() {
         };
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous.trim());
         bpf_lines.push(format!(
-            "| {label} | {per_request:.0} ns | {runs_per_request:.1} | {dd_per_syscall:.0} ns | {dd_runs} | {:.0} ({:.4}) |",
+            "| {label} | {per_request:.0} ns | {runs_per_request:.1} | {dd_per_syscall:.0} ns | {dd_runs} | {:.0} ({:.4}) | {loader_us:.2} / {agg_us:.2} us |",
             wakeups,
             wakeups / requests
         ));
@@ -155,38 +173,52 @@ fn main() {
     let med = |m: usize, f: fn(&Sample) -> f64| median(samples[m].iter().map(f).collect());
     let what = if tls { "HTTPS" } else { "HTTP" };
     let paced = if tls { String::new() } else { format!(", fixed rate {rate} req/s") };
-    println!("\nnettel {what} overhead: {rounds} rotating rounds, wrk {seconds} s{paced}\n");
-    println!(
-        "| figure | agent {} | agent {} | ratio | agent {} | ratio |",
-        modes[0].0, modes[1].0, modes[2].0
-    );
-    println!("|---|---|---|---|---|---|");
-    let row = |name: &str, f: fn(&Sample) -> f64, unit: &str| {
-        let (a, b, c) = (med(0, f), med(1, f), med(2, f));
-        println!("| {name} | {a:.1} {unit} | {b:.1} {unit} | {:.3} | {c:.1} {unit} | {:.3} |", b / a, c / a);
-    };
-    row("requests/s (wrk -t1 -c16)", |s| s.rps, "");
-    row("nginx CPU per request", |s| s.cpu_us_per_req, "us");
-    row("p50 latency at saturation", |s| s.wrk_p50_us, "us");
-    row("p99 latency at saturation", |s| s.wrk_p99_us, "us");
-    // The fixed-rate and dd figures are not measured over TLS (see the module docs).
-    if !tls {
-        row("p50 latency at the fixed rate", |s| s.rate_p50_us, "us");
-        row("p99 latency at the fixed rate", |s| s.rate_p99_us, "us");
-        row("dd through a pipe: CPU per syscall", |s| s.dd_ns_per_syscall, "ns");
-    }
-    println!();
-    for (m, hook) in [(1, modes[1].0), (2, modes[2].0)].into_iter().filter(|_| !tls) {
-        println!(
-            "agent {hook}: added latency at fixed rate p50 {:+.1} us, p99 {:+.1} us; added CPU per dd syscall {:+.1} ns",
-            med(m, |s| s.rate_p50_us) - med(0, |s| s.rate_p50_us),
-            med(m, |s| s.rate_p99_us) - med(0, |s| s.rate_p99_us),
-            med(m, |s| s.dd_ns_per_syscall) - med(0, |s| s.dd_ns_per_syscall)
-        );
+    if rounds > 0 {
+        println!("\nnettel {what} overhead: {rounds} rotating rounds, wrk {seconds} s{paced}\n");
+        let head: String = modes[1..].iter().map(|(l, _)| format!(" agent {l} | ratio |")).collect();
+        println!("| figure | agent off |{head}");
+        println!("|---|---|{}", "---|---|".repeat(modes.len() - 1));
+        let row = |name: &str, f: fn(&Sample) -> f64, unit: &str| {
+            let off = med(0, f);
+            let on: String = (1..modes.len())
+                .map(|m| format!(" {:.1} {unit} | {:.3} |", med(m, f), med(m, f) / off))
+                .collect();
+            println!("| {name} | {off:.1} {unit} |{on}");
+        };
+        row("requests/s (wrk -t1 -c16)", |s| s.rps, "");
+        // Each round measures every mode back to back, so a ratio within a
+        // round shares the host's state; their median is steadier than the
+        // ratio of medians when the host's speed drifts between rounds.
+        let within: String = (1..modes.len())
+            .map(|m| {
+                let r: Vec<f64> = samples[m].iter().zip(&samples[0]).map(|(on, off)| on.rps / off.rps).collect();
+                let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+                format!(" {lo:.3}–{hi:.3} | {:.3} |", median(r))
+            })
+            .collect();
+        println!("| requests/s ratio within a round (range, median) | 1 |{within}");
+        row("nginx CPU per request", |s| s.cpu_us_per_req, "us");
+        row("p50 latency at saturation", |s| s.wrk_p50_us, "us");
+        row("p99 latency at saturation", |s| s.wrk_p99_us, "us");
+        // The fixed-rate and dd figures are not measured over TLS (see the module docs).
+        if !tls {
+            row("p50 latency at the fixed rate", |s| s.rate_p50_us, "us");
+            row("p99 latency at the fixed rate", |s| s.rate_p99_us, "us");
+            row("dd through a pipe: CPU per syscall", |s| s.dd_ns_per_syscall, "ns");
+            println!();
+            for (m, (hook, _)) in modes.iter().enumerate().skip(1) {
+                println!(
+                    "agent {hook}: added latency at fixed rate p50 {:+.1} us, p99 {:+.1} us; added CPU per dd syscall {:+.1} ns",
+                    med(m, |s| s.rate_p50_us) - med(0, |s| s.rate_p50_us),
+                    med(m, |s| s.rate_p99_us) - med(0, |s| s.rate_p99_us),
+                    med(m, |s| s.dd_ns_per_syscall) - med(0, |s| s.dd_ns_per_syscall)
+                );
+            }
+        }
     }
     println!("\nBPF time (kernel.bpf_stats_enabled, separate pass):\n");
-    println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd | IRQ work interrupts (per request) |");
-    println!("|---|---|---|---|---|---|");
+    println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd | IRQ work interrupts (per request) | loader / aggregator CPU per request |");
+    println!("|---|---|---|---|---|---|---|");
     for l in bpf_lines {
         println!("{l}");
     }
@@ -285,6 +317,12 @@ fn bash_time(s: &str) -> f64 {
 fn nginx_pids(master: u32) -> Vec<u32> {
     let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap();
     std::iter::once(master).chain(children.split_whitespace().map(|p| p.parse().unwrap())).collect()
+}
+
+/// Pids of the processes whose command name (15 bytes at most) is `comm`.
+fn agent_pids(comm: &str) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-x", comm]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
 fn cpu_seconds(pids: &[u32]) -> f64 {
