@@ -191,7 +191,12 @@ fn https_requests_are_counted_exactly_for_nginx_python_and_node_started_after_th
         grand_total += expected.values().sum::<u64>();
         assert_counts(&stack, name, &expected);
         let text = stack.agg.scrape();
-        assert_eq!(tls_losses(&text), before, "{name}: TLS losses (no connection, call lost):\n{}", series(&text));
+        assert_eq!(
+            tls_losses(&text),
+            before,
+            "{name}: TLS losses (no connection, call lost):\n{}",
+            series(&text)
+        );
         drop(server);
     }
     // Node-wide counters: other tests on this machine may serve plain HTTP
