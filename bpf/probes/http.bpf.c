@@ -105,25 +105,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nt_http_peek SEC(".maps");
 
-/* Requests counted in the kernel (abi.h, struct nt_http_key): running totals
- * the loader reads every tick, so most requests never become an event. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, NT_HTTP_TABLE_ENTRIES);
-	__type(key, struct nt_http_key);
-	__type(value, struct nt_http_totals);
-	__uint(pinning, LIBBPF_PIN_BY_NAME); /* totals outlive a loader restart */
-} nt_http_table SEC(".maps");
-
-/* All zeros: the first value of a new nt_http_table entry (too big for the
- * programs' stack budget). Nothing writes it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct nt_http_totals);
-} nt_http_zero SEC(".maps");
-
 /* syscalls/sys_enter_close format (stable tracepoint ABI). */
 struct nt_sys_enter_close {
 	__u64 _common;
@@ -601,7 +582,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 }
 
 static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pending *req, __u16 status,
-				    __u32 flags, int btf, __u64 duration_ns, __u64 cgroup_id)
+				    __u32 flags, int btf)
 {
 	struct nt_http_event *ev = nt_reserve(sizeof(*ev));
 
@@ -615,80 +596,14 @@ static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pendin
 		nt_read_addrs(&sk->__sk_common, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
 	ev->method = req->method;
 	ev->status = status;
-	ev->duration_ns = duration_ns;
-	ev->cgroup_id = cgroup_id;
+	ev->duration_ns = bpf_ktime_get_ns() - req->start_ns;
+	ev->cgroup_id = bpf_get_current_cgroup_id();
 	ev->flags = flags;
 	if (req->has_trace) {
 		ev->flags |= NT_HTTP_F_TRACE;
 		__builtin_memcpy(ev->trace_id, req->trace_id, sizeof(ev->trace_id));
 	}
 	nt_submit(ev);
-}
-
-/* The histogram bucket of @ns (abi.h: NT_HTTP_BOUNDS_NS_LIST, then +Inf). */
-static __always_inline __u32 nt_http_bucket(__u64 ns)
-{
-	static const __u64 bounds[NT_HTTP_BUCKETS - 1] = { NT_HTTP_BOUNDS_NS_LIST };
-	__u32 i;
-
-#pragma unroll
-	for (i = 0; i < NT_HTTP_BUCKETS - 1; i++) {
-		if (ns <= bounds[i])
-			return i;
-	}
-	return NT_HTTP_BUCKETS - 1;
-}
-
-/*
- * One request answered with @status: added to its nt_http_table entry. It
- * also goes out as an event when it carries a trace id (flagged
- * NT_HTTP_F_COUNTED: the aggregator takes its exemplar and does not count it
- * again) or when the table is full (counted, NT_STAT_HTTP_TABLE_FULL, and
- * sent whole, so that it is not lost).
- */
-static __always_inline void nt_record(struct sock *sk, const struct nt_http_pending *req, __u16 status,
-				      __u32 flags, int btf)
-{
-	struct nt_http_key key = {};
-	struct nt_http_totals *t;
-	__u64 ns = bpf_ktime_get_ns() - req->start_ns;
-	__u32 zero = 0;
-	void *fresh;
-
-	key.cgroup_id = bpf_get_current_cgroup_id();
-	if (btf) {
-		key.family = (__u8)sk->__sk_common.skc_family;
-		if (key.family == NT_AF_INET6)
-			__builtin_memcpy(key.addr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
-		else
-			__builtin_memcpy(key.addr, &sk->__sk_common.skc_rcv_saddr, 4);
-	} else {
-		key.family = (__u8)BPF_CORE_READ(sk, __sk_common.skc_family);
-		if (key.family == NT_AF_INET6)
-			bpf_core_read(key.addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		else
-			bpf_core_read(key.addr, 4, &sk->__sk_common.skc_rcv_saddr);
-	}
-	key.method = req->method;
-	key.status = status;
-	key.flags = flags & NT_HTTP_F_TLS;
-	t = bpf_map_lookup_elem(&nt_http_table, &key);
-	if (!t) {
-		fresh = bpf_map_lookup_elem(&nt_http_zero, &zero);
-		if (fresh)
-			bpf_map_update_elem(&nt_http_table, &key, fresh, BPF_NOEXIST);
-		t = bpf_map_lookup_elem(&nt_http_table, &key);
-	}
-	if (t) {
-		__sync_fetch_and_add(&t->buckets[nt_http_bucket(ns)], 1);
-		__sync_fetch_and_add(&t->sum_ns, ns);
-		if (!req->has_trace)
-			return;
-		flags |= NT_HTTP_F_COUNTED;
-	} else {
-		nt_stat_inc(NT_STAT_HTTP_TABLE_FULL);
-	}
-	nt_emit(sk, req, status, flags, btf, ns, key.cgroup_id);
 }
 
 /*
@@ -753,7 +668,7 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 			}
 			req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
 			conn->head++;
-			nt_record(sk, &req, (__u16)status, flags, btf);
+			nt_emit(sk, &req, (__u16)status, flags, btf);
 			/*
 			 * Further responses in this write are looked for only
 			 * while requests are pending (pipelining): finding where

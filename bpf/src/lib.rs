@@ -63,28 +63,7 @@ pub mod names {
     pub const BENCH_CFG_MAP: &str = "nt_bench_cfg";
     /// Array holding the HTTP probe's `NT_HTTP_CFG_*` flags (`probes/http_tls.h`).
     pub const HTTP_CFG_MAP: &str = "nt_http_cfg";
-    /// Hash of HTTP request totals (`struct nt_http_key` -> `struct nt_http_totals`).
-    pub const HTTP_TABLE_MAP: &str = "nt_http_table";
 }
-
-/// Upper bounds (ns) of the HTTP duration buckets of `struct nt_http_totals`,
-/// the last bucket being `+Inf`: `NT_HTTP_BOUNDS_NS_LIST` of `abi.h` (a unit
-/// test keeps the two equal; bindgen does not translate list macros).
-pub const HTTP_BOUNDS_NS: [u64; abi::NT_HTTP_BUCKETS as usize - 1] = [
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
 
 #[cfg(test)]
 mod tests;

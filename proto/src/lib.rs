@@ -19,8 +19,5 @@ pub mod v1 {
 
     /// The event schema version this crate's `v1` types describe. Bump when a
     /// change would make an older consumer misread events.
-    ///
-    /// 2: HTTP requests come as kernel running totals (`http_totals`), and an
-    /// `HttpRequest` event with `exemplar_only` must not be counted.
-    pub const SCHEMA_VERSION: u32 = 2;
+    pub const SCHEMA_VERSION: u32 = 1;
 }

@@ -41,7 +41,6 @@ enum nt_http_method {
 /* nt_http_event.flags */
 #define NT_HTTP_F_TRACE 1 /* trace_id holds a W3C traceparent trace id */
 #define NT_HTTP_F_TLS 2   /* seen through the OpenSSL uprobes (HTTPS) */
-#define NT_HTTP_F_COUNTED 4 /* already counted in nt_http_table: the event is its exemplar only */
 
 /* nt_http_cfg[0], written by the loader at every start (probes/http_tls.h). */
 #define NT_HTTP_CFG_TLS 1 /* the OpenSSL uprobes may run: socket hooks track SSL threads */
@@ -63,8 +62,7 @@ enum nt_stat {
 	NT_STAT_HTTP_CONN_FULL = 5,  /* request dropped: connection map full */
 	NT_STAT_TLS_NO_SOCK = 6,     /* SSL plaintext whose TCP connection is unknown */
 	NT_STAT_TLS_CALL_LOST = 7,   /* SSL call return without its entry state */
-	NT_STAT_HTTP_TABLE_FULL = 8, /* request sent as an event: nt_http_table full (not lost) */
-	NT_STAT_MAX = 9,             /* array size; spare slots for growth */
+	NT_STAT_MAX = 8,             /* array size; spare slots for growth */
 };
 
 /*
@@ -133,38 +131,6 @@ struct nt_http_event {
 	__u64 duration_ns;   /* request read -> response status line written */
 	__u64 cgroup_id;     /* cgroup v2 id of the serving process */
 	__u8 trace_id[16];   /* valid with NT_HTTP_F_TRACE */
-};
-
-/*
- * HTTP requests counted in the kernel: the pinned hash `nt_http_table`, one
- * entry per (serving cgroup, local address, method, status, TLS), holding
- * running totals since the table was created (programs only ever add). The
- * loader reads it every tick; a request also goes out as an event when it
- * carries a trace id (with NT_HTTP_F_COUNTED: an exemplar, not counted again)
- * or when the table is full (without it: counted from the event).
- */
-#define NT_HTTP_TABLE_ENTRIES 8192
-/* Duration histogram: bucket i counts durations <= NT_HTTP_BOUNDS_NS[i]
- * (ns); the last bucket is +Inf. The same bounds as the aggregator's
- * http_request_duration_seconds (1 ms to 10 s, with 0.05 and 0.1). */
-#define NT_HTTP_BUCKETS 14
-#define NT_HTTP_BOUNDS_NS_LIST                                                                  \
-	1000000ULL, 2500000ULL, 5000000ULL, 10000000ULL, 25000000ULL, 50000000ULL, 100000000ULL, \
-		250000000ULL, 500000000ULL, 1000000000ULL, 2500000000ULL, 5000000000ULL,          \
-		10000000000ULL
-
-struct nt_http_key {
-	__u64 cgroup_id;     /* cgroup v2 id of the serving process */
-	__u8 addr[16];       /* local (server) address, network byte order; IPv4 in the first 4 */
-	__u8 family;         /* AF_INET or AF_INET6 */
-	__u8 method;         /* enum nt_http_method */
-	__u16 status;        /* 100..599 */
-	__u32 flags;         /* NT_HTTP_F_TLS or 0 */
-};
-
-struct nt_http_totals {
-	__u64 sum_ns;                    /* sum of durations */
-	__u64 buckets[NT_HTTP_BUCKETS];  /* requests per bucket (not cumulative) */
 };
 
 #endif /* __NETTEL_ABI_H */

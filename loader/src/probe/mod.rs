@@ -70,8 +70,6 @@ pub struct Probes {
     /// The http object (unless `--http-hook off`); shared with the TLS
     /// attacher thread, which attaches its uprobes at run time (`crate::tls`).
     pub http: Option<crate::tls::SharedEbpf>,
-    /// The http object's request totals (unless `--http-hook off`).
-    pub http_table: Option<crate::source::http_table::HttpTable>,
     pub stats: PerCpuArray<MapData, u64>,
     pub cursor: Array<MapData, abi::nt_cursor>,
     pub attached: Vec<Attached>,
@@ -129,7 +127,6 @@ pub fn load(
         .map(|tp| tp.ensure(&mut tcp, &links))
         .collect::<Result<Vec<_>, _>>()?;
     let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
-    let mut http_table = None;
     let http = if http_hook == HttpHook::Off {
         None
     } else {
@@ -140,9 +137,6 @@ pub fn load(
         let flags = if tls { nettel_bpf::abi::NT_HTTP_CFG_TLS } else { 0 };
         cfg.set(0, flags, 0).map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
         attached.extend(http::ensure(&mut obj, http_hook, &links)?);
-        let table = aya::maps::HashMap::try_from(take_map(&mut obj, names::HTTP_TABLE_MAP)?)
-            .map_err(|source| Error::Map { map: names::HTTP_TABLE_MAP, source })?;
-        http_table = Some(crate::source::http_table::HttpTable::new(table));
         Some(std::sync::Arc::new(std::sync::Mutex::new(obj)))
     };
     if let Some(tgid) = bench_tgid {
@@ -164,7 +158,7 @@ pub fn load(
     let cursor = Array::try_from(cursor).map_err(|source| Error::Map { map: names::CURSOR_MAP, source })?;
     let pinned =
         [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
-    Ok((Probes { stats, cursor, http, http_table, attached, pinned }, events))
+    Ok((Probes { stats, cursor, http, attached, pinned }, events))
 }
 
 fn load_object(pin_dir: &Path, ring_bytes: u32, object: &'static str, bytes: &[u8]) -> Result<Ebpf, Error> {
