@@ -82,13 +82,20 @@ fn main() {
     let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
     // Warm-up; then the fixed rate: half of what nginx serves with the agent off.
     wrk(&pods.a, &url, 2);
-    let rate = rate.unwrap_or_else(|| if tls || rounds == 0 { 0 } else { (wrk(&pods.a, &url, 5).1 / 2.0) as u64 });
+    let rate =
+        rate.unwrap_or_else(|| if tls || rounds == 0 { 0 } else { (wrk(&pods.a, &url, 5).1 / 2.0) as u64 });
 
     // (label, loader flags); `None` is the agent off, always first.
     let all: [(&str, &[&str]); 2] = if tls {
-        [("tls-off", &["--http-hook", "socket", "--tls", "off"]), ("tls-on", &["--http-hook", "socket", "--tls", "on"])]
+        [
+            ("tls-off", &["--http-hook", "socket", "--tls", "off"]),
+            ("tls-on", &["--http-hook", "socket", "--tls", "on"]),
+        ]
     } else {
-        [("socket", &["--http-hook", "socket", "--tls", "off"]), ("syscall", &["--http-hook", "syscall", "--tls", "off"])]
+        [
+            ("socket", &["--http-hook", "socket", "--tls", "off"]),
+            ("syscall", &["--http-hook", "syscall", "--tls", "off"]),
+        ]
     };
     let wanted = flag("--hooks").unwrap_or_else(|| all.map(|(l, _)| l).join(","));
     // Extra loader flags for every agent-on mode (experiments: ring size, ...).
@@ -136,8 +143,7 @@ fn main() {
         let (requests, _, _, _) = wrk(&pods.a, &url, 5);
         let agent_cpu = agent.each_ref().map(|p| cpu_seconds(p));
         let (after, iwi_after) = (http_prog_stats(), irq_work_interrupts());
-        let [loader_us, agg_us] =
-            [0, 1].map(|i| (agent_cpu[i] - agent_cpu0[i]) * 1e6 / requests);
+        let [loader_us, agg_us] = [0, 1].map(|i| (agent_cpu[i] - agent_cpu0[i]) * 1e6 / requests);
         let (time, runs) = total(&after, &before);
         let wakeups = (iwi_after - iwi_before) as f64;
         let per_request = time as f64 / requests;
@@ -191,7 +197,8 @@ fn main() {
         // ratio of medians when the host's speed drifts between rounds.
         let within: String = (1..modes.len())
             .map(|m| {
-                let r: Vec<f64> = samples[m].iter().zip(&samples[0]).map(|(on, off)| on.rps / off.rps).collect();
+                let r: Vec<f64> =
+                    samples[m].iter().zip(&samples[0]).map(|(on, off)| on.rps / off.rps).collect();
                 let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
                 format!(" {lo:.3}–{hi:.3} | {:.3} |", median(r))
             })
