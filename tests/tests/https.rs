@@ -204,6 +204,8 @@ fn https_requests_are_counted_exactly_for_nginx_python_and_node_started_after_th
     // above already show that no request was counted twice).
     let text = stack.agg.scrape();
     assert!(received("https_request") >= grand_total, "TLS events:\n{}", series(&text));
+    // Attach order explains lost calls during warm-up, never unattributed plaintext.
+    assert_eq!(tls_losses(&text).0, 0, "tls_no_connection:\n{}", series(&text));
     assert!(sum(&text, "nettel_tls_instrumented_files", &[]) >= 1, "{}", series(&text));
 }
 
