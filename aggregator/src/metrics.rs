@@ -136,6 +136,8 @@ pub struct Metrics {
     /// `http_request_duration_seconds` (served by `sink::families`, not the registry).
     pub http_duration: HttpDurations,
     pub http_unmatched: ClientFamily<ReasonLabels, Counter>,
+    /// Requests the kernel sent one by one because its totals table was full.
+    pub http_table_full: Counter,
     /// Files (libssl copies, executables) carrying the OpenSSL uprobes.
     pub tls_instrumented_files: Gauge,
     /// Processes mapping one of them.
@@ -263,6 +265,11 @@ impl Metrics {
             "nettel_http_unmatched",
             "HTTP requests or responses the kernel probe could not pair, by reason (response_without_request, closed_with_pending, pipeline_full, connection_table_full, tls_no_connection, tls_call_lost)",
             self.http_unmatched.clone(),
+        );
+        r.register(
+            "nettel_http_kernel_table_full",
+            "HTTP requests sent as single events because the kernel's totals table (8192 entries) was full; counted all the same, at a higher cost per request",
+            self.http_table_full.clone(),
         );
         r.register(
             "nettel_tls_instrumented_files",

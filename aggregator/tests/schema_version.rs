@@ -55,6 +55,10 @@ impl TelemetryService for FakeLoader {
     }
 }
 
+/// This aggregator's schema, and the next one (which it must refuse).
+const CURRENT: u32 = v1::SCHEMA_VERSION;
+const NEWER: u32 = v1::SCHEMA_VERSION + 1;
+
 fn message(schema_version: u32, first: u64, n: usize) -> v1::StreamEventsResponse {
     let ev = v1::Event {
         timestamp_boot_ns: 1,
@@ -75,6 +79,7 @@ fn message(schema_version: u32, first: u64, n: usize) -> v1::StreamEventsRespons
         schema_version,
         probe_counters: None,
         socket_counters: None,
+        ..Default::default()
     }
 }
 
@@ -124,13 +129,13 @@ fn disconnects(m: &Metrics, reason: &str) -> u64 {
 async fn a_newer_schema_is_refused_and_nothing_is_counted() {
     // Two refusals prove it keeps retrying and keeps refusing.
     let (m, ready) =
-        run_against(vec![message(2, 1, 5)], Duration::from_millis(200), |m| m.schema_mismatch.get() >= 2)
+        run_against(vec![message(NEWER, 1, 5)], Duration::from_millis(200), |m| m.schema_mismatch.get() >= 2)
             .await;
     assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(received(&m), 0, "no event of a schema-2 stream is counted");
+    assert_eq!(received(&m), 0, "no event of a newer schema's stream is counted");
     assert_eq!(m.loader_connected.get(), 0);
     assert_eq!(m.stream_connects.get(), 0);
-    assert_eq!(m.loader_schema_version.get(), 2);
+    assert_eq!(m.loader_schema_version.get(), i64::from(NEWER));
     assert!(disconnects(&m, "schema_too_new") >= 2);
     let text = nettel_aggregator::sink::text_format::encode(
         &m.register(),
@@ -144,12 +149,12 @@ async fn a_newer_schema_is_refused_and_nothing_is_counted() {
 
 #[tokio::test]
 async fn a_schema_change_mid_stream_stops_counting_that_stream() {
-    // Schema 1 first (counted), then schema 2 (refused with everything after
-    // it). The reconnect waits at least 2.5 s, long after the checks below.
-    let msgs = vec![message(1, 1, 3), message(2, 4, 5), message(1, 9, 7)];
+    // This aggregator's schema first (counted), then a newer one (refused
+    // with everything after it). The reconnect waits at least 2.5 s, long after the checks below.
+    let msgs = vec![message(CURRENT, 1, 3), message(NEWER, 4, 5), message(CURRENT, 9, 7)];
     let (m, ready) = run_against(msgs, Duration::from_secs(5), |m| m.schema_mismatch.get() >= 1).await;
     assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(m.stream_connects.get(), 1, "the schema-1 message connected the stream");
+    assert_eq!(m.stream_connects.get(), 1, "the first message connected the stream");
     assert_eq!(received(&m), 3, "only the message before the change is counted");
     assert_eq!(disconnects(&m, "schema_too_new"), 1);
     assert_eq!(m.loader_connected.get(), 0);

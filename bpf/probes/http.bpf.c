@@ -105,6 +105,48 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nt_http_peek SEC(".maps");
 
+/* Requests counted in the kernel (abi.h, struct nt_http_slot): running
+ * totals the loader reads through mmap, so most requests never become an
+ * event. All four maps are pinned (totals outlive a loader restart) and
+ * replaced together (nettel_bpf::names::HTTP_TABLE_MAPS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, NT_HTTP_TABLE_ENTRIES); /* --http-table-entries */
+	__type(key, __u32);
+	__type(value, struct nt_http_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_http_slots SEC(".maps");
+
+/* Key -> its slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NT_HTTP_TABLE_ENTRIES); /* --http-table-entries */
+	__type(key, struct nt_http_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_http_index SEC(".maps");
+
+/* Claimed slots (slot -> 1): an insert with BPF_NOEXIST is the claim. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NT_HTTP_TABLE_ENTRIES); /* --http-table-entries */
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_http_claims SEC(".maps");
+
+/* Where the next claim starts looking: slots are claimed in order, so this
+ * is usually the first free one. Updated without atomics: a stale value only
+ * costs a failed claim. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_http_hint SEC(".maps");
+
 /* syscalls/sys_enter_close format (stable tracepoint ABI). */
 struct nt_sys_enter_close {
 	__u64 _common;
@@ -582,7 +624,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 }
 
 static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pending *req, __u16 status,
-				    __u32 flags, int btf)
+				    __u32 flags, int btf, __u64 duration_ns, __u64 cgroup_id)
 {
 	struct nt_http_event *ev = nt_reserve(sizeof(*ev));
 
@@ -596,14 +638,125 @@ static __always_inline void nt_emit(struct sock *sk, const struct nt_http_pendin
 		nt_read_addrs(&sk->__sk_common, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
 	ev->method = req->method;
 	ev->status = status;
-	ev->duration_ns = bpf_ktime_get_ns() - req->start_ns;
-	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->duration_ns = duration_ns;
+	ev->cgroup_id = cgroup_id;
 	ev->flags = flags;
 	if (req->has_trace) {
 		ev->flags |= NT_HTTP_F_TRACE;
 		__builtin_memcpy(ev->trace_id, req->trace_id, sizeof(ev->trace_id));
 	}
 	nt_submit(ev);
+}
+
+/* The histogram bucket of @ns (abi.h: NT_HTTP_BOUNDS_NS_LIST, then +Inf). */
+static __always_inline __u32 nt_http_bucket(__u64 ns)
+{
+	static const __u64 bounds[NT_HTTP_BUCKETS - 1] = { NT_HTTP_BOUNDS_NS_LIST };
+	__u32 i;
+
+#pragma unroll
+	for (i = 0; i < NT_HTTP_BUCKETS - 1; i++) {
+		if (ns <= bounds[i])
+			return i;
+	}
+	return NT_HTTP_BUCKETS - 1;
+}
+
+/* Claims tried per new key before giving up for this request (other CPUs
+ * are claiming the same slots right now, or the hint is stale). */
+#define NT_HTTP_CLAIM_TRIES 4
+#define NT_EEXIST 17
+
+/*
+ * The slot of @key (abi.h, struct nt_http_slot), claimed if the key has none
+ * yet; NULL when no slot could be claimed. The loader sizes all three maps
+ * alike (--http-table-entries): once every slot is claimed, the claims map is
+ * full and refuses the insert.
+ */
+static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key *key)
+{
+	struct nt_http_slot *slot;
+	__u32 *idx, *hint, zero = 0, i, s;
+	__u8 one = 1;
+	long err;
+
+	idx = bpf_map_lookup_elem(&nt_http_index, key);
+	if (idx)
+		return bpf_map_lookup_elem(&nt_http_slots, idx);
+	hint = bpf_map_lookup_elem(&nt_http_hint, &zero);
+	if (!hint)
+		return NULL;
+	s = *hint;
+	for (i = 0; i < NT_HTTP_CLAIM_TRIES; i++, s++) {
+		err = bpf_map_update_elem(&nt_http_claims, &s, &one, BPF_NOEXIST);
+		if (err == -NT_EEXIST)
+			continue; /* someone else's */
+		if (err)
+			return NULL; /* every slot is claimed */
+		*hint = s + 1;
+		slot = bpf_map_lookup_elem(&nt_http_slots, &s);
+		if (!slot)
+			return NULL;
+		/* The key before the index entry: a CPU that finds the slot
+		 * through the index adds to a slot whose key is written. The
+		 * loader trusts a key only once two reads agree (it has no
+		 * barrier against this write). */
+		__builtin_memcpy(&slot->key, key, sizeof(*key));
+		if (bpf_map_update_elem(&nt_http_index, key, &s, BPF_NOEXIST)) {
+			/* Another CPU indexed the key first: use its slot (this
+			 * one keeps the key and zero totals; readers sum by key). */
+			idx = bpf_map_lookup_elem(&nt_http_index, key);
+			if (idx)
+				return bpf_map_lookup_elem(&nt_http_slots, idx);
+		}
+		return slot;
+	}
+	*hint = s;
+	return NULL;
+}
+
+/*
+ * One request answered with @status: added to its slot's totals. It also
+ * goes out as an event when it carries a trace id (flagged
+ * NT_HTTP_F_COUNTED: the aggregator takes its exemplar and does not count it
+ * again) or when it has no slot (counted, NT_STAT_HTTP_TABLE_FULL, and sent
+ * whole, so that it is not lost).
+ */
+static __always_inline void nt_record(struct sock *sk, const struct nt_http_pending *req, __u16 status,
+				      __u32 flags, int btf)
+{
+	struct nt_http_key key = {};
+	struct nt_http_slot *slot;
+	__u64 ns = bpf_ktime_get_ns() - req->start_ns;
+
+	key.cgroup_id = bpf_get_current_cgroup_id();
+	if (btf) {
+		key.family = (__u8)sk->__sk_common.skc_family;
+		if (key.family == NT_AF_INET6)
+			__builtin_memcpy(key.addr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		else
+			__builtin_memcpy(key.addr, &sk->__sk_common.skc_rcv_saddr, 4);
+	} else {
+		key.family = (__u8)BPF_CORE_READ(sk, __sk_common.skc_family);
+		if (key.family == NT_AF_INET6)
+			bpf_core_read(key.addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		else
+			bpf_core_read(key.addr, 4, &sk->__sk_common.skc_rcv_saddr);
+	}
+	key.method = req->method;
+	key.status = status;
+	key.flags = flags & NT_HTTP_F_TLS;
+	slot = nt_http_slot_of(&key);
+	if (slot) {
+		__sync_fetch_and_add(&slot->totals.buckets[nt_http_bucket(ns)], 1);
+		__sync_fetch_and_add(&slot->totals.sum_ns, ns);
+		if (!req->has_trace)
+			return;
+		flags |= NT_HTTP_F_COUNTED;
+	} else {
+		nt_stat_inc(NT_STAT_HTTP_TABLE_FULL);
+	}
+	nt_emit(sk, req, status, flags, btf, ns, key.cgroup_id);
 }
 
 /*
@@ -668,7 +821,7 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 			}
 			req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
 			conn->head++;
-			nt_emit(sk, &req, (__u16)status, flags, btf);
+			nt_record(sk, &req, (__u16)status, flags, btf);
 			/*
 			 * Further responses in this write are looked for only
 			 * while requests are pending (pipelining): finding where

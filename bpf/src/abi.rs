@@ -24,3 +24,9 @@ unsafe impl aya::Pod for nt_synthetic_event {}
 unsafe impl aya::Pod for nt_http_event {}
 // SAFETY: as above (two u64 fields, no padding).
 unsafe impl aya::Pod for nt_cursor {}
+// SAFETY: as above (8 + 16 + 1 + 1 + 2 + 4 bytes, no padding).
+unsafe impl aya::Pod for nt_http_key {}
+// SAFETY: as above (u64 fields only).
+unsafe impl aya::Pod for nt_http_totals {}
+// SAFETY: as above (the two structs above, 32 + 120 bytes, no padding).
+unsafe impl aya::Pod for nt_http_slot {}

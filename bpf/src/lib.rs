@@ -63,7 +63,39 @@ pub mod names {
     pub const BENCH_CFG_MAP: &str = "nt_bench_cfg";
     /// Array holding the HTTP probe's `NT_HTTP_CFG_*` flags (`probes/http_tls.h`).
     pub const HTTP_CFG_MAP: &str = "nt_http_cfg";
+    /// Mmap-able array of HTTP request totals (`struct nt_http_slot`, `abi.h`).
+    pub const HTTP_SLOTS_MAP: &str = "nt_http_slots";
+    /// Hash of HTTP keys to their slot.
+    pub const HTTP_INDEX_MAP: &str = "nt_http_index";
+    /// Hash of the claimed slots.
+    pub const HTTP_CLAIMS_MAP: &str = "nt_http_claims";
+    /// Where the next slot claim starts.
+    pub const HTTP_HINT_MAP: &str = "nt_http_hint";
+    /// The maps that together make the HTTP totals table: replacing one
+    /// alone would leave the others pointing at slots that are gone.
+    pub const HTTP_TABLE_MAPS: [&str; 4] = [HTTP_SLOTS_MAP, HTTP_INDEX_MAP, HTTP_CLAIMS_MAP, HTTP_HINT_MAP];
+    /// The HTTP table's maps with one entry per slot (`--http-table-entries`).
+    pub const HTTP_TABLE_SIZED_MAPS: [&str; 3] = [HTTP_SLOTS_MAP, HTTP_INDEX_MAP, HTTP_CLAIMS_MAP];
 }
+
+/// Upper bounds (ns) of the HTTP duration buckets of `struct nt_http_totals`,
+/// the last bucket being `+Inf`: `NT_HTTP_BOUNDS_NS_LIST` of `abi.h` (a unit
+/// test keeps the two equal; bindgen does not translate list macros).
+pub const HTTP_BOUNDS_NS: [u64; abi::NT_HTTP_BUCKETS as usize - 1] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
 
 #[cfg(test)]
 mod tests;

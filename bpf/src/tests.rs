@@ -264,6 +264,9 @@ fn bpf_target_layout_matches_rust() {
             trace_id
         }
     );
+    assert_layout!(s, nt_http_key { cgroup_id, addr, family, method, status, flags });
+    assert_layout!(s, nt_http_totals { sum_ns, buckets });
+    assert_layout!(s, nt_http_slot { key, totals });
     assert_layout!(
         s,
         nt_tcp_retransmit_event {
@@ -282,6 +285,27 @@ fn bpf_target_layout_matches_rust() {
             netns_cookie
         }
     );
+}
+
+/// `HTTP_BOUNDS_NS` is `NT_HTTP_BOUNDS_NS_LIST` of abi.h, number for number.
+#[test]
+fn http_bounds_match_the_header() {
+    let header = include_str!("../include/nettel/abi.h");
+    let start = header.find("#define NT_HTTP_BOUNDS_NS_LIST").expect("the macro")
+        + "#define NT_HTTP_BOUNDS_NS_LIST".len();
+    let body: String = header[start..]
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .flat_map(|l| l.chars())
+        .filter(|c| !c.is_whitespace() && *c != '\\')
+        .collect();
+    let c: Vec<u64> = body
+        .split(',')
+        .map(|n| n.trim_end_matches("ULL").parse().unwrap_or_else(|_| panic!("`{n}`")))
+        .collect();
+    assert_eq!(c, crate::HTTP_BOUNDS_NS);
+    assert_eq!(c.len() + 1, abi::NT_HTTP_BUCKETS as usize);
+    assert!(c.windows(2).all(|w| w[0] < w[1]), "increasing");
 }
 
 #[test]

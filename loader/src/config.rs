@@ -86,6 +86,12 @@ pub struct RunArgs {
     /// Ring buffer size in bytes: a power of two, at least 4096 (one page).
     #[arg(long, env = "NETTEL_RING_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub ring_buffer_bytes: u64,
+    /// Slots of the kernel's HTTP totals table: one per (serving cgroup, local
+    /// address, method, status, TLS), 152 bytes each plus two hash entries.
+    /// Requests of a key without a slot go to the ring buffer as events and
+    /// are counted (`nettel_http_kernel_table_full_total`).
+    #[arg(long, env = "NETTEL_HTTP_TABLE_ENTRIES", default_value_t = nettel_bpf::abi::NT_HTTP_TABLE_ENTRIES)]
+    pub http_table_entries: u32,
     /// Per-subscriber queue capacity in events; beyond it events are dropped for
     /// that subscriber and counted.
     #[arg(long, env = "NETTEL_SUBSCRIBER_QUEUE_EVENTS", default_value_t = 65536)]
@@ -144,8 +150,16 @@ pub enum HttpHook {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub ring_bytes: u32,
+    pub http_table_entries: u32,
     pub queue_batches: usize,
     pub max_batch: usize,
+}
+
+impl RunConfig {
+    /// The map sizes set at run time.
+    pub fn map_sizes(&self) -> crate::pin::MapSizes {
+        crate::pin::MapSizes { ring_bytes: self.ring_bytes, http_table_entries: self.http_table_entries }
+    }
 }
 
 impl RunArgs {
@@ -156,6 +170,12 @@ impl RunArgs {
         if !(4096..=(1 << 30)).contains(&r) || !r.is_power_of_two() {
             problems
                 .push(format!("--ring-buffer-bytes {r} must be a power of two between 4096 and 1073741824"));
+        }
+        if !(16..=65536).contains(&self.http_table_entries) {
+            problems.push(format!(
+                "--http-table-entries {} must be between 16 and 65536",
+                self.http_table_entries
+            ));
         }
         if !(1..=4096).contains(&self.max_batch) {
             problems.push(format!("--max-batch {} must be between 1 and 4096", self.max_batch));
@@ -196,6 +216,7 @@ impl RunArgs {
         }
         Ok(RunConfig {
             ring_bytes: r as u32,
+            http_table_entries: self.http_table_entries,
             queue_batches: self.subscriber_queue_events.div_ceil(self.max_batch),
             max_batch: self.max_batch,
         })
@@ -235,6 +256,15 @@ mod tests {
             assert!(e.contains("--ring-buffer-bytes"), "{e}");
         }
         assert!(parse(&["--ring-buffer-bytes", "65536"]).validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_http_tables_too_small_or_too_large() {
+        for bad in ["0", "15", "65537"] {
+            let e = parse(&["--http-table-entries", bad]).validate().unwrap_err().to_string();
+            assert!(e.contains("--http-table-entries"), "{e}");
+        }
+        assert_eq!(parse(&["--http-table-entries", "16"]).validate().unwrap().http_table_entries, 16);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub struct Counters {
     pub http_connections_full: AtomicU64,
     pub tls_no_connection: AtomicU64,
     pub tls_call_lost: AtomicU64,
+    pub http_table_full: AtomicU64,
     /// What the TLS attacher last saw.
     pub tls: std::sync::Arc<crate::tls::Shared>,
 }
@@ -80,6 +81,7 @@ impl Counters {
             http_connections_full: self.http_connections_full.load(Relaxed),
             tls_no_connection: self.tls_no_connection.load(Relaxed),
             tls_call_lost: self.tls_call_lost.load(Relaxed),
+            http_table_full: self.http_table_full.load(Relaxed),
             tls: Some(self.tls.status()),
         }
     }

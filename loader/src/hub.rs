@@ -38,6 +38,8 @@ pub struct Batch {
     pub probe: v1::ProbeCounters,
     /// Socket refusals at publish time.
     pub socket: v1::SocketCounters,
+    /// Kernel HTTP request totals that changed (running totals).
+    pub http_totals: Vec<v1::HttpTotals>,
 }
 
 /// What a subscriber's queue carries.
@@ -233,6 +235,7 @@ mod tests {
             decode_errors_total: 0,
             probe: v1::ProbeCounters::default(),
             socket: v1::SocketCounters::default(),
+            http_totals: Vec::new(),
         }
     }
 

@@ -143,7 +143,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
     }
     mount_missing(&report, &args.pin_dir).map_err(Error::with_capability_hint)?;
     let (probes, events) =
-        probe::load(&args.pin_dir, cfg.ring_bytes, args.bench_tgid, args.http_hook, args.tls == Toggle::On)
+        probe::load(&args.pin_dir, cfg.map_sizes(), args.bench_tgid, args.http_hook, args.tls == Toggle::On)
             .map_err(Error::with_capability_hint)?;
     for a in &probes.attached {
         info!(program = a.name, attach_point = a.attach_point, origin = a.origin.as_str(), "Probe running.");

@@ -31,6 +31,8 @@ pub struct MapSpec {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// `BPF_F_*` creation flags (`BPF_F_MMAPABLE` changes how a map is read).
+    pub map_flags: u32,
 }
 
 /// Maps whose contents must survive a restart: a pinned one that does not
@@ -38,9 +40,29 @@ pub struct MapSpec {
 /// pinned map that does not match is per-program state and is replaced.
 pub const DURABLE: [&str; 3] = [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP];
 
+/// Maps that only make sense together: when one of a group is (re)created,
+/// the others pinned are replaced too.
+pub const GROUPS: [&[&str]; 1] = [&names::HTTP_TABLE_MAPS];
+
+/// Map sizes set at run time (`--ring-buffer-bytes`, `--http-table-entries`)
+/// instead of the objects' defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    pub ring_bytes: u32,
+    pub http_table_entries: u32,
+}
+
+impl MapSizes {
+    /// `(map, max_entries)` of every map whose size is set at run time.
+    pub fn overrides(&self) -> Vec<(&'static str, u32)> {
+        let mut v = vec![(names::EVENTS_MAP, self.ring_bytes)];
+        v.extend(names::HTTP_TABLE_SIZED_MAPS.map(|m| (m, self.http_table_entries)));
+        v
+    }
+}
+
 /// What an object pins and runs, from its ELF: the maps it pins by name
-/// (as this loader would create them: the ring buffer with `ring_bytes`
-/// entries) and its programs.
+/// (as this loader would create them, with `sizes`) and its programs.
 #[derive(Debug, Clone)]
 pub struct ObjectPins {
     pub object: &'static str,
@@ -49,7 +71,8 @@ pub struct ObjectPins {
 }
 
 /// Parses each object of `objects`.
-pub fn object_pins(objects: &[(&'static str, &[u8])], ring_bytes: u32) -> Result<Vec<ObjectPins>, Error> {
+pub fn object_pins(objects: &[(&'static str, &[u8])], sizes: MapSizes) -> Result<Vec<ObjectPins>, Error> {
+    let overrides = sizes.overrides();
     objects
         .iter()
         .map(|(object, bytes)| {
@@ -64,7 +87,11 @@ pub fn object_pins(objects: &[(&'static str, &[u8])], ring_bytes: u32) -> Result
                     map_type: m.map_type(),
                     key_size: m.key_size(),
                     value_size: m.value_size(),
-                    max_entries: if name == names::EVENTS_MAP { ring_bytes } else { m.max_entries() },
+                    max_entries: overrides
+                        .iter()
+                        .find(|(o, _)| o == name)
+                        .map_or(m.max_entries(), |(_, n)| *n),
+                    map_flags: m.map_flags(),
                 })
                 .collect();
             maps.sort_by(|a, b| a.name.cmp(&b.name));
@@ -113,7 +140,8 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
 /// (which reuses a pin by name without checks) reuses only what matches. A
 /// durable map that does not match is an error; any other is unpinned, to be
 /// recreated. Returns the names that are not pinned now (missing, or just
-/// unpinned): the load will create them.
+/// unpinned): the load will create them. A map of a [`GROUPS`] group is
+/// replaced when any other of its group is.
 pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Error> {
     let mut fresh = Vec::new();
     for spec in specs {
@@ -127,14 +155,27 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Err
             return Err(Error::PinnedMapMismatch { map: spec.name.clone(), path, reason });
         }
         warn!(map = %spec.name, %reason, "A pinned map does not match this loader; replacing it.");
-        fs::remove_file(&path).map_err(|source| Error::Io {
-            what: "failed to remove pinned map",
-            path,
-            source,
-        })?;
+        unpin(path)?;
         fresh.push(spec.name.clone());
     }
+    for group in GROUPS {
+        if !group.iter().any(|m| fresh.iter().any(|f| f == m)) {
+            continue;
+        }
+        for spec in specs.iter().filter(|s| group.contains(&s.name.as_str())) {
+            let path = dir.join(&spec.name);
+            if !fresh.contains(&spec.name) && path.exists() {
+                warn!(map = %spec.name, group = ?group, "Another map of this group is new; replacing this one with it.");
+                unpin(path)?;
+                fresh.push(spec.name.clone());
+            }
+        }
+    }
     Ok(fresh)
+}
+
+fn unpin(path: PathBuf) -> Result<(), Error> {
+    fs::remove_file(&path).map_err(|source| Error::Io { what: "failed to remove pinned map", path, source })
 }
 
 /// Why the map pinned at `path` does not match `spec` (`None`: it matches).
@@ -163,12 +204,13 @@ fn check(path: &Path, spec: &MapSpec) -> Result<Option<String>, Error> {
         Ok(ty) => ty as u32,
         Err(e) => return Ok(Some(format!("unknown map type: {e}"))),
     };
-    let got = (ty, info.key_size(), info.value_size(), info.max_entries());
-    let want = (spec.map_type, spec.key_size, spec.value_size, spec.max_entries);
+    let got = (ty, info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+    let want = (spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.map_flags);
     if got != want {
         return Ok(Some(format!(
-            "found (type {}, key {}, value {}, max_entries {}), expected (type {}, key {}, value {}, max_entries {})",
-            got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
+            "found (type {}, key {}, value {}, max_entries {}, flags {:#x}), \
+             expected (type {}, key {}, value {}, max_entries {}, flags {:#x})",
+            got.0, got.1, got.2, got.3, got.4, want.0, want.1, want.2, want.3, want.4
         )));
     }
     Ok(None)

@@ -124,6 +124,12 @@ impl TelemetryService for Service {
                     schema_version: v1::SCHEMA_VERSION,
                     probe_counters: Some(b.probe),
                     socket_counters: Some(b.socket),
+                    http_bucket_bounds_ns: if b.http_totals.is_empty() {
+                        Vec::new()
+                    } else {
+                        nettel_bpf::HTTP_BOUNDS_NS.to_vec()
+                    },
+                    http_totals: b.http_totals.clone(),
                 };
                 last_kernel = last_kernel.max(b.kernel_reserve_failures_total);
                 last_decode = last_decode.max(b.decode_errors_total);

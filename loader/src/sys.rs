@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Thin, safe wrappers over the system facts the loader needs: capabilities,
-//! filesystem magic numbers, mounts and the kernel release. Everything goes
-//! through `rustix` or `/proc`, so the loader itself has no `unsafe`.
+//! filesystem magic numbers, mounts, the kernel release and mapped BPF maps.
+//! Everything goes through `rustix` or `/proc`; the loader's only `unsafe`
+//! is here, each block with its justification.
 
 use std::{fs, io, path::Path};
 
@@ -86,6 +87,75 @@ pub fn register_ring_buffer(
     // requires.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
+}
+
+/// A read-only shared mapping of a `BPF_F_MMAPABLE` array map's values, seen
+/// as 64-bit words that BPF programs update concurrently.
+///
+/// Reading through the mapping needs no syscall. A `bpf(BPF_MAP_LOOKUP_ELEM)`
+/// runs under `bpf_disable_instrumentation()`, and every uprobe or classic
+/// tracepoint program that fires on that CPU meanwhile is skipped.
+pub struct MappedWords {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    words: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is only ever read through `&[AtomicU64]`, which is
+// `Send` and `Sync`; nothing in it is tied to the mapping thread.
+unsafe impl Send for MappedWords {}
+// SAFETY: as above.
+unsafe impl Sync for MappedWords {}
+
+impl MappedWords {
+    /// Maps the first `bytes` bytes (a multiple of 8) of the array map `fd`.
+    pub fn map(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<Self> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        if bytes == 0 || !bytes.is_multiple_of(8) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mapping size must be a non-zero multiple of 8",
+            ));
+        }
+        let len = bytes.next_multiple_of(rustix::param::page_size());
+        // SAFETY: a fresh mapping at an address the kernel picks cannot
+        // alias any Rust object. The kernel maps a BPF_F_MMAPABLE array's
+        // values from offset 0, page-aligned, `round_up(value_size, 8)` bytes
+        // apart, and refuses a length beyond them (EINVAL): on success all
+        // `len` bytes are readable until `munmap` in `Drop`.
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0) }?;
+        let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, words: bytes / 8, len })
+    }
+
+    /// The mapped words. BPF programs write them concurrently (atomic adds,
+    /// plain stores), hence atomics; a load of one word is never torn.
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `ptr` is page-aligned (so aligned for AtomicU64) and the
+        // first `words * 8 <= len` bytes are mapped readable for `self`'s
+        // lifetime. Other writers (BPF programs) are not Rust code, and this
+        // process only loads, so treating the words as atomics is sound.
+        // Atomic loads from read-only memory are allowed for sizes up to 8
+        // bytes on the targets the loader supports (std::sync::atomic docs).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.words) }
+    }
+}
+
+impl Drop for MappedWords {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `map`, and no
+        // borrow of `words()` outlives `self`.
+        if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) } {
+            tracing::warn!(error = %e, "Failed to unmap a BPF map.");
+        }
+    }
+}
+
+impl std::fmt::Debug for MappedWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedWords").field("words", &self.words).finish()
+    }
 }
 
 /// The effective uid of this process.

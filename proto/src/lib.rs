@@ -19,5 +19,8 @@ pub mod v1 {
 
     /// The event schema version this crate's `v1` types describe. Bump when a
     /// change would make an older consumer misread events.
-    pub const SCHEMA_VERSION: u32 = 1;
+    ///
+    /// 2: HTTP requests come as kernel running totals (`http_totals`), and an
+    /// `HttpRequest` event with `exemplar_only` must not be counted.
+    pub const SCHEMA_VERSION: u32 = 2;
 }

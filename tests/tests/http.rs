@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use nettel_integration::{
     metrics::{http_get, sum},
     netns::PodPair,
-    process::{bin, scratch_dir, Stack},
+    process::{bin, scratch_dir, Loader, Stack},
     require_kernel,
     servers::{curl, fixture, raw_client, start, start_nginx},
     wait_for,
@@ -197,6 +197,8 @@ fn five_runtimes(hook: &str) {
     for reason in ["response_without_request", "closed_with_pending", "pipeline_full"] {
         assert_eq!(sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]), 0, "{reason}");
     }
+    // Every request had a kernel slot (none fell back to a counted event).
+    assert_eq!(sum(&text, "nettel_http_kernel_table_full_total", &[]), 0);
 
     // Pipelined deeper than the probe's per-connection queue (4 requests):
     // the first four are counted, the fifth is counted as pipeline_full, and
@@ -219,4 +221,104 @@ fn five_runtimes(hook: &str) {
     assert_eq!(count_of(&text, "rust-0", "GET", "500"), 0);
     let unmatched = |reason: &str| sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]);
     assert_eq!((unmatched("pipeline_full"), unmatched("response_without_request")), (1, 2));
+}
+
+/// Requests are counted in the kernel's pinned slots, which outlive the
+/// loader: requests served while no loader runs are counted once the next
+/// loader streams the totals, and the totals already counted are not counted
+/// again (a restarted loader first sends every key whole).
+#[test]
+fn http_totals_outlive_a_loader_restart_and_are_counted_once() {
+    if !require_kernel("http_totals_outlive_a_loader_restart_and_are_counted_once") {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let pods = PodPair::new(12);
+    let Stack { mut agg, loader, pods_file: _pods_file } =
+        Stack::start(&[(pods.b_v4.as_str(), "rust-0", "web", "rust-0")]);
+    let traffic = bin("nettel-traffic").display().to_string();
+    let _server = start(&pods.b, &traffic, &["http".into(), format!("{}:8080", pods.b_v4)]);
+    let ok = format!("http://{}:8080/ok", pods.b_v4);
+    let missing = format!("http://{}:8080/missing", pods.b_v4);
+    let counts = |agg: &nettel_integration::process::Aggregator| {
+        let text = agg.scrape();
+        (count_of(&text, "rust-0", "GET", "200"), count_of(&text, "rust-0", "GET", "404"))
+    };
+    let settle = |agg: &nettel_integration::process::Aggregator, want: (u64, u64)| {
+        wait_for(Duration::from_secs(10), "HTTP counts", || (counts(agg) == want).then_some(()));
+        // Several reads of the totals later (one every 500 ms), still the same.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(counts(agg), want, "counted more than once");
+    };
+
+    curl(&pods.a, &[&ok, &ok, &ok]);
+    settle(&agg, (3, 0));
+
+    let (pin_dir, socket) = loader.exit(rustix::process::Signal::TERM);
+    curl(&pods.a, &[&ok, &ok, &missing, &missing]);
+    let loader = Loader::restart(&pin_dir, &socket, NOBODY, &[NOBODY], &[]);
+    agg.wait_connected();
+    settle(&agg, (5, 2));
+
+    curl(&pods.a, &[&ok]);
+    settle(&agg, (6, 2));
+    let text = agg.scrape();
+    assert_eq!(sum(&text, "nettel_http_kernel_table_full_total", &[]), 0);
+    assert_eq!(sum(&text, "nettel_loader_restarts_total", &[]), 1);
+    drop(agg);
+    drop(loader);
+}
+
+/// With a 16-slot kernel table, the requests of keys beyond 16 go to the ring
+/// buffer as events: still counted exactly, and each one counted in
+/// `nettel_http_kernel_table_full_total`. Keys keep their slots: the same
+/// keys beyond the table again go out as events, no more and no fewer.
+#[test]
+fn http_requests_beyond_the_kernel_table_are_sent_as_events_and_counted() {
+    if !require_kernel("http_requests_beyond_the_kernel_table_are_sent_as_events_and_counted") {
+        return;
+    }
+    let pods = PodPair::new(13);
+    let stack = Stack::start_with(
+        &[(pods.b_v4.as_str(), "rust-0", "web", "rust-0")],
+        &["--http-table-entries", "16"],
+    );
+    let agg = &stack.agg;
+    let traffic = bin("nettel-traffic").display().to_string();
+    let _server = start(&pods.b, &traffic, &["http".into(), format!("{}:8080", pods.b_v4)]);
+    let url = |path: &str| format!("http://{}:8080{path}", pods.b_v4);
+    let (ok, missing, fail) = (url("/ok"), url("/missing"), url("/fail"));
+    // 7 methods x 3 statuses: 21 keys for 16 slots.
+    let methods = [("GET", "GET"), ("PUT", "PUT"), ("POST", "POST"), ("DELETE", "DELETE")]
+        .into_iter()
+        .chain([("PATCH", "PATCH"), ("OPTIONS", "OPTIONS"), ("PURGE", "OTHER")]);
+    let methods: Vec<_> = methods.collect();
+    let total = |agg: &nettel_integration::process::Aggregator| {
+        sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", "rust-0")])
+    };
+    // The aggregator's own HTTP server (the harness's scrapes and readiness
+    // polls, node-level) has claimed slots already: one per series so far.
+    std::thread::sleep(Duration::from_millis(1500));
+    let claimed = agg.scrape().lines().filter(|l| l.starts_with(&format!("{HIST}_count{{"))).count() as u64;
+    assert!(claimed <= 3, "node-level keys: {claimed}");
+    let beyond = 21 - (16 - claimed);
+    for round in 1..=2u64 {
+        for (method, _) in &methods {
+            let body: &[&str] = if matches!(*method, "PUT" | "POST" | "PATCH") { &["-d", "x"] } else { &[] };
+            let args: Vec<&str> = ["-X", method].iter().copied().chain(body.iter().copied()).collect();
+            curl(&pods.a, &[&args[..], &[&ok, &missing, &fail]].concat());
+        }
+        wait_for(Duration::from_secs(10), "all requests counted", || {
+            (total(agg) >= 21 * round).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let text = agg.scrape();
+        assert_eq!(total(agg), 21 * round, "no request counted twice");
+        for (_, label) in &methods {
+            for status in ["200", "404", "500"] {
+                assert_eq!(count_of(&text, "rust-0", label, status), round, "{label} {status}");
+            }
+        }
+        assert_eq!(sum(&text, "nettel_http_kernel_table_full_total", &[]), beyond * round);
+    }
 }

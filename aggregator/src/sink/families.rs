@@ -144,6 +144,27 @@ impl HistogramValue {
         }
     }
 
+    /// Adds counts per bucket (not cumulative; the last is `+Inf`) and
+    /// their sum: the growth of the kernel's totals.
+    pub fn add(&self, buckets: &[u64; HTTP_BUCKETS.len() + 1], sum_seconds: f64) {
+        for (b, n) in self.buckets.iter().zip(buckets) {
+            if *n > 0 {
+                b.fetch_add(*n, Relaxed);
+            }
+        }
+        let _ =
+            self.sum.fetch_update(Relaxed, Relaxed, |b| Some((f64::from_bits(b) + sum_seconds).to_bits()));
+    }
+
+    /// Makes `trace_id` the exemplar of the bucket of `seconds`, counting
+    /// nothing (the observation was counted through [`Self::add`]).
+    pub fn exemplar(&self, seconds: f64, trace_id: &[u8; 16]) {
+        let i = HTTP_BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(HTTP_BUCKETS.len());
+        let mut ex = self.exemplars.lock().unwrap_or_else(|e| e.into_inner());
+        ex.get_or_insert_with(|| Box::new([None; HTTP_BUCKETS.len() + 1]))[i] =
+            Some(Exemplar { trace_id: *trace_id, value: seconds });
+    }
+
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()

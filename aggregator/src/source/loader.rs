@@ -99,7 +99,11 @@ impl LoaderSource {
                 metrics.loader_connected.set(1);
                 info!(socket = %self.socket.display(), epoch = format_args!("{:016x}", msg.epoch), "Connected to the loader.");
             }
-            agg.lock().unwrap_or_else(|e| e.into_inner()).apply_batch(&msg.events, Instant::now());
+            let mut agg = agg.lock().unwrap_or_else(|e| e.into_inner());
+            agg.apply_batch(&msg.events, Instant::now());
+            if !msg.http_totals.is_empty() {
+                agg.apply_http_totals(&msg.http_totals, &msg.http_bucket_bounds_ns, Instant::now());
+            }
         }
         Ok(())
     }

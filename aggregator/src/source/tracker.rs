@@ -80,7 +80,13 @@ impl Tracker {
                     ("tls_call_lost", p.tls_call_lost, last.tls_call_lost),
                 ],
             );
+            if p.http_table_full > last.http_table_full {
+                m.http_table_full.inc_by(p.http_table_full - last.http_table_full);
+            } else if p.http_table_full < last.http_table_full {
+                self.counter_backwards(m, "http_table_full", p.http_table_full, last.http_table_full);
+            }
             self.probe = v1::ProbeCounters {
+                http_table_full: p.http_table_full.max(last.http_table_full),
                 http_unmatched_responses: p.http_unmatched_responses.max(last.http_unmatched_responses),
                 http_closed_pending: p.http_closed_pending.max(last.http_closed_pending),
                 http_pipeline_full: p.http_pipeline_full.max(last.http_pipeline_full),
@@ -216,6 +222,7 @@ mod tests {
             schema_version: v1::SCHEMA_VERSION,
             probe_counters: None,
             socket_counters: None,
+            ..Default::default()
         }
     }
 
@@ -258,8 +265,12 @@ mod tests {
         newer.schema_version = v1::SCHEMA_VERSION + 1;
         let e = Tracker::default().observe(&newer, &m).unwrap_err().to_string();
         assert!(e.contains("upgrade the aggregator"), "{e}");
-        assert!(e.contains("schema 2") && e.contains("schema 1"), "names both versions: {e}");
-        assert_eq!((m.schema_mismatch.get(), m.loader_schema_version.get()), (1, 2));
+        let (ours, theirs) = (v1::SCHEMA_VERSION, v1::SCHEMA_VERSION + 1);
+        assert!(
+            e.contains(&format!("schema {theirs}")) && e.contains(&format!("schema {ours}")),
+            "names both: {e}"
+        );
+        assert_eq!((m.schema_mismatch.get(), m.loader_schema_version.get()), (1, i64::from(theirs)));
         assert_eq!(m.loader_restarts.get() + m.kernel_lost.get(), 0, "nothing of the message was used");
         // An older (or unset) schema is fine.
         let mut older = msg(1, 1, 1, 0, 0);

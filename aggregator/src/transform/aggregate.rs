@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     kube::cgroup::CgroupResolver,
-    metrics::{HttpLabels, KindLabels, Metrics, ReasonLabels, RetransmitLabels},
+    metrics::{HttpLabels, KindLabels, Metrics, ReasonLabels, RetransmitLabels, HTTP_BUCKETS},
     sink::families::{CounterValue, HistogramValue},
 };
 
@@ -61,6 +61,43 @@ fn bounded(s: &str) -> String {
 /// Most cached series handles before the cache is cleared.
 pub const MAX_CACHED_SERIES: usize = 65536;
 
+/// Most kernel HTTP totals entries remembered (the loader's table holds 8192;
+/// past this the memory is cleared, counted as a decode error, and the next
+/// totals of each entry are counted whole).
+pub const MAX_TOTALS_KEYS: usize = 65536;
+
+/// (cgroup id, local address, method, status, TLS) of a kernel totals entry.
+type TotalsKey = (u64, IpAddr, i32, u32, bool);
+type Buckets = [u64; HTTP_BUCKETS.len() + 1];
+
+/// The kernel's running totals as last counted, per entry: what turns them
+/// into growth. Kept across streams and loader restarts (the kernel table
+/// outlives the loader, so its totals go on).
+#[derive(Debug, Default)]
+struct TotalsSeen(HashMap<TotalsKey, (Buckets, u64)>);
+
+impl TotalsSeen {
+    /// The growth of `key`'s totals since last seen, and remembers them. An
+    /// entry not seen before counts whole; so do totals below the last seen
+    /// (the table was recreated), bucket by bucket.
+    fn growth(&mut self, key: TotalsKey, buckets: Buckets, sum_ns: u64) -> (Buckets, u64) {
+        let last = self.0.insert(key, (buckets, sum_ns));
+        let Some((lb, ls)) = last else { return (buckets, sum_ns) };
+        if buckets.iter().zip(&lb).any(|(now, before)| now < before) || sum_ns < ls {
+            return (buckets, sum_ns);
+        }
+        (std::array::from_fn(|i| buckets[i] - lb[i]), sum_ns - ls)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// A cached handle: the series and whether its address resolved to a pod.
 #[derive(Debug)]
 struct Cached<M> {
@@ -93,6 +130,8 @@ pub struct Aggregator {
     unresolved_http: Counter,
     /// HTTP series handles by (cgroup id, local address, method, status).
     http_cache: HashMap<(u64, IpAddr, i32, u32), Cached<HistogramValue>>,
+    /// The kernel's HTTP totals as last counted, per entry.
+    totals_seen: TotalsSeen,
     cgroups: Option<CgroupResolver>,
     budget: Budget,
     tcp_series: SeriesTable<CounterValue>,
@@ -136,6 +175,7 @@ impl Aggregator {
             received_http,
             received_https,
             http_cache: HashMap::new(),
+            totals_seen: TotalsSeen::default(),
             cgroups: None,
             cache_generation: pods.generation(),
             metrics,
@@ -179,6 +219,8 @@ impl Aggregator {
                 self.received_tcp.inc();
                 self.tcp_retransmit(t);
             }
+            // An exemplar-only event is a request counted in the kernel's totals.
+            Some(v1::event::Kind::HttpRequest(h)) if h.exemplar_only => self.http_request(h),
             Some(v1::event::Kind::HttpRequest(h)) => {
                 if h.tls {
                     self.received_https.inc();
@@ -293,18 +335,39 @@ impl Aggregator {
         };
         let seconds = h.duration_ns as f64 / 1e9;
         let local = normalize(local);
-        self.refresh_cache();
-        let key = (h.cgroup_id, local, h.method, h.status);
-        if let Some(c) = self.http_cache.get(&key) {
-            c.series.touch(self.now_ms);
-            c.series.value.observe(seconds, exemplar);
-            if c.series.overflow {
-                self.http_series.count_overflow();
-            }
-            if !c.resolved {
-                self.unresolved_http.inc();
+        let (series, resolved) = self.http_handle(h.cgroup_id, local, h.method, h.status);
+        if h.exemplar_only {
+            // Counted in the kernel's totals already: only its trace id is new.
+            match exemplar {
+                Some(id) => series.value.exemplar(seconds, id),
+                None => self.decode_error("exemplar_without_trace_id"),
             }
             return;
+        }
+        series.value.observe(seconds, exemplar);
+        if series.overflow {
+            self.http_series.count_overflow();
+        }
+        if !resolved {
+            self.unresolved_http.inc();
+        }
+    }
+
+    /// The series of requests served by `cgroup_id` on `local` (normalized)
+    /// with `method` and `status`, admitted on first use and touched now;
+    /// and whether its pod was resolved.
+    fn http_handle(
+        &mut self,
+        cgroup_id: u64,
+        local: IpAddr,
+        method: i32,
+        status: u32,
+    ) -> (Arc<Series<HistogramValue>>, bool) {
+        self.refresh_cache();
+        let key = (cgroup_id, local, method, status);
+        if let Some(c) = self.http_cache.get(&key) {
+            c.series.touch(self.now_ms);
+            return (Arc::clone(&c.series), c.resolved);
         }
         if self.http_cache.len() >= MAX_CACHED_SERIES {
             self.http_cache.clear();
@@ -313,25 +376,72 @@ impl Aggregator {
         let by_cgroup = self
             .cgroups
             .as_mut()
-            .and_then(|c| c.pod_uid(h.cgroup_id, Instant::now()))
+            .and_then(|c| c.pod_uid(cgroup_id, Instant::now()))
             .and_then(|uid| self.pods.lookup_uid(&uid));
         let pod = by_cgroup.or_else(|| self.pods.lookup(local));
         let labels = HttpLabels {
             pod: pod.as_ref().map_or_else(String::new, |p| bounded(&p.name)),
             namespace: pod.as_ref().map_or_else(String::new, |p| bounded(&p.namespace)),
             service: pod.as_ref().map_or_else(String::new, |p| bounded(&p.service)),
-            method: method_label(h.method).into(),
-            status: h.status.to_string(),
+            method: method_label(method).into(),
+            status: status.to_string(),
         };
         let series = self.http_series.get_or_admit(&labels, &mut self.budget, self.now_ms);
-        series.value.observe(seconds, exemplar);
+        self.http_cache.insert(key, Cached { series: Arc::clone(&series), resolved: pod.is_some() });
+        (series, pod.is_some())
+    }
+
+    /// Counts the growth of the kernel's HTTP request totals (proto
+    /// `HttpTotals`) received at `now`. `bounds_ns` must be this aggregator's
+    /// buckets; otherwise nothing is counted and each entry is a decode error.
+    pub fn apply_http_totals(&mut self, totals: &[v1::HttpTotals], bounds_ns: &[u64], now: Instant) {
+        self.set_now(now);
+        let ours = HTTP_BUCKETS.iter().map(|le| (le * 1e9).round() as u64);
+        if !bounds_ns.iter().copied().eq(ours) {
+            for _ in totals {
+                self.decode_error("http_buckets_mismatch");
+            }
+            return;
+        }
+        for t in totals {
+            self.http_totals(t);
+        }
+    }
+
+    fn http_totals(&mut self, t: &v1::HttpTotals) {
+        let Some(local) = addr_from_bytes(&t.local_addr) else {
+            return self.decode_error("bad_address");
+        };
+        if !(100..=599).contains(&t.status) {
+            return self.decode_error("bad_http_status");
+        }
+        let Ok(buckets) = <[u64; HTTP_BUCKETS.len() + 1]>::try_from(t.bucket_counts.as_slice()) else {
+            return self.decode_error("bad_http_buckets");
+        };
+        let local = normalize(local);
+        let key = (t.cgroup_id, local, t.method, t.status, t.tls);
+        let delta = self.totals_seen.growth(key, buckets, t.sum_ns);
+        let count: u64 = delta.0.iter().sum();
+        if count == 0 {
+            return;
+        }
+        if self.totals_seen.len() > MAX_TOTALS_KEYS {
+            self.decode_error("http_totals_keys_over_limit");
+            self.totals_seen.clear();
+        }
+        if t.tls {
+            self.received_https.inc_by(count);
+        } else {
+            self.received_http.inc_by(count);
+        }
+        let (series, resolved) = self.http_handle(t.cgroup_id, local, t.method, t.status);
+        series.value.add(&delta.0, delta.1 as f64 / 1e9);
         if series.overflow {
-            self.http_series.count_overflow();
+            self.http_series.count_overflow_by(count);
         }
-        if pod.is_none() {
-            self.unresolved_http.inc();
+        if !resolved {
+            self.unresolved_http.inc_by(count);
         }
-        self.http_cache.insert(key, Cached { series, resolved: pod.is_some() });
     }
 
     /// Drops cached series handles when the pod index changed.
@@ -473,6 +583,73 @@ mod tests {
         assert!(out.contains(r#"method="GET",status="200"} 1"#), "{out}");
         assert!(out.contains(r#"method="OTHER",status="200"} 1"#), "{out}");
         assert!(out.contains(&format!(r#"trace_id="{}""#, "ab".repeat(16))), "{out}");
+    }
+
+    /// Kernel totals count by their growth: again after a loader restart
+    /// (same totals: nothing), whole for a new entry or a recreated table,
+    /// never with foreign buckets; an exemplar-only event counts nothing.
+    #[test]
+    fn kernel_http_totals_count_their_growth_once() {
+        let m = Arc::new(Metrics::default());
+        let mut a = Aggregator::new(Arc::clone(&m), Resolver::Static(Arc::default()), PortFolder::new(32768));
+        let bounds: Vec<u64> = HTTP_BUCKETS.iter().map(|le| (le * 1e9).round() as u64).collect();
+        let totals = |status: u32, tls: bool, counts: [u64; 14], sum_ns: u64| v1::HttpTotals {
+            cgroup_id: 1,
+            local_addr: vec![10, 0, 0, 1],
+            method: v1::HttpMethod::Get as i32,
+            status,
+            tls,
+            sum_ns,
+            bucket_counts: counts.to_vec(),
+        };
+        let mut c = [0u64; 14];
+        c[0] = 3; // three requests of <= 1 ms
+        let now = Instant::now();
+        a.apply_http_totals(&[totals(200, false, c, 1_500_000)], &bounds, now);
+        a.apply_http_totals(&[totals(200, false, c, 1_500_000)], &bounds, now); // resent: no growth
+        c[6] = 1; // one of <= 100 ms
+        a.apply_http_totals(&[totals(200, false, c, 91_500_000), totals(500, true, c, 5)], &bounds, now);
+        // A recreated table: totals smaller than the last seen count whole.
+        let mut small = [0u64; 14];
+        small[13] = 1;
+        a.apply_http_totals(&[totals(200, false, small, 20_000_000_000)], &bounds, now);
+        // Foreign buckets: nothing counted, each entry a decode error.
+        a.apply_http_totals(&[totals(404, false, c, 1)], &bounds[1..], now);
+        // The exemplar of an already counted request: its trace id only.
+        a.apply(&v1::Event {
+            timestamp_boot_ns: 1,
+            kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
+                local_addr: vec![10, 0, 0, 1],
+                cgroup_id: 1,
+                method: v1::HttpMethod::Get as i32,
+                status: 200,
+                duration_ns: 80_000_000,
+                trace_id: vec![0xcd; 16],
+                exemplar_only: true,
+                ..Default::default()
+            })),
+        });
+        let out = crate::sink::text_format::encode(&m.register(), &m, Format::OpenMetrics).unwrap();
+        let line = |a: &str, b: &str| {
+            out.lines()
+                .find(|l| l.contains(a) && l.contains(b))
+                .unwrap_or_else(|| panic!("{a} {b}:\n{out}"))
+                .to_owned()
+        };
+        assert!(line("_count{", r#"status="200"}"#).ends_with(" 5"), "3 + 1 + 1:\n{out}");
+        assert!(line("_bucket{", r#"status="200",le="0.001"}"#).ends_with(" 3"), "{out}");
+        let exemplar = format!(r#" 4 # {{trace_id="{}"}} 0.08"#, "cd".repeat(16));
+        assert!(line("_bucket{", r#"status="200",le="0.1"}"#).ends_with(&exemplar), "{out}");
+        assert!(line("_count{", r#"status="500"}"#).ends_with(" 4"), "{out}");
+        assert!(!out.contains(r#"status="404""#), "{out}");
+        let reason = |r: &str| m.decode_errors.get_or_create(&ReasonLabels { reason: r.into() }).get();
+        assert_eq!(reason("http_buckets_mismatch"), 1);
+        let received = |k: &str| m.events_received.get_or_create(&KindLabels { kind: k.into() }).get();
+        assert_eq!(
+            (received("http_request"), received("https_request")),
+            (5, 4),
+            "the exemplar is not a request"
+        );
     }
 
     #[test]

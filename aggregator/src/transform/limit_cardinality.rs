@@ -213,6 +213,11 @@ impl<V: Value> SeriesTable<V> {
         self.overflow_events.inc();
     }
 
+    /// [`Self::count_overflow`] for `n` events at once (kernel totals).
+    pub fn count_overflow_by(&self, n: u64) {
+        self.overflow_events.inc_by(n);
+    }
+
     /// Removes every series last counted into `ttl_ms` or more before `now_ms`
     /// (from the family, so from `/metrics`; their handles are marked
     /// expired); returns how many were removed.

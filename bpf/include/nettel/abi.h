@@ -41,6 +41,7 @@ enum nt_http_method {
 /* nt_http_event.flags */
 #define NT_HTTP_F_TRACE 1 /* trace_id holds a W3C traceparent trace id */
 #define NT_HTTP_F_TLS 2   /* seen through the OpenSSL uprobes (HTTPS) */
+#define NT_HTTP_F_COUNTED 4 /* already counted in nt_http_slots: the event is its exemplar only */
 
 /* nt_http_cfg[0], written by the loader at every start (probes/http_tls.h). */
 #define NT_HTTP_CFG_TLS 1 /* the OpenSSL uprobes may run: socket hooks track SSL threads */
@@ -62,7 +63,8 @@ enum nt_stat {
 	NT_STAT_HTTP_CONN_FULL = 5,  /* request dropped: connection map full */
 	NT_STAT_TLS_NO_SOCK = 6,     /* SSL plaintext whose TCP connection is unknown */
 	NT_STAT_TLS_CALL_LOST = 7,   /* SSL call return without its entry state */
-	NT_STAT_MAX = 8,             /* array size; spare slots for growth */
+	NT_STAT_HTTP_TABLE_FULL = 8, /* request sent as an event: no free nt_http_slots slot (not lost) */
+	NT_STAT_MAX = 9,             /* array size; spare slots for growth */
 };
 
 /*
@@ -131,6 +133,53 @@ struct nt_http_event {
 	__u64 duration_ns;   /* request read -> response status line written */
 	__u64 cgroup_id;     /* cgroup v2 id of the serving process */
 	__u8 trace_id[16];   /* valid with NT_HTTP_F_TRACE */
+};
+
+/*
+ * HTTP requests counted in the kernel: one slot per (serving cgroup, local
+ * address, method, status, TLS) in the pinned, mmap-able array
+ * `nt_http_slots`, holding running totals since the slot was claimed
+ * (programs only ever add). The loader reads the slots through mmap, with no
+ * syscall: a bpf() map read would suspend uprobe and tracepoint programs on
+ * its CPU while it runs. A request also goes out as an event when it carries
+ * a trace id (with NT_HTTP_F_COUNTED: an exemplar, not counted again) or when
+ * no slot is free (without it: counted from the event).
+ *
+ * A program finds a key's slot in the hash `nt_http_index`; a new key claims
+ * a free slot by inserting its index into the hash `nt_http_claims`
+ * (BPF_NOEXIST makes the claim atomic), writes the key into it and indexes
+ * it. Two CPUs adding the same new key at once may claim two slots for it:
+ * a reader sums the slots of a key. A slot whose key family is 0 is free.
+ */
+#define NT_HTTP_TABLE_ENTRIES 8192 /* the default; the loader sets it (--http-table-entries) */
+/* Duration histogram: bucket i counts durations <= NT_HTTP_BOUNDS_NS[i]
+ * (ns); the last bucket is +Inf. The same bounds as the aggregator's
+ * http_request_duration_seconds (1 ms to 10 s, with 0.05 and 0.1). */
+#define NT_HTTP_BUCKETS 14
+#define NT_HTTP_BOUNDS_NS_LIST                                                                  \
+	1000000ULL, 2500000ULL, 5000000ULL, 10000000ULL, 25000000ULL, 50000000ULL, 100000000ULL, \
+		250000000ULL, 500000000ULL, 1000000000ULL, 2500000000ULL, 5000000000ULL,          \
+		10000000000ULL
+
+struct nt_http_key {
+	__u64 cgroup_id;     /* cgroup v2 id of the serving process */
+	__u8 addr[16];       /* local (server) address, network byte order; IPv4 in the first 4 */
+	__u8 family;         /* AF_INET or AF_INET6 */
+	__u8 method;         /* enum nt_http_method */
+	__u16 status;        /* 100..599 */
+	__u32 flags;         /* NT_HTTP_F_TLS or 0 */
+};
+
+struct nt_http_totals {
+	__u64 sum_ns;                    /* sum of durations */
+	__u64 buckets[NT_HTTP_BUCKETS];  /* requests per bucket (not cumulative) */
+};
+
+/* One element of nt_http_slots: 152 bytes, a multiple of 8, so the mmap'd
+ * array has no padding between elements. */
+struct nt_http_slot {
+	struct nt_http_key key;       /* written once, when the slot is claimed */
+	struct nt_http_totals totals; /* atomic adds only */
 };
 
 #endif /* __NETTEL_ABI_H */

@@ -29,6 +29,7 @@ typedef _Bool bool;
 enum { false = 0, true = 1 };
 
 enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
@@ -50,6 +51,11 @@ enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
+};
+
+/* Map creation flags (UAPI). */
+enum {
+	BPF_F_MMAPABLE = 1024,
 };
 
 #ifndef BPF_NO_PRESERVE_ACCESS_INDEX

@@ -70,6 +70,8 @@ pub struct Probes {
     /// The http object (unless `--http-hook off`); shared with the TLS
     /// attacher thread, which attaches its uprobes at run time (`crate::tls`).
     pub http: Option<crate::tls::SharedEbpf>,
+    /// The http object's request totals (unless `--http-hook off`).
+    pub http_table: Option<crate::source::http_table::HttpTable>,
     pub stats: PerCpuArray<MapData, u64>,
     pub cursor: Array<MapData, abi::nt_cursor>,
     pub attached: Vec<Attached>,
@@ -98,7 +100,7 @@ const OBJECTS: [(&str, &[u8]); 3] = [
 /// skip the TLS bookkeeping).
 pub fn load(
     pin_dir: &Path,
-    ring_bytes: u32,
+    sizes: pin::MapSizes,
     bench_tgid: Option<u32>,
     http_hook: HttpHook,
     tls: bool,
@@ -110,7 +112,7 @@ pub fn load(
     let links = link::prepare_dir(pin_dir)?;
     // Before anything is loaded: the links of an object whose maps must be
     // (re)created go first, so every pinned link uses the pinned maps.
-    for obj in pin::object_pins(&OBJECTS, ring_bytes)? {
+    for obj in pin::object_pins(&OBJECTS, sizes)? {
         let fresh = pin::verify_existing(pin_dir, &obj.maps)?;
         if !fresh.is_empty() {
             let removed = link::purge(&links, &obj.programs)?;
@@ -121,26 +123,37 @@ pub fn load(
         }
     }
 
-    let mut tcp = load_object(pin_dir, ring_bytes, "tcp_retransmit", nettel_bpf::TCP_RETRANSMIT_OBJ)?;
+    let mut tcp = load_object(pin_dir, sizes, "tcp_retransmit", nettel_bpf::TCP_RETRANSMIT_OBJ)?;
     let mut attached = tcp_retransmit::PROGRAMS
         .iter()
         .map(|tp| tp.ensure(&mut tcp, &links))
         .collect::<Result<Vec<_>, _>>()?;
     let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
+    let mut http_table = None;
     let http = if http_hook == HttpHook::Off {
         None
     } else {
-        let mut obj = load_object(pin_dir, ring_bytes, "http", nettel_bpf::HTTP_OBJ)?;
+        let mut obj = load_object(pin_dir, sizes, "http", nettel_bpf::HTTP_OBJ)?;
         // Before any program runs, adopted ones included (the map is pinned and shared).
         let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::HTTP_CFG_MAP)?)
             .map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
         let flags = if tls { nettel_bpf::abi::NT_HTTP_CFG_TLS } else { 0 };
         cfg.set(0, flags, 0).map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
         attached.extend(http::ensure(&mut obj, http_hook, &links)?);
+        let mut slots = take_map(&mut obj, names::HTTP_SLOTS_MAP)?;
+        // aya's checks of the type and value size, with its error.
+        Array::<_, abi::nt_http_slot>::try_from(&mut slots)
+            .map_err(|source| Error::Map { map: names::HTTP_SLOTS_MAP, source })?;
+        let aya::maps::Map::Array(slots) = slots else { unreachable!("an array, checked above") };
+        http_table = Some(crate::source::http_table::HttpTable::new(slots).map_err(|source| Error::Io {
+            what: "failed to map the HTTP totals",
+            path: pin_dir.join(names::HTTP_SLOTS_MAP),
+            source,
+        })?);
         Some(std::sync::Arc::new(std::sync::Mutex::new(obj)))
     };
     if let Some(tgid) = bench_tgid {
-        let mut obj = load_object(pin_dir, ring_bytes, "bench", nettel_bpf::BENCH_OBJ)?;
+        let mut obj = load_object(pin_dir, sizes, "bench", nettel_bpf::BENCH_OBJ)?;
         let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::BENCH_CFG_MAP)?)
             .map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
         cfg.set(0, tgid, 0).map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
@@ -158,15 +171,21 @@ pub fn load(
     let cursor = Array::try_from(cursor).map_err(|source| Error::Map { map: names::CURSOR_MAP, source })?;
     let pinned =
         [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
-    Ok((Probes { stats, cursor, http, attached, pinned }, events))
+    Ok((Probes { stats, cursor, http, http_table, attached, pinned }, events))
 }
 
-fn load_object(pin_dir: &Path, ring_bytes: u32, object: &'static str, bytes: &[u8]) -> Result<Ebpf, Error> {
-    aya::EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .map_max_entries(names::EVENTS_MAP, ring_bytes)
-        .load(bytes)
-        .map_err(|e| Error::object(object, e))
+fn load_object(
+    pin_dir: &Path,
+    sizes: pin::MapSizes,
+    object: &'static str,
+    bytes: &[u8],
+) -> Result<Ebpf, Error> {
+    let mut loader = aya::EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for (map, n) in sizes.overrides() {
+        loader.map_max_entries(map, n);
+    }
+    loader.load(bytes).map_err(|e| Error::object(object, e))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {

@@ -5,27 +5,32 @@ use nettel_bpf::{abi, Record, AF_INET};
 use nettel_proto::v1;
 
 /// An ABI address (16 bytes, IPv4 in the first 4) as 4 or 16 proto bytes.
-fn addr(a: &[u8; 16], family: u8) -> Vec<u8> {
+pub fn addr(a: &[u8; 16], family: u8) -> Vec<u8> {
     let len = if family == AF_INET { 4 } else { 16 };
     a[..len].to_vec()
+}
+
+/// An ABI method (`enum nt_http_method`) as its proto value.
+pub fn method(m: u8) -> v1::HttpMethod {
+    match u32::from(m) {
+        abi::NT_HTTP_GET => v1::HttpMethod::Get,
+        abi::NT_HTTP_POST => v1::HttpMethod::Post,
+        abi::NT_HTTP_PUT => v1::HttpMethod::Put,
+        abi::NT_HTTP_DELETE => v1::HttpMethod::Delete,
+        abi::NT_HTTP_HEAD => v1::HttpMethod::Head,
+        abi::NT_HTTP_PATCH => v1::HttpMethod::Patch,
+        abi::NT_HTTP_OPTIONS => v1::HttpMethod::Options,
+        abi::NT_HTTP_CONNECT => v1::HttpMethod::Connect,
+        abi::NT_HTTP_TRACE => v1::HttpMethod::Trace,
+        _ => v1::HttpMethod::Other,
+    }
 }
 
 /// Converts a decoded record to its proto event.
 pub fn to_proto(rec: &Record) -> v1::Event {
     match rec {
         Record::Http(ev) => {
-            let method = match u32::from(ev.method) {
-                abi::NT_HTTP_GET => v1::HttpMethod::Get,
-                abi::NT_HTTP_POST => v1::HttpMethod::Post,
-                abi::NT_HTTP_PUT => v1::HttpMethod::Put,
-                abi::NT_HTTP_DELETE => v1::HttpMethod::Delete,
-                abi::NT_HTTP_HEAD => v1::HttpMethod::Head,
-                abi::NT_HTTP_PATCH => v1::HttpMethod::Patch,
-                abi::NT_HTTP_OPTIONS => v1::HttpMethod::Options,
-                abi::NT_HTTP_CONNECT => v1::HttpMethod::Connect,
-                abi::NT_HTTP_TRACE => v1::HttpMethod::Trace,
-                _ => v1::HttpMethod::Other,
-            };
+            let method = method(ev.method);
             let traced = ev.flags & abi::NT_HTTP_F_TRACE != 0;
             v1::Event {
                 timestamp_boot_ns: ev.hdr.ts_boot_ns,
@@ -40,6 +45,7 @@ pub fn to_proto(rec: &Record) -> v1::Event {
                     cgroup_id: ev.cgroup_id,
                     trace_id: if traced { ev.trace_id.to_vec() } else { Vec::new() },
                     tls: ev.flags & abi::NT_HTTP_F_TLS != 0,
+                    exemplar_only: ev.flags & abi::NT_HTTP_F_COUNTED != 0,
                 })),
             }
         }

@@ -35,6 +35,10 @@ use crate::{
 
 /// How often kernel counters are read and idle heartbeats considered.
 const TICK: Duration = Duration::from_millis(100);
+/// The HTTP totals are read every this many ticks (500 ms): often enough for
+/// any scrape interval, and it bounds the stream (a message per changed key
+/// per read). A read is a scan of the mapped slots, with no syscall.
+const HTTP_TABLE_TICKS: u64 = 5;
 
 /// Drain settings.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +73,8 @@ pub async fn drain(
     cfg: DrainConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let Probes { stats, cursor: cursor_map, .. } = probes;
+    let Probes { stats, cursor: cursor_map, http_table, .. } = probes;
+    let mut ticks = 0u64;
     let mut fd = crate::sys::register_ring_buffer(events).map_err(|source| Error::Io {
         what: "failed to register ring buffer with epoll",
         path: "nt_events".into(),
@@ -78,6 +83,7 @@ pub async fn drain(
     let mut state = State {
         next_seq: cursor.next_sequence.max(1),
         batch: Vec::with_capacity(cfg.max_batch),
+        http_totals: Vec::new(),
         last_publish: Instant::now(),
         cursor: cursor_map,
         saved: cursor,
@@ -100,6 +106,15 @@ pub async fn drain(
                 if !hub.is_empty() {
                     drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
                 }
+                ticks += 1;
+                // Read only while someone listens, like the ring: totals that
+                // grew meanwhile go to the next subscriber.
+                if let Some(table) = http_table.as_mut().filter(|_| ticks.is_multiple_of(HTTP_TABLE_TICKS) && !hub.is_empty()) {
+                    state.http_totals = table.changes();
+                    if !state.http_totals.is_empty() {
+                        state.publish(&hub, &counters);
+                    }
+                }
                 if state.last_publish.elapsed() >= cfg.heartbeat {
                     state.publish(&hub, &counters);
                 }
@@ -108,6 +123,9 @@ pub async fn drain(
                 refresh_kernel_counters(stats, &counters);
                 if !hub.is_empty() {
                     drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
+                    if let Some(table) = http_table.as_mut() {
+                        state.http_totals = table.changes();
+                    }
                 }
                 state.publish(&hub, &counters);
                 hub.close();
@@ -120,6 +138,8 @@ pub async fn drain(
 struct State<'a> {
     next_seq: u64,
     batch: Vec<v1::Event>,
+    /// HTTP totals for the next publish.
+    http_totals: Vec<v1::HttpTotals>,
     last_publish: Instant,
     cursor: &'a mut aya::maps::Array<MapData, abi::nt_cursor>,
     /// The cursor as last written.
@@ -146,6 +166,7 @@ impl State<'_> {
             decode_errors_total: counters.decode_errors.load(Relaxed),
             probe: counters.probe(),
             socket: counters.socket(),
+            http_totals: std::mem::take(&mut self.http_totals),
         });
         self.last_publish = Instant::now();
     }
@@ -236,6 +257,7 @@ pub fn refresh_kernel_counters(stats: &aya::maps::PerCpuArray<MapData, u64>, cou
         (abi::NT_STAT_HTTP_CONN_FULL, &counters.http_connections_full),
         (abi::NT_STAT_TLS_NO_SOCK, &counters.tls_no_connection),
         (abi::NT_STAT_TLS_CALL_LOST, &counters.tls_call_lost),
+        (abi::NT_STAT_HTTP_TABLE_FULL, &counters.http_table_full),
     ];
     for (idx, counter) in slots {
         match stats.get(&idx, 0) {

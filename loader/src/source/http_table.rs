@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The kernel's HTTP request totals (`nt_http_slots`, see `abi.h`) for the
+//! stream: most requests are counted there instead of crossing the ring
+//! buffer one by one.
+//!
+//! The slots hold running totals that only grow and outlive a loader restart
+//! (they are pinned), so the loader sends totals, never deltas, and keeps no
+//! state a restart could lose: a consumer adds the growth since the totals it
+//! last saw (proto `HttpTotals`). Only keys whose totals changed since the
+//! previous read go out, plus every key every [`FULL_EVERY`] reads, so a
+//! subscriber that joined later or lost a batch to a full queue catches up.
+//!
+//! The slots are read through `mmap` ([`crate::sys::MappedWords`]), never
+//! with a `bpf()` syscall: a map syscall suspends the uprobe and tracepoint
+//! programs of its CPU while it runs, and their requests would be lost.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use aya::maps::MapData;
+use nettel_bpf::abi;
+use nettel_proto::v1;
+
+use super::convert;
+use crate::sys::MappedWords;
+
+/// Every key is sent at least once per this many reads.
+pub const FULL_EVERY: u64 = 20;
+
+/// Words (u64) per slot: `struct nt_http_slot` is a multiple of 8 bytes.
+const SLOT_WORDS: usize = size_of::<abi::nt_http_slot>() / 8;
+const _: () = assert!(size_of::<abi::nt_http_slot>().is_multiple_of(8));
+/// Words of the key at the start of a slot; the totals follow.
+const KEY_WORDS: usize = size_of::<abi::nt_http_key>() / 8;
+const _: () = assert!(size_of::<abi::nt_http_key>() == 32 && size_of::<abi::nt_http_totals>() == 120);
+
+type Key = (u64, [u8; 16], u8, u8, u16, u32);
+type Totals = (u64, [u64; abi::NT_HTTP_BUCKETS as usize]);
+
+/// The mapped slots and what was last read and sent from them.
+pub struct HttpTable {
+    slots: MappedWords,
+    /// Keeps the map's descriptor for as long as it is mapped.
+    _map: MapData,
+    reader: SlotReader,
+}
+
+impl std::fmt::Debug for HttpTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTable").field("slots", &self.slots).field("reader", &self.reader).finish()
+    }
+}
+
+impl HttpTable {
+    /// Maps `nt_http_slots` (an array of `max_entries` `struct nt_http_slot`).
+    pub fn new(map: MapData) -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        let entries = map.info().map_err(std::io::Error::other)?.max_entries() as usize;
+        let slots = MappedWords::map(map.fd().as_fd(), entries * size_of::<abi::nt_http_slot>())?;
+        Ok(Self { slots, _map: map, reader: SlotReader::new(entries) })
+    }
+
+    /// Totals of the keys that changed since the previous call, or of all
+    /// keys every [`FULL_EVERY`] calls (the first call included).
+    pub fn changes(&mut self) -> Vec<v1::HttpTotals> {
+        self.reader.changes(self.slots.words())
+    }
+}
+
+/// Reads slots from their words; separate from the mapping so that it can
+/// be tested on plain memory.
+#[derive(Debug)]
+struct SlotReader {
+    /// Each slot's key at the previous read (`None`: free). A key is trusted
+    /// once two reads agree: the programs write a new slot's key with no
+    /// barrier this process could pair with, so one read may see it torn.
+    last_keys: Vec<Option<Key>>,
+    /// Totals as last sent, per key (at most one per slot).
+    sent: HashMap<Key, Totals>,
+    reads: u64,
+}
+
+impl SlotReader {
+    fn new(entries: usize) -> Self {
+        Self { last_keys: vec![None; entries], sent: HashMap::new(), reads: 0 }
+    }
+
+    fn changes(&mut self, words: &[AtomicU64]) -> Vec<v1::HttpTotals> {
+        let full = self.reads.is_multiple_of(FULL_EVERY);
+        self.reads += 1;
+        let mut now: HashMap<Key, Totals> = HashMap::new();
+        for (slot, last) in words.chunks_exact(SLOT_WORDS).zip(self.last_keys.iter_mut()) {
+            let key = read_key(slot);
+            let confirmed = key.is_some() && key == *last;
+            *last = key;
+            let (Some(key), true) = (key, confirmed) else { continue };
+            // Two slots may hold one key (two CPUs claimed one each): sum them.
+            let (sum, buckets) = now.entry(key).or_insert((0, [0; abi::NT_HTTP_BUCKETS as usize]));
+            *sum = sum.wrapping_add(slot[KEY_WORDS].load(Relaxed));
+            for (b, w) in buckets.iter_mut().zip(&slot[KEY_WORDS + 1..]) {
+                *b = b.wrapping_add(w.load(Relaxed));
+            }
+        }
+        let mut out = Vec::new();
+        for (key, totals) in now {
+            if !full && self.sent.get(&key) == Some(&totals) {
+                continue;
+            }
+            out.push(to_proto(&key, &totals));
+            self.sent.insert(key, totals);
+        }
+        out
+    }
+}
+
+/// A slot's key, `None` while the slot is free (family 0).
+fn read_key(slot: &[AtomicU64]) -> Option<Key> {
+    let w = |i: usize| slot[i].load(Relaxed).to_ne_bytes();
+    let tail = w(3);
+    let family = tail[0];
+    if family == 0 {
+        return None;
+    }
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&w(1));
+    addr[8..].copy_from_slice(&w(2));
+    let status = u16::from_ne_bytes([tail[2], tail[3]]);
+    let flags = u32::from_ne_bytes([tail[4], tail[5], tail[6], tail[7]]);
+    Some((u64::from_ne_bytes(w(0)), addr, family, tail[1], status, flags))
+}
+
+/// One key's totals as their proto message.
+fn to_proto(k: &Key, v: &Totals) -> v1::HttpTotals {
+    let (cgroup_id, addr, family, method, status, flags) = *k;
+    v1::HttpTotals {
+        cgroup_id,
+        local_addr: convert::addr(&addr, family),
+        method: convert::method(method) as i32,
+        status: status.into(),
+        tls: flags & abi::NT_HTTP_F_TLS != 0,
+        sum_ns: v.0,
+        bucket_counts: v.1.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots as the kernel lays them out (`struct nt_http_slot`, whose
+    /// field offsets the bpf crate's BTF layout test pins).
+    fn memory(slots: &[abi::nt_http_slot]) -> Vec<AtomicU64> {
+        let mut words = Vec::new();
+        for s in slots {
+            let k = &s.key;
+            let mut tail = [k.family, k.method, 0, 0, 0, 0, 0, 0];
+            tail[2..4].copy_from_slice(&k.status.to_ne_bytes());
+            tail[4..].copy_from_slice(&k.flags.to_ne_bytes());
+            words.push(k.cgroup_id);
+            words.push(u64::from_ne_bytes(k.addr[..8].try_into().unwrap()));
+            words.push(u64::from_ne_bytes(k.addr[8..].try_into().unwrap()));
+            words.push(u64::from_ne_bytes(tail));
+            words.push(s.totals.sum_ns);
+            words.extend(s.totals.buckets);
+        }
+        assert_eq!(words.len(), slots.len() * SLOT_WORDS);
+        words.into_iter().map(AtomicU64::new).collect()
+    }
+
+    fn slot(cgroup_id: u64, status: u16, bucket: usize, n: u64) -> abi::nt_http_slot {
+        let mut s = abi::nt_http_slot::default();
+        s.key.cgroup_id = cgroup_id;
+        s.key.family = 2;
+        s.key.method = abi::NT_HTTP_POST as u8;
+        s.key.status = status;
+        s.key.flags = abi::NT_HTTP_F_TLS;
+        s.key.addr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        s.totals.sum_ns = 1000 * n;
+        s.totals.buckets[bucket] = n;
+        s
+    }
+
+    #[test]
+    fn a_slot_becomes_its_proto_totals_once_its_key_is_read_twice() {
+        let mem = memory(&[slot(7, 503, 3, 2), abi::nt_http_slot::default()]);
+        let mut r = SlotReader::new(2);
+        assert!(r.changes(&mem).is_empty(), "a key seen once is not trusted yet");
+        let out = r.changes(&mem);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let p = &out[0];
+        assert_eq!(p.local_addr, [10, 0, 0, 9]);
+        assert_eq!(
+            (p.cgroup_id, p.method(), p.status, p.tls, p.sum_ns),
+            (7, v1::HttpMethod::Post, 503, true, 2000)
+        );
+        assert_eq!(p.bucket_counts.len(), nettel_bpf::HTTP_BOUNDS_NS.len() + 1);
+        assert_eq!(p.bucket_counts[3], 2);
+    }
+
+    #[test]
+    fn only_changed_keys_go_out_until_the_full_read() {
+        let mem = memory(&[slot(7, 200, 0, 1), slot(8, 200, 0, 1)]);
+        let mut r = SlotReader::new(2);
+        r.changes(&mem);
+        assert_eq!(r.changes(&mem).len(), 2, "first trusted read sends everything");
+        assert!(r.changes(&mem).is_empty(), "nothing changed");
+        // A request lands in slot 1's bucket 0 (word 4 + 1 + 0).
+        mem[SLOT_WORDS + KEY_WORDS + 1].fetch_add(1, Relaxed);
+        let out = r.changes(&mem);
+        assert_eq!(out.iter().map(|p| (p.cgroup_id, p.bucket_counts[0])).collect::<Vec<_>>(), [(8, 2)]);
+        while !r.reads.is_multiple_of(FULL_EVERY) {
+            r.changes(&mem);
+        }
+        assert_eq!(r.changes(&mem).len(), 2, "every key on the full read");
+    }
+
+    #[test]
+    fn two_slots_of_one_key_are_summed_and_a_changed_key_is_retrusted() {
+        let mem = memory(&[slot(7, 200, 1, 2), slot(7, 200, 1, 3), slot(9, 404, 0, 1)]);
+        let mut r = SlotReader::new(3);
+        r.changes(&mem);
+        let mut out = r.changes(&mem);
+        out.sort_by_key(|p| p.cgroup_id);
+        assert_eq!(
+            out.iter().map(|p| (p.cgroup_id, p.bucket_counts[1], p.sum_ns)).collect::<Vec<_>>(),
+            [(7, 5, 5000), (9, 0, 1000)]
+        );
+        // Slot 2's key reads differently (a torn read): not trusted until confirmed.
+        mem[2 * SLOT_WORDS].store(10, Relaxed);
+        assert!(r.changes(&mem).is_empty());
+        assert_eq!(r.changes(&mem).iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [10]);
+    }
+}
