@@ -226,7 +226,8 @@ fn five_runtimes(hook: &str) {
 /// Requests are counted in the kernel's pinned slots, which outlive the
 /// loader: requests served while no loader runs are counted once the next
 /// loader streams the totals, and the totals already counted are not counted
-/// again (a restarted loader first sends every key whole).
+/// again (a restarted loader first sends every key whole). The same holds for
+/// the probe's pinned counters (`nettel_http_unmatched_total`).
 #[test]
 fn http_totals_outlive_a_loader_restart_and_are_counted_once() {
     if !require_kernel("http_totals_outlive_a_loader_restart_and_are_counted_once") {
@@ -252,16 +253,28 @@ fn http_totals_outlive_a_loader_restart_and_are_counted_once() {
     };
 
     curl(&pods.a, &[&ok, &ok, &ok]);
-    settle(&agg, (3, 0));
+    // Six pipelined requests: four counted, one pipeline_full and two
+    // responses without a request (the probe's pinned counters).
+    let target = format!("{}:8080", pods.b_v4);
+    let got = raw_client(&pods.a, &["pipeline", &target, "/ok", "/ok", "/ok", "/ok", "/fail", "/fail"]);
+    assert_eq!(got, "[200, 200, 200, 200, 500, 500]");
+    settle(&agg, (7, 0));
+    let unmatched = |agg: &nettel_integration::process::Aggregator| {
+        let text = agg.scrape();
+        let n = |reason| sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]);
+        (n("pipeline_full"), n("response_without_request"))
+    };
+    assert_eq!(unmatched(&agg), (1, 2));
 
     let (pin_dir, socket) = loader.exit(rustix::process::Signal::TERM);
     curl(&pods.a, &[&ok, &ok, &missing, &missing]);
     let loader = Loader::restart(&pin_dir, &socket, NOBODY, &[NOBODY], &[]);
     agg.wait_connected();
-    settle(&agg, (5, 2));
+    settle(&agg, (9, 2));
+    assert_eq!(unmatched(&agg), (1, 2), "the pinned probe counters are not counted again");
 
     curl(&pods.a, &[&ok]);
-    settle(&agg, (6, 2));
+    settle(&agg, (10, 2));
     let text = agg.scrape();
     assert_eq!(sum(&text, "nettel_http_kernel_table_full_total", &[]), 0);
     assert_eq!(sum(&text, "nettel_loader_restarts_total", &[]), 1);

@@ -2,9 +2,10 @@
 //! Stream bookkeeping: schema check, loader restarts (epoch changes), sequence
 //! gaps and the in-band loss reports. Pure logic, no I/O.
 //!
-//! Running totals from the loader (loss-report totals, kernel probe counters,
-//! socket refusals) only grow within one epoch, and the per-subscriber drop total within one
-//! stream. A total that goes backwards anyway is counted in
+//! Running totals from the loader (loss-report totals, socket refusals) only
+//! grow within one epoch, kernel probe counters across epochs too (they are
+//! pinned, like the event sequence), and the per-subscriber drop total within
+//! one stream. A total that goes backwards anyway is counted in
 //! `nettel_decode_errors_total{reason="counter_backwards"}` and never turned
 //! into a negative or reset-sized delta: the baseline stays at the highest
 //! value seen, so nothing is counted twice when the total climbs back.
@@ -26,7 +27,9 @@ pub struct Tracker {
     /// loader restarts (the loader's sequence survives them): events published
     /// while disconnected, or lost with a killed loader, show up as a gap.
     next_event: Option<u64>,
-    /// Highest kernel probe counters seen (running totals, per epoch).
+    /// Highest kernel probe counters seen (running totals of pinned kernel
+    /// counters: they survive loader restarts, and start over only when the
+    /// pin dir is removed, which also restarts the event sequence).
     probe: v1::ProbeCounters,
     /// Highest socket refusal counters seen (running totals, per epoch).
     socket: v1::SocketCounters,
@@ -60,8 +63,11 @@ impl Tracker {
             // A sequence that went back means the pin dir was removed: start over.
             if self.next_event.is_some_and(|next| msg.first_event_sequence < next) {
                 self.next_event = None;
+                // The kernel's probe counters are pinned with the sequence:
+                // they start over only with it. A plain restart reports the
+                // same totals, which must not be counted again.
+                self.probe = v1::ProbeCounters::default();
             }
-            self.probe = v1::ProbeCounters::default();
             self.socket = v1::SocketCounters::default();
             self.loss_totals = (0, 0);
         }
@@ -307,11 +313,22 @@ mod tests {
         c.loss.as_mut().unwrap().kernel_reserve_failures_total = 5;
         t.observe(&c, &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m)), (12, 2));
-        // A new epoch starts from zero without being reported.
-        let mut d = msg(8, 1, 0, 0, 0);
-        d.probe_counters = Some(probe(1));
+        // A restarted loader (new epoch, the sequence goes on) reports the
+        // pinned kernel totals again: only their growth counts.
+        let mut d = msg(8, 1, 5, 0, 0);
+        d.probe_counters = Some(probe(12));
         t.observe(&d, &m).unwrap();
-        assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (13, 2, 1));
+        assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (12, 2, 1));
+        d.first_event_sequence = 6;
+        d.probe_counters = Some(probe(15));
+        t.observe(&d, &m).unwrap();
+        assert_eq!(unmatched(&m), 15);
+        // The pin dir removed (new epoch, the sequence starts over): so do
+        // the kernel totals, counted from zero without being reported.
+        let mut e = msg(9, 1, 0, 0, 0);
+        e.probe_counters = Some(probe(1));
+        t.observe(&e, &m).unwrap();
+        assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (16, 2, 2));
     }
 
     #[test]
