@@ -82,7 +82,18 @@ struct nt_http_conn {
 	 * which then starts with the rest of the method. */
 	__u64 carry_ns;
 	__u8 carry;
-	__u8 _pad[7];
+	/* The slot (nt_http_slots index + 1; 0: none) of this connection's
+	 * last answered request, with the method, status and TLS flag it was
+	 * for: the next request with the same three reuses it without the
+	 * key's hash lookup. The cgroup and local address, the rest of the
+	 * key, are the connection's own. */
+	__u8 slot_method;
+	__u8 slot_tls;
+	__u8 _pad;
+	__u16 slot_status;
+	__u16 _pad2;
+	__u32 slot;
+	__u32 _pad3;
 };
 
 struct nt_http_peek_buf {
@@ -673,7 +684,7 @@ static __always_inline __u32 nt_http_bucket(__u64 ns)
  * alike (--http-table-entries): once every slot is claimed, the claims map is
  * full and refuses the insert.
  */
-static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key *key)
+static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key *key, __u32 *out)
 {
 	struct nt_http_slot *slot;
 	__u32 *idx, *hint, zero = 0, i, s;
@@ -681,8 +692,10 @@ static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key 
 	long err;
 
 	idx = bpf_map_lookup_elem(&nt_http_index, key);
-	if (idx)
+	if (idx) {
+		*out = *idx;
 		return bpf_map_lookup_elem(&nt_http_slots, idx);
+	}
 	hint = bpf_map_lookup_elem(&nt_http_hint, &zero);
 	if (!hint)
 		return NULL;
@@ -706,9 +719,12 @@ static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key 
 			/* Another CPU indexed the key first: use its slot (this
 			 * one keeps the key and zero totals; readers sum by key). */
 			idx = bpf_map_lookup_elem(&nt_http_index, key);
-			if (idx)
+			if (idx) {
+				*out = *idx;
 				return bpf_map_lookup_elem(&nt_http_slots, idx);
+			}
 		}
+		*out = s;
 		return slot;
 	}
 	*hint = s;
@@ -722,31 +738,46 @@ static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key 
  * again) or when it has no slot (counted, NT_STAT_HTTP_TABLE_FULL, and sent
  * whole, so that it is not lost).
  */
-static __always_inline void nt_record(struct sock *sk, const struct nt_http_pending *req, __u16 status,
-				      __u32 flags, int btf)
+static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn,
+				      const struct nt_http_pending *req, __u16 status, __u32 flags, int btf)
 {
 	struct nt_http_key key = {};
-	struct nt_http_slot *slot;
+	struct nt_http_slot *slot = NULL;
 	__u64 ns = bpf_ktime_get_ns() - req->start_ns;
+	__u8 tls = (flags & NT_HTTP_F_TLS) != 0;
+	__u32 idx = 0;
 
-	key.cgroup_id = bpf_get_current_cgroup_id();
-	if (btf) {
-		key.family = (__u8)sk->__sk_common.skc_family;
-		if (key.family == NT_AF_INET6)
-			__builtin_memcpy(key.addr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
-		else
-			__builtin_memcpy(key.addr, &sk->__sk_common.skc_rcv_saddr, 4);
-	} else {
-		key.family = (__u8)BPF_CORE_READ(sk, __sk_common.skc_family);
-		if (key.family == NT_AF_INET6)
-			bpf_core_read(key.addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		else
-			bpf_core_read(key.addr, 4, &sk->__sk_common.skc_rcv_saddr);
+	if (conn->slot && conn->slot_method == req->method && conn->slot_status == status &&
+	    conn->slot_tls == tls) {
+		idx = conn->slot - 1;
+		slot = bpf_map_lookup_elem(&nt_http_slots, &idx);
 	}
-	key.method = req->method;
-	key.status = status;
-	key.flags = flags & NT_HTTP_F_TLS;
-	slot = nt_http_slot_of(&key);
+	if (!slot) {
+		key.cgroup_id = bpf_get_current_cgroup_id();
+		if (btf) {
+			key.family = (__u8)sk->__sk_common.skc_family;
+			if (key.family == NT_AF_INET6)
+				__builtin_memcpy(key.addr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+			else
+				__builtin_memcpy(key.addr, &sk->__sk_common.skc_rcv_saddr, 4);
+		} else {
+			key.family = (__u8)BPF_CORE_READ(sk, __sk_common.skc_family);
+			if (key.family == NT_AF_INET6)
+				bpf_core_read(key.addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+			else
+				bpf_core_read(key.addr, 4, &sk->__sk_common.skc_rcv_saddr);
+		}
+		key.method = req->method;
+		key.status = status;
+		key.flags = flags & NT_HTTP_F_TLS;
+		slot = nt_http_slot_of(&key, &idx);
+		if (slot) {
+			conn->slot = idx + 1;
+			conn->slot_method = req->method;
+			conn->slot_status = status;
+			conn->slot_tls = tls;
+		}
+	}
 	if (slot) {
 		__sync_fetch_and_add(&slot->totals.buckets[nt_http_bucket(ns)], 1);
 		__sync_fetch_and_add(&slot->totals.sum_ns, ns);
@@ -756,7 +787,7 @@ static __always_inline void nt_record(struct sock *sk, const struct nt_http_pend
 	} else {
 		nt_stat_inc(NT_STAT_HTTP_TABLE_FULL);
 	}
-	nt_emit(sk, req, status, flags, btf, ns, key.cgroup_id);
+	nt_emit(sk, req, status, flags, btf, ns, bpf_get_current_cgroup_id());
 }
 
 /*
@@ -821,7 +852,7 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 			}
 			req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
 			conn->head++;
-			nt_record(sk, &req, (__u16)status, flags, btf);
+			nt_record(sk, conn, &req, (__u16)status, flags, btf);
 			/*
 			 * Further responses in this write are looked for only
 			 * while requests are pending (pipelining): finding where

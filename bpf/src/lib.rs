@@ -74,6 +74,9 @@ pub mod names {
     /// The maps that together make the HTTP totals table: replacing one
     /// alone would leave the others pointing at slots that are gone.
     pub const HTTP_TABLE_MAPS: [&str; 4] = [HTTP_SLOTS_MAP, HTTP_INDEX_MAP, HTTP_CLAIMS_MAP, HTTP_HINT_MAP];
+    /// LRU hash of HTTP connection state (`struct nt_http_conn`), which
+    /// caches each connection's last slot.
+    pub const HTTP_CONNS_MAP: &str = "nt_http_conns";
     /// The HTTP table's maps with one entry per slot (`--http-table-entries`).
     pub const HTTP_TABLE_SIZED_MAPS: [&str; 3] = [HTTP_SLOTS_MAP, HTTP_INDEX_MAP, HTTP_CLAIMS_MAP];
 }

@@ -40,9 +40,12 @@ pub struct MapSpec {
 /// pinned map that does not match is per-program state and is replaced.
 pub const DURABLE: [&str; 3] = [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP];
 
-/// Maps that only make sense together: when one of a group is (re)created,
-/// the others pinned are replaced too.
-pub const GROUPS: [&[&str]; 1] = [&names::HTTP_TABLE_MAPS];
+/// Maps that depend on others: when any map of the first list is
+/// (re)created, the pinned maps of the second are replaced too. The HTTP
+/// table's maps only make sense together, and HTTP connections cache slot
+/// indices of the table.
+pub const DEPENDENTS: [(&[&str], &[&str]); 2] =
+    [(&names::HTTP_TABLE_MAPS, &names::HTTP_TABLE_MAPS), (&names::HTTP_TABLE_MAPS, &[names::HTTP_CONNS_MAP])];
 
 /// Map sizes set at run time (`--ring-buffer-bytes`, `--http-table-entries`)
 /// instead of the objects' defaults.
@@ -140,8 +143,8 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
 /// (which reuses a pin by name without checks) reuses only what matches. A
 /// durable map that does not match is an error; any other is unpinned, to be
 /// recreated. Returns the names that are not pinned now (missing, or just
-/// unpinned): the load will create them. A map of a [`GROUPS`] group is
-/// replaced when any other of its group is.
+/// unpinned): the load will create them. A map is also replaced when one it
+/// depends on is new ([`DEPENDENTS`]).
 pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Error> {
     let mut fresh = Vec::new();
     for spec in specs {
@@ -158,20 +161,30 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Err
         unpin(path)?;
         fresh.push(spec.name.clone());
     }
-    for group in GROUPS {
-        if !group.iter().any(|m| fresh.iter().any(|f| f == m)) {
-            continue;
+    for (name, cause) in dependents_of(&fresh) {
+        let path = dir.join(name);
+        if path.exists() {
+            warn!(map = name, because = cause, "A map this one depends on is new; replacing this one too.");
+            unpin(path)?;
         }
-        for spec in specs.iter().filter(|s| group.contains(&s.name.as_str())) {
-            let path = dir.join(&spec.name);
-            if !fresh.contains(&spec.name) && path.exists() {
-                warn!(map = %spec.name, group = ?group, "Another map of this group is new; replacing this one with it.");
-                unpin(path)?;
-                fresh.push(spec.name.clone());
+        fresh.push(name.to_owned());
+    }
+    Ok(fresh)
+}
+
+/// The maps to replace because a map they depend on is in `fresh` (and they
+/// are not), each with that map ([`DEPENDENTS`]).
+fn dependents_of(fresh: &[String]) -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for (causes, dependents) in DEPENDENTS {
+        let Some(cause) = causes.iter().find(|m| fresh.iter().any(|f| f == *m)) else { continue };
+        for d in dependents.iter().filter(|d| !fresh.iter().any(|f| f == *d)) {
+            if !out.iter().any(|(o, _)| o == d) {
+                out.push((d, cause));
             }
         }
     }
-    Ok(fresh)
+    out
 }
 
 fn unpin(path: PathBuf) -> Result<(), Error> {
@@ -255,4 +268,22 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_http_table_map_replaces_the_rest_of_the_table_and_the_connections() {
+        let fresh = vec![names::HTTP_HINT_MAP.to_owned()];
+        let mut got: Vec<_> = dependents_of(&fresh).into_iter().map(|(d, _)| d).collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [names::HTTP_CLAIMS_MAP, names::HTTP_CONNS_MAP, names::HTTP_INDEX_MAP, names::HTTP_SLOTS_MAP]
+        );
+        assert!(dependents_of(&[names::HTTP_CONNS_MAP.to_owned()]).is_empty(), "connections alone: no table");
+        assert!(dependents_of(&[names::EVENTS_MAP.to_owned()]).is_empty());
+    }
 }

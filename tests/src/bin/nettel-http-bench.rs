@@ -31,7 +31,8 @@
 //! ```
 //! `--hooks` picks the agent-on modes to compare with agent off (default both; with `--tls`, the
 //! modes are `tls-off,tls-on`). `--rounds 0` runs only the BPF-time pass. `--loader-args` adds loader
-//! flags to every agent-on mode.
+//! flags to every agent-on mode. `--stop-agent` stops the loader and aggregator (SIGSTOP) during the
+//! timed rounds, the probes still attached: the kernel side's cost alone.
 //! Run after `cargo build --release --bins` (the loader and aggregator are
 //! taken from the same directory).
 
@@ -58,7 +59,7 @@ struct Sample {
 }
 
 const USAGE: &str = "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] \
-[--hooks socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"]";
+[--hooks socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent]";
 
 fn main() {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
@@ -107,6 +108,9 @@ fn main() {
         };
         modes.push((label, Some(flags.iter().copied().chain(extra.split_whitespace()).collect())));
     }
+    // Experiment: the loader and aggregator stopped (SIGSTOP) during the
+    // timed rounds, the probes still attached: what the kernel side alone costs.
+    let stop_agent = std::env::args().any(|a| a == "--stop-agent");
     let start = |flags: &Vec<&str>| {
         let stack = Stack::start_with(&entries, flags);
         if flags.windows(2).any(|w| w == ["--tls", "on"]) {
@@ -123,7 +127,14 @@ fn main() {
         for k in 0..modes.len() {
             let m = (round + k) % modes.len();
             let stack = modes[m].1.as_ref().map(start);
+            let stopped = if stop_agent && stack.is_some() {
+                [agent_pids("nettel-loader"), agent_pids("nettel-aggregat")].concat()
+            } else {
+                Vec::new()
+            };
+            signal(&stopped, "STOP");
             let s = measure(&pods.a, &url, seconds, rate, &nginx_pids, !tls);
+            signal(&stopped, "CONT");
             eprintln!("round {round} agent {}: {s:?}", modes[m].0);
             samples[m].push(s);
             drop(stack);
@@ -327,6 +338,13 @@ fn nginx_pids(master: u32) -> Vec<u32> {
 }
 
 /// Pids of the processes whose command name (15 bytes at most) is `comm`.
+fn signal(pids: &[u32], sig: &str) {
+    for pid in pids {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -{sig} {pid}");
+    }
+}
+
 fn agent_pids(comm: &str) -> Vec<u32> {
     let out = Command::new("pgrep").args(["-x", comm]).output().expect("pgrep");
     String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
