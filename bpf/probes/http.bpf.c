@@ -108,6 +108,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* shared with a restarted loader's programs */
 } nt_http_conns SEC(".maps");
 
+/* The same state kept in the socket itself, for the socket hooks (trusted
+ * sock pointers): a lookup is a pointer walk instead of a hash, and the
+ * kernel frees it with the socket. nt_http_conns remains for the paths with
+ * untrusted sock pointers (syscall hooks, OpenSSL uprobes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct nt_http_conn);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nt_http_sk_conns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -380,22 +392,27 @@ __noinline int nt_request_headers(__u32 n)
 	return (int)(tp << 16);
 }
 
-/* Returns the status code of a status line (`HTTP/1.x NNN`) starting the
- * first @n peeked bytes, else 0. */
-__noinline int nt_status_line(__u32 n)
+/* The status code of the status line (`HTTP/1.x NNN`) in the 12 bytes at
+ * @r, else 0. */
+static __always_inline int nt_status_of(const __u8 *r)
 {
-	struct nt_http_peek_buf *pk = nt_peek();
-	const __u8 *r;
-
-	if (!pk || n < 12 || n > NT_HTTP_PEEK)
-		return 0;
-	r = pk->buf;
 	if (r[0] != 'H' || r[1] != 'T' || r[2] != 'T' || r[3] != 'P' || r[4] != '/' || r[5] != '1' ||
 	    r[6] != '.' || r[8] != ' ')
 		return 0;
 	if (r[9] < '1' || r[9] > '5' || r[10] < '0' || r[10] > '9' || r[11] < '0' || r[11] > '9')
 		return 0;
 	return (r[9] - '0') * 100 + (r[10] - '0') * 10 + (r[11] - '0');
+}
+
+/* Returns the status code of a status line (`HTTP/1.x NNN`) starting the
+ * first @n peeked bytes, else 0. */
+__noinline int nt_status_line(__u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+
+	if (!pk || n < 12 || n > NT_HTTP_PEEK)
+		return 0;
+	return nt_status_of(pk->buf);
 }
 
 /* nt_response_line_kind() results other than a Content-Length value. */
@@ -527,15 +544,36 @@ static __always_inline struct nt_http_conn *nt_conn(__u64 key)
 }
 
 /*
+ * The state of connection @sk, created if @create; NULL if there is none (or
+ * it could not be created: counted). @btf: @sk is a trusted BTF pointer, and
+ * the state lives in the socket (nt_http_sk_conns).
+ */
+static __always_inline struct nt_http_conn *nt_conn_of(struct sock *sk, int btf, int create)
+{
+	struct nt_http_conn *conn;
+	__u64 key = (__u64)sk;
+
+	if (btf) {
+		conn = bpf_sk_storage_get(&nt_http_sk_conns, sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+		if (!conn && create)
+			nt_stat_inc(NT_STAT_HTTP_CONN_FULL);
+		return conn;
+	}
+	if (create)
+		return nt_conn(key);
+	return bpf_map_lookup_elem(&nt_http_conns, &key);
+}
+
+/*
  * A read: the request line at its start, and each further one right after a
  * header block (pipelining), is queued with the read's time, which is when
  * those requests arrived.
  */
-static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
+static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len, int btf)
 {
 	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
-	__u64 now = 0, off = 0, key = (__u64)sk;
+	__u64 now = 0, off = 0;
 	__u32 first;
 	__u8 carry = 0;
 	int i;
@@ -543,7 +581,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 	if (len == 1) {
 		__u8 c = 0;
 
-		conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+		conn = nt_conn_of(sk, btf, 0);
 		if (!conn)
 			return 0;
 		/* A second 1-byte read: the carried byte was not a request's. */
@@ -571,7 +609,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 	if (!first || !nt_maybe_request(pk->buf))
 		return 0;
 	now = bpf_ktime_get_ns();
-	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
+	conn = nt_conn_of(sk, btf, 0);
 	if (conn && conn->carry) {
 		/* The rest of a request follows its first byte at once; a carry
 		 * older than that belongs to no request this read continues. */
@@ -605,7 +643,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len)
 		if (m <= 0)
 			break;
 		if (!conn)
-			conn = nt_conn(key);
+			conn = nt_conn_of(sk, btf, 1);
 		if (!conn)
 			return 0;
 		hdr = nt_request_headers(n);
@@ -803,40 +841,47 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 {
 	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
-	__u64 key = (__u64)sk, off = 0;
+	struct nt_http_pending req;
+	__u64 off = 0;
 	__u32 first = 0;
-	const __u8 *r;
-	__u8 word[8];
-	int i;
+	__u8 line[12];
+	int i, status;
 
-	if (len < 12)
+	/*
+	 * The status line is read to the stack first, and only 12 bytes of
+	 * it: bulk writes exit after this test, and most responses end here.
+	 * A user copy to the stack is cheaper than one to the peek buffer (a
+	 * map value), which hardened usercopy checks as a heap object.
+	 */
+	if (len < 12 || bpf_probe_read_user(line, sizeof(line), ubuf))
 		return 0;
+	status = nt_status_of(line);
+	if (!status)
+		return 0;
+	conn = nt_conn_of(sk, btf, 0);
+	/*
+	 * A final response to the only request pending: nothing in this write
+	 * can pair with another (further responses are looked for only while
+	 * requests are pending).
+	 */
+	if (status >= 200 && conn && conn->tail - conn->head == 1) {
+		req = conn->q[conn->head & (NT_HTTP_PIPELINE - 1)];
+		conn->head++;
+		nt_record(sk, conn, &req, (__u16)status, flags, btf);
+		return 0;
+	}
+	/* Otherwise (pipelining, interim 1xx, no request): the whole peek. */
 	pk = nt_peek();
 	if (!pk)
 		return 0;
-	/*
-	 * Cheap test before the map lookup. A write that fits the peek is
-	 * read once, whole, and tested in place (a response's headers are then
-	 * read a single time); a longer one is tested on its first 8 bytes
-	 * before anything more is read (bulk writes exit there).
-	 */
 	if (len <= NT_HTTP_PEEK) {
 		first = nt_peek_user(pk, ubuf, len, 0, 12);
 		if (!first)
 			return 0;
-		r = pk->buf;
-	} else {
-		if (bpf_probe_read_user(word, sizeof(word), ubuf))
-			return 0;
-		r = word;
 	}
-	if (r[0] != 'H' || r[1] != 'T' || r[2] != 'T' || r[3] != 'P' || r[4] != '/' || r[5] != '1')
-		return 0;
-	conn = bpf_map_lookup_elem(&nt_http_conns, &key);
 	for (i = 0; i < NT_HTTP_PIPELINE; i++) {
-		struct nt_http_pending req;
 		__u32 n = i == 0 && first ? first : nt_peek_user(pk, ubuf, len, off, 12);
-		int status, extent;
+		int extent;
 		__u64 head, body;
 
 		if (!n)
@@ -920,7 +965,7 @@ static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1,
 	if (!ubuf || nt_tls_sock_io((__u64)sk, dir == NT_DIR_IN))
 		return 0;
 	if (dir == NT_DIR_IN)
-		return nt_on_request(sk, ubuf, len);
+		return nt_on_request(sk, ubuf, len, btf);
 	return nt_on_response(sk, ubuf, len, 0, btf);
 }
 
@@ -1010,8 +1055,16 @@ int BPF_PROG(nt_http_send, struct sock *sk, int ret, int flags)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(nt_http_state, struct sock *sk, int oldstate, int newstate)
 {
+	struct nt_http_conn *conn;
+
 	if (newstate != NT_TCP_CLOSE)
 		return 0;
+	conn = bpf_sk_storage_get(&nt_http_sk_conns, sk, 0, 0);
+	if (conn) {
+		if (conn->head != conn->tail)
+			nt_stat_inc(NT_STAT_HTTP_CLOSED);
+		bpf_sk_storage_delete(&nt_http_sk_conns, sk);
+	}
 	return nt_conn_end((__u64)sk);
 }
 

@@ -77,6 +77,8 @@ pub mod names {
     /// LRU hash of HTTP connection state (`struct nt_http_conn`), which
     /// caches each connection's last slot.
     pub const HTTP_CONNS_MAP: &str = "nt_http_conns";
+    /// The same state in socket storage, for the socket hooks.
+    pub const HTTP_SK_CONNS_MAP: &str = "nt_http_sk_conns";
     /// The HTTP table's maps with one entry per slot (`--http-table-entries`).
     pub const HTTP_TABLE_SIZED_MAPS: [&str; 3] = [HTTP_SLOTS_MAP, HTTP_INDEX_MAP, HTTP_CLAIMS_MAP];
 }

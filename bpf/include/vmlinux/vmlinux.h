@@ -33,6 +33,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_SK_STORAGE = 24,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
@@ -55,7 +56,13 @@ enum {
 
 /* Map creation flags (UAPI). */
 enum {
+	BPF_F_NO_PREALLOC = 1,
 	BPF_F_MMAPABLE = 1024,
+};
+
+/* bpf_sk_storage_get() flags (UAPI). */
+enum {
+	BPF_SK_STORAGE_GET_F_CREATE = 1,
 };
 
 #ifndef BPF_NO_PRESERVE_ACCESS_INDEX
