@@ -3,13 +3,14 @@
  * TCP retransmits: one record per retransmitted skb and per retransmitted
  * SYN-ACK.
  *
- * Attach points: tracepoint tcp/tcp_retransmit_skb (data, incl. SYN and
- * tail-loss probes) and tracepoint tcp/tcp_retransmit_synack.
- * Kernel floor: 5.8 (ring buffer, BTF for CO-RE).
- *
- * Everything is read through the socket pointer with CO-RE, never from the
- * tracepoint's own address fields: the context struct of tcp_retransmit_skb
- * changed name and layout in 6.x, but `skaddr` exists in both shapes.
+ * Attach points: tp_btf tcp_retransmit_skb (data, incl. SYN and tail-loss
+ * probes) and tp_btf tcp_retransmit_synack: the tracepoints' arguments as
+ * BTF-typed pointers, with no perf event and no trace buffer. A BTF
+ * tracepoint has its own per-program recursion guard, so it is not skipped
+ * while another task on its CPU runs a bpf() map syscall (a classic
+ * tracepoint program is: bpf_prog_active), and attaching it needs no
+ * perf_event_open.
+ * Kernel floor: 5.8 (ring buffer, BTF for CO-RE; tp_btf since 5.5).
  *
  * One skb can carry several segments (TCP always builds GSO skbs), and the
  * kernel's TcpRetransSegs counter adds tcp_skb_pcount(skb) per retransmit, so
@@ -20,6 +21,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 
 #include "maps.h"
 #include "sock.h"
@@ -57,35 +59,23 @@ static __always_inline int nt_emit(const struct sock_common *skc, __u8 rtx_kind,
 	return 0;
 }
 
-SEC("tracepoint/tcp/tcp_retransmit_skb")
-int nt_tcp_rtx(void *ctx)
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(nt_tcp_rtx, const struct sock *sk, const struct sk_buff *skb)
 {
-	const struct sock *sk;
-	const struct sk_buff *skb;
 	__s32 err = 0;
 
-	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb)) {
-		struct trace_event_raw_tcp_retransmit_skb *tp = ctx;
-
-		sk = BPF_CORE_READ(tp, skaddr);
-		skb = BPF_CORE_READ(tp, skbaddr);
-		if (bpf_core_field_exists(tp->err))
-			err = BPF_CORE_READ(tp, err);
-	} else {
-		struct trace_event_raw_tcp_event_sk_skb *tp = ctx;
-
-		sk = BPF_CORE_READ(tp, skaddr);
-		skb = BPF_CORE_READ(tp, skbaddr);
-	}
+	/* The tracepoint's third argument, `int err`, exists exactly when its
+	 * event struct has the field (newer kernels); reading ctx[2] without
+	 * it is refused by the verifier, and this branch is dead there. */
+	if (bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err))
+		err = (__s32)ctx[2];
 	return nt_emit(sk ? &sk->__sk_common : 0, NT_RTX_DATA, err, nt_skb_pcount(skb));
 }
 
-SEC("tracepoint/tcp/tcp_retransmit_synack")
-int nt_tcp_rtx_syn(struct trace_event_raw_tcp_retransmit_synack *ctx)
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(nt_tcp_rtx_syn, const struct sock *sk, const struct request_sock *req)
 {
 	/* The request socket carries the embryonic connection's 4-tuple. */
-	const struct request_sock *req = BPF_CORE_READ(ctx, req);
-
 	return nt_emit(req ? &req->__req_common : 0, NT_RTX_SYNACK, 0, 1);
 }
 

@@ -299,8 +299,8 @@ mod tests {
             (Error::ProgramLoad { program: "nt_tcp_rtx", source: eperm() }, "bpf(BPF_PROG_LOAD)"),
             (
                 Error::Attach {
-                    program: "nt_tcp_rtx",
-                    attach_point: "tracepoint/tcp/tcp_retransmit_skb",
+                    program: "nt_http_close",
+                    attach_point: "tracepoint/syscalls/sys_enter_close",
                     source: ProgramError::SyscallError(syscall("perf_event_open_trace_point")),
                 },
                 "perf_event_open(2)",

@@ -281,8 +281,10 @@ fn each_missing_capability_is_named_and_a_seccomp_refusal_is_explained() {
         assert!(t.contains("Operation not permitted (os error 1)"), "the kernel's EPERM:\n{t}");
     }
 
-    // All capabilities there, but the profile lacks perf_event_open: the
-    // EPERM is attributed to seccomp/LSM rather than to a capability.
+    // All capabilities there, but the profile lacks perf_event_open. With
+    // the socket hooks no probe opens a perf event (all are tp_btf), so the
+    // loader runs; with the syscall hooks (sys_enter_close is a tracepoint)
+    // the EPERM is attributed to seccomp/LSM rather than to a capability.
     let profile: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo().join(PROFILE)).unwrap()).unwrap();
     let mut profile = profile;
@@ -292,10 +294,41 @@ fn each_missing_capability_is_named_and_a_seccomp_refusal_is_explained() {
     std::fs::write(&path, profile.to_string()).unwrap();
     let mut prefix = setpriv(&caps, NOBODY);
     prefix.extend(confined(&path));
-    let out = run(&prefix, "seccomp", "run");
+    let out = run(&prefix, "seccomp", "run --http-hook syscall");
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("seccomp profile refused it: the kernel refused perf_event_open(2)"), "{t}");
+    assert!(t.contains("sys_enter_close"), "the syscall hooks' tracepoint is what needs it:\n{t}");
+
+    // The same profile, the socket hooks: the loader comes up and serves.
+    let pin_dir = unique_pin_dir("seccomp-socket");
+    let dir = scratch_dir("caps");
+    let log = dir.join("socket-hooks.log");
+    let mut argv = prefix.clone();
+    argv.push(bin("nettel-loader").display().to_string());
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["run", "--http-hook", "socket", "--tls", "off", "--pin-dir"])
+        .arg(&pin_dir)
+        .arg("--socket")
+        .arg(dir.join("loader.sock"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let served = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("Serving the event stream.") || child.try_wait().unwrap().is_some()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new(bin("nettel-loader")).args(["cleanup", "--pin-dir"]).arg(&pin_dir).output();
+    let t = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        served && t.contains("Serving the event stream."),
+        "the socket hooks need no perf_event_open, yet the loader did not come up:\n{t}"
+    );
 }
 
 /// Every name `security/seccomp/loader.json` allows.

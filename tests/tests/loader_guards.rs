@@ -134,8 +134,8 @@ fn run_mounts_missing_bpffs_and_tracefs() {
             "tp_btf/inet_sock_set_state",
             "tp_btf/sock_recv_length",
             "tp_btf/sock_send_length",
-            "tracepoint/tcp/tcp_retransmit_skb",
-            "tracepoint/tcp/tcp_retransmit_synack"
+            "tp_btf/tcp_retransmit_skb",
+            "tp_btf/tcp_retransmit_synack"
         ],
         "{status:?}"
     );

@@ -9,13 +9,10 @@
 
 use std::path::Path;
 
-use aya::{
-    programs::{links::FdLink, BtfTracePoint},
-    Btf, Ebpf,
-};
+use aya::{Btf, Ebpf};
 use nettel_bpf::names;
 
-use super::{link, Attached, Tracepoint};
+use super::{Attached, BtfTracepoint, Tracepoint};
 use crate::{config::HttpHook, Error};
 
 /// The close program of the syscall hooks.
@@ -26,12 +23,28 @@ pub const CLOSE: Tracepoint = Tracepoint {
     attach_point: "tracepoint/syscalls/sys_enter_close",
 };
 
-/// Socket hooks: (program, BTF tracepoint, attach point).
-const SOCKET_HOOKS: [(&str, &str, &str); 3] = [
-    (names::PROG_HTTP_RECV, "sock_recv_length", "tp_btf/sock_recv_length"),
-    (names::PROG_HTTP_SEND, "sock_send_length", "tp_btf/sock_send_length"),
-    (names::PROG_HTTP_STATE, "inet_sock_set_state", "tp_btf/inet_sock_set_state"),
+/// Socket hooks.
+const SOCKET_HOOKS: [BtfTracepoint; 3] = [
+    BtfTracepoint {
+        program: names::PROG_HTTP_RECV,
+        tracepoint: "sock_recv_length",
+        attach_point: "tp_btf/sock_recv_length",
+    },
+    BtfTracepoint {
+        program: names::PROG_HTTP_SEND,
+        tracepoint: "sock_send_length",
+        attach_point: "tp_btf/sock_send_length",
+    },
+    BtfTracepoint {
+        program: names::PROG_HTTP_STATE,
+        tracepoint: "inet_sock_set_state",
+        attach_point: "tp_btf/inet_sock_set_state",
+    },
 ];
+
+/// The read/write program of the syscall hooks.
+const SYS_EXIT: BtfTracepoint =
+    BtfTracepoint { program: names::PROG_HTTP_EXIT, tracepoint: "sys_exit", attach_point: "tp_btf/sys_exit" };
 
 /// The tracefs event whose presence means the socket hooks exist (Linux 6.3).
 const SOCK_SEND_EVENT: &str = "events/sock/sock_send_length";
@@ -46,35 +59,10 @@ pub fn resolve(hook: HttpHook, tracefs: &Path) -> HttpHook {
 }
 
 /// Loads the programs of `hook` (already resolved, not `Off`) and adopts or
-/// attaches each (see [`link`]).
-pub fn ensure(ebpf: &mut Ebpf, hook: HttpHook, links: &Path) -> Result<Vec<Attached>, Error> {
-    let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
+/// attaches each (see [`super::link`]).
+pub fn ensure(ebpf: &mut Ebpf, btf: &Btf, hook: HttpHook, links: &Path) -> Result<Vec<Attached>, Error> {
     match hook {
-        HttpHook::Syscall => Ok(vec![
-            btf_tracepoint(ebpf, &btf, (names::PROG_HTTP_EXIT, "sys_exit", "tp_btf/sys_exit"), links)?,
-            CLOSE.ensure(ebpf, links)?,
-        ]),
-        _ => SOCKET_HOOKS.iter().map(|hook| btf_tracepoint(ebpf, &btf, *hook, links)).collect(),
+        HttpHook::Syscall => Ok(vec![SYS_EXIT.ensure(ebpf, btf, links)?, CLOSE.ensure(ebpf, links)?]),
+        _ => SOCKET_HOOKS.iter().map(|hook| hook.ensure(ebpf, btf, links)).collect(),
     }
-}
-
-fn btf_tracepoint(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    (program, tracepoint, attach_point): (&'static str, &str, &'static str),
-    links: &Path,
-) -> Result<Attached, Error> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or(Error::ProgramMissing { program })?
-        .try_into()
-        .map_err(|e| Error::program(program, e))?;
-    prog.load(tracepoint, btf).map_err(|e| Error::program(program, e))?;
-    let tag = prog.info().map_err(|e| Error::program(program, e))?.tag();
-    let origin = link::ensure(links, program, tag, || {
-        let attach_err = |source| Error::Attach { program, attach_point, source };
-        let id = prog.attach().map_err(attach_err)?;
-        Ok(FdLink::from(prog.take_link(id).map_err(attach_err)?))
-    })?;
-    Ok(Attached { name: program, attach_point, origin })
 }

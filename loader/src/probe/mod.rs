@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::links::FdLink,
-    Ebpf,
+    programs::{links::FdLink, BtfTracePoint},
+    Btf, Ebpf,
 };
 use nettel_bpf::{abi, names};
 
@@ -28,7 +28,7 @@ pub struct Tracepoint {
     pub program: &'static str,
     pub category: &'static str,
     pub name: &'static str,
-    /// Label for logs and the status RPC, e.g. `tracepoint/tcp/tcp_retransmit_skb`.
+    /// Label for logs and the status RPC, e.g. `tracepoint/syscalls/sys_enter_close`.
     pub attach_point: &'static str,
 }
 
@@ -51,6 +51,37 @@ impl Tracepoint {
             // Tracepoint links are BPF links (bpf_link_create) on Linux >= 5.15;
             // older kernels give a perf-event link that cannot be pinned.
             FdLink::try_from(link).map_err(|e| Error::Unpinnable { program, reason: e.to_string() })
+        })?;
+        Ok(Attached { name: program, attach_point, origin })
+    }
+}
+
+/// A BTF tracepoint (`tp_btf`) program of a probe object and where it attaches.
+#[derive(Debug, Clone, Copy)]
+pub struct BtfTracepoint {
+    pub program: &'static str,
+    /// The kernel tracepoint (`btf_trace_<name>` in the kernel's BTF).
+    pub tracepoint: &'static str,
+    /// Label for logs and the status RPC, e.g. `tp_btf/tcp_retransmit_skb`.
+    pub attach_point: &'static str,
+}
+
+impl BtfTracepoint {
+    /// Loads the program against the kernel's `btf`, then adopts its pinned
+    /// link or attaches and pins it (see [`link::ensure`]).
+    pub fn ensure(&self, ebpf: &mut Ebpf, btf: &Btf, links: &Path) -> Result<Attached, Error> {
+        let Self { program, tracepoint, attach_point } = *self;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(Error::ProgramMissing { program })?
+            .try_into()
+            .map_err(|e| Error::program(program, e))?;
+        prog.load(tracepoint, btf).map_err(|e| Error::program(program, e))?;
+        let tag = prog.info().map_err(|e| Error::program(program, e))?.tag();
+        let origin = link::ensure(links, program, tag, || {
+            let attach_err = |source| Error::Attach { program, attach_point, source };
+            let id = prog.attach().map_err(attach_err)?;
+            Ok(FdLink::from(prog.take_link(id).map_err(attach_err)?))
         })?;
         Ok(Attached { name: program, attach_point, origin })
     }
@@ -123,10 +154,11 @@ pub fn load(
         }
     }
 
+    let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
     let mut tcp = load_object(pin_dir, sizes, "tcp_retransmit", nettel_bpf::TCP_RETRANSMIT_OBJ)?;
     let mut attached = tcp_retransmit::PROGRAMS
         .iter()
-        .map(|tp| tp.ensure(&mut tcp, &links))
+        .map(|tp| tp.ensure(&mut tcp, &btf, &links))
         .collect::<Result<Vec<_>, _>>()?;
     let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
     let mut http_table = None;
@@ -139,7 +171,7 @@ pub fn load(
             .map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
         let flags = if tls { nettel_bpf::abi::NT_HTTP_CFG_TLS } else { 0 };
         cfg.set(0, flags, 0).map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
-        attached.extend(http::ensure(&mut obj, http_hook, &links)?);
+        attached.extend(http::ensure(&mut obj, &btf, http_hook, &links)?);
         let mut slots = take_map(&mut obj, names::HTTP_SLOTS_MAP)?;
         // aya's checks of the type and value size, with its error.
         Array::<_, abi::nt_http_slot>::try_from(&mut slots)

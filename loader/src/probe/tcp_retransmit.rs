@@ -1,22 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The `tcp_retransmit` object: data and SYN-ACK retransmit tracepoints.
+//! The `tcp_retransmit` object: data and SYN-ACK retransmit BTF tracepoints.
 
 use nettel_bpf::names;
 
-use super::Tracepoint;
+use super::BtfTracepoint;
 
 /// Programs of the object, attached in this order.
-pub const PROGRAMS: &[Tracepoint] = &[
-    Tracepoint {
+pub const PROGRAMS: &[BtfTracepoint] = &[
+    BtfTracepoint {
         program: names::PROG_TCP_RTX,
-        category: "tcp",
-        name: "tcp_retransmit_skb",
-        attach_point: "tracepoint/tcp/tcp_retransmit_skb",
+        tracepoint: "tcp_retransmit_skb",
+        attach_point: "tp_btf/tcp_retransmit_skb",
     },
-    Tracepoint {
+    BtfTracepoint {
         program: names::PROG_TCP_RTX_SYNACK,
-        category: "tcp",
-        name: "tcp_retransmit_synack",
-        attach_point: "tracepoint/tcp/tcp_retransmit_synack",
+        tracepoint: "tcp_retransmit_synack",
+        attach_point: "tp_btf/tcp_retransmit_synack",
     },
 ];
