@@ -101,6 +101,12 @@ pub struct MetricLabels {
     pub metric: String,
 }
 
+/// A `program` label: a BPF program of the loader.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+}
+
 /// A `kind` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -138,6 +144,7 @@ pub struct Metrics {
     pub http_unmatched: ClientFamily<ReasonLabels, Counter>,
     /// Requests the kernel sent one by one because its totals table was full.
     pub http_table_full: Counter,
+    pub program_skipped_runs: ClientFamily<ProgramLabels, Counter>,
     /// Files (libssl copies, executables) carrying the OpenSSL uprobes.
     pub tls_instrumented_files: Gauge,
     /// Processes mapping one of them.
@@ -268,8 +275,13 @@ impl Metrics {
         );
         r.register(
             "nettel_http_kernel_table_full",
-            "HTTP requests sent as single events because the kernel's totals table (8192 entries) was full; counted all the same, at a higher cost per request",
+            "HTTP requests sent as single events because the kernel's totals table (--http-table-entries, 8192 by default) was full; counted all the same, at a higher cost per request",
             self.http_table_full.clone(),
+        );
+        r.register(
+            "nettel_kernel_program_skipped_runs",
+            "Runs of a BPF program the kernel skipped (its recursion_misses: it fired while a BPF program ran on its CPU, or, for tracepoint and uprobe programs, during a bpf() map syscall there); their events are lost",
+            self.program_skipped_runs.clone(),
         );
         r.register(
             "nettel_tls_instrumented_files",

@@ -40,6 +40,8 @@ pub struct Batch {
     pub socket: v1::SocketCounters,
     /// Kernel HTTP request totals that changed (running totals).
     pub http_totals: Vec<v1::HttpTotals>,
+    /// The running programs' skipped runs at publish time (running totals).
+    pub program_runs: Vec<v1::ProgramRuns>,
 }
 
 /// What a subscriber's queue carries.
@@ -236,6 +238,7 @@ mod tests {
             probe: v1::ProbeCounters::default(),
             socket: v1::SocketCounters::default(),
             http_totals: Vec::new(),
+            program_runs: Vec::new(),
         }
     }
 

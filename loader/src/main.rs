@@ -142,7 +142,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
         return Err(Error::Preflight(report.failures()));
     }
     mount_missing(&report, &args.pin_dir).map_err(Error::with_capability_hint)?;
-    let (probes, events) =
+    let (mut probes, events) =
         probe::load(&args.pin_dir, cfg.map_sizes(), args.bench_tgid, args.http_hook, args.tls == Toggle::On)
             .map_err(Error::with_capability_hint)?;
     for a in &probes.attached {
@@ -167,6 +167,9 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
         }
         (Toggle::Off, _) => None,
     };
+    if attacher.is_some() {
+        probes.track_tls_programs();
+    }
     let listener = socket::bind(&args.socket, args.socket_gid)?;
     Ok(Prepared { cfg, probes, events, listener, tls: (attacher, shared) })
 }

@@ -158,6 +158,52 @@ impl std::fmt::Debug for MappedWords {
     }
 }
 
+/// `BPF_OBJ_GET`: a new descriptor for the BPF object pinned at `path`.
+/// aya has no call that returns a pinned program's descriptor without
+/// reading its BTF by id (`BPF_BTF_GET_FD_BY_ID` needs CAP_SYS_ADMIN), and
+/// rustix does not wrap bpf(2).
+pub fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    /// The `BPF_OBJ_GET` member of `union bpf_attr` (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let attr = ObjGetAttr { pathname: c_path.as_ptr() as u64, ..Default::default() };
+    // SAFETY: `attr` is a valid, initialised `BPF_OBJ_GET` attribute whose
+    // `pathname` points at a NUL-terminated string that outlives the call;
+    // the kernel reads `size_of::<ObjGetAttr>()` bytes of it and writes
+    // nothing back. The call returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjGetAttr, size_of::<ObjGetAttr>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf(BPF_OBJ_GET) returned an invalid fd"))?;
+    // SAFETY: the kernel just returned `fd`, a descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The `recursion_misses` of the BPF program `fd` (its fdinfo, Linux >=
+/// 5.12): runs the kernel skipped. `None` on a kernel without the line.
+pub fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    Ok(parse_fdinfo_field(&fdinfo(fd.as_raw_fd())?, "recursion_misses:"))
+}
+
+/// The number after `key` on its line of an fdinfo text.
+fn parse_fdinfo_field(fdinfo: &str, key: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok())
+}
+
 /// The effective uid of this process.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -197,6 +243,21 @@ mod tests {
         assert!(has_cap(eff, Cap::Perfmon));
         assert!(!has_cap(eff, Cap::SysAdmin));
         assert_eq!(parse_cap_line("CapEff:\tzz", "CapEff:"), None);
+    }
+
+    #[test]
+    fn reads_a_programs_recursion_misses() {
+        let fdinfo = "pos:\t0\nprog_type:\t26\nprog_tag:\t4a7f1a3c1b2e9d00\nrun_time_ns:\t0\n\
+                      run_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t912\n";
+        assert_eq!(parse_fdinfo_field(fdinfo, "recursion_misses:"), Some(17));
+        assert_eq!(parse_fdinfo_field("prog_type:\t26\n", "recursion_misses:"), None, "kernel < 5.12");
+    }
+
+    #[test]
+    fn reads_its_own_program_pin() {
+        // A path that is no pin: the kernel's error, not a panic.
+        let e = bpf_obj_get(Path::new("/nonexistent/nettel-test")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(2), "{e}");
     }
 
     #[test]

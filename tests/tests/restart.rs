@@ -59,6 +59,23 @@ fn assert_one_copy_each(pin_dir: &Path) {
     }
 }
 
+/// Every running program is pinned next to its link, and its skipped runs
+/// (`recursion_misses`) are exported, zero here: nothing on this node runs
+/// BPF programs that could preempt them, so a nonzero count means lost events.
+fn assert_runs_reported(agg: &Aggregator, pin_dir: &Path) {
+    for p in PROGRAMS {
+        assert!(pin_dir.join("links").join(format!("{p}-prog")).exists(), "{p}: program not pinned");
+    }
+    let text = wait_for(Duration::from_secs(10), "every program's skipped runs", || {
+        let text = agg.scrape();
+        PROGRAMS
+            .iter()
+            .all(|p| text.contains(&format!("nettel_kernel_program_skipped_runs_total{{program=\"{p}\"}}")))
+            .then_some(text)
+    });
+    assert_eq!(sum(&text, "nettel_kernel_program_skipped_runs_total", &[]), 0, "skipped runs");
+}
+
 fn origins(loader: &Loader) -> Vec<(String, String)> {
     loader.status().probes.into_iter().map(|p| (p.name, p.origin)).collect()
 }
@@ -82,6 +99,7 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
     agg.wait_connected();
     let mut produced = gen.run(2000, 1.0);
     expect_received(&agg, produced);
+    assert_runs_reported(&agg, &pin_dir);
 
     // SIGTERM, then kill -9. Each time the generator runs while no loader
     // does: 5,000 events of 88 bytes fit the default 1 MiB ring.
@@ -105,6 +123,8 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
         assert_eq!(sum(&t, "nettel_loader_restarts_total", &[]), restarts);
         assert_eq!(sum(&t, "nettel_kernel_lost_events_total", &[]), 0);
         assert_eq!(sum(&t, "nettel_stream_gap_events_total", &[]), 0, "sequence continues across restarts");
+        // Adopted programs' statistics come from their pins.
+        assert_runs_reported(&agg, &pin_dir);
     }
 
     // `cleanup` (run by the harness when the loader is dropped) detaches

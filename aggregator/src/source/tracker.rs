@@ -15,9 +15,20 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use tracing::warn;
 
 use crate::{
-    metrics::{Metrics, ReasonLabels},
+    metrics::{Metrics, ProgramLabels, ReasonLabels},
     Error,
 };
+
+/// Most distinct program names accepted from a loader (it runs about ten).
+const MAX_PROGRAMS: usize = 32;
+
+/// A loader program name: `nt_` and up to 13 more of `[a-z0-9_]` (the
+/// kernel keeps 15 characters of a program's name; nettel's fit).
+fn valid_program_name(name: &str) -> bool {
+    name.len() <= 32
+        && name.starts_with("nt_")
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
 
 /// What the tracker remembers across messages and reconnects.
 #[derive(Debug, Default)]
@@ -31,6 +42,9 @@ pub struct Tracker {
     /// counters: they survive loader restarts, and start over only when the
     /// pin dir is removed, which also restarts the event sequence).
     probe: v1::ProbeCounters,
+    /// Skipped runs per program (running totals per program instance, kept
+    /// across epochs like the probe counters).
+    program_runs: std::collections::BTreeMap<String, u64>,
     /// Highest socket refusal counters seen (running totals, per epoch).
     socket: v1::SocketCounters,
     /// Highest loader-wide loss totals seen in this epoch: (kernel reserve
@@ -67,6 +81,7 @@ impl Tracker {
                 // they start over only with it. A plain restart reports the
                 // same totals, which must not be counted again.
                 self.probe = v1::ProbeCounters::default();
+                self.program_runs.clear();
             }
             self.socket = v1::SocketCounters::default();
             self.loss_totals = (0, 0);
@@ -105,6 +120,7 @@ impl Tracker {
                 set_tls_gauges(m, &t);
             }
         }
+        self.observe_program_runs(&msg.program_runs, m);
         if let Some(s) = &msg.socket_counters {
             let last = self.socket;
             self.mirror(
@@ -165,6 +181,28 @@ impl Tracker {
         }
         self.next_event = Some(msg.first_event_sequence.saturating_add(msg.events.len() as u64));
         Ok(())
+    }
+
+    /// Counts each program's growth in skipped runs. A total below the last
+    /// one is a new instance of the program (replaced at a loader start):
+    /// counted whole. Names are checked, and their number bounded: they
+    /// become label values.
+    fn observe_program_runs(&mut self, runs: &[v1::ProgramRuns], m: &Metrics) {
+        for r in runs {
+            let known = self.program_runs.contains_key(&r.program);
+            if !valid_program_name(&r.program) || (!known && self.program_runs.len() >= MAX_PROGRAMS) {
+                m.decode_errors.get_or_create(&ReasonLabels { reason: "invalid_program".into() }).inc();
+                continue;
+            }
+            let last = self.program_runs.get(&r.program).copied().unwrap_or(0);
+            let grew = if r.skipped >= last { r.skipped - last } else { r.skipped };
+            if grew > 0 || !known {
+                m.program_skipped_runs
+                    .get_or_create(&ProgramLabels { program: r.program.clone() })
+                    .inc_by(grew);
+            }
+            self.program_runs.insert(r.program.clone(), r.skipped);
+        }
     }
 
     /// Adds each `(reason, total now, highest total before)` that grew to
@@ -329,6 +367,36 @@ mod tests {
         e.probe_counters = Some(probe(1));
         t.observe(&e, &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (16, 2, 2));
+    }
+
+    #[test]
+    fn skipped_runs_count_per_program_across_restarts_and_replacements() {
+        let m = Metrics::default();
+        let mut t = Tracker::default();
+        let skipped =
+            |p: &str| m.program_skipped_runs.get_or_create(&ProgramLabels { program: p.into() }).get();
+        let with = |epoch, first, runs: &[(&str, u64)]| {
+            let mut x = msg(epoch, first, 0, 0, 0);
+            x.program_runs =
+                runs.iter().map(|(p, n)| v1::ProgramRuns { program: (*p).into(), skipped: *n }).collect();
+            x
+        };
+        t.observe(&with(7, 1, &[("nt_tcp_rtx", 0), ("nt_tls_ent", 3)]), &m).unwrap();
+        assert_eq!((skipped("nt_tcp_rtx"), skipped("nt_tls_ent")), (0, 3));
+        t.observe(&with(7, 1, &[("nt_tcp_rtx", 2), ("nt_tls_ent", 3)]), &m).unwrap();
+        assert_eq!((skipped("nt_tcp_rtx"), skipped("nt_tls_ent")), (2, 3));
+        // A restarted loader adopted nt_tcp_rtx (same total) and loaded a new
+        // nt_tls_ent (its total starts over): only growth, and the new one whole.
+        t.observe(&with(8, 1, &[("nt_tcp_rtx", 2), ("nt_tls_ent", 1)]), &m).unwrap();
+        assert_eq!((skipped("nt_tcp_rtx"), skipped("nt_tls_ent")), (2, 4));
+        // Names become labels: checked and bounded.
+        t.observe(&with(8, 1, &[("bad name\n", 5), ("other", 1)]), &m).unwrap();
+        let invalid = m.decode_errors.get_or_create(&ReasonLabels { reason: "invalid_program".into() }).get();
+        assert_eq!(invalid, 2);
+        let many: Vec<(String, u64)> = (0..40).map(|i| (format!("nt_p{i}"), 1)).collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+        t.observe(&with(8, 1, &many), &m).unwrap();
+        assert_eq!(t.program_runs.len(), MAX_PROGRAMS);
     }
 
     #[test]

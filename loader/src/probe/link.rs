@@ -71,6 +71,17 @@ pub struct PinnedFacts {
     pub prog_tag: u64,
 }
 
+/// Suffix of a program's own pin, next to its link's (`<program>-prog`):
+/// what a restarted loader opens to read an adopted program's statistics.
+/// Not a dot: bpffs refuses names with one (EPERM), keeping them for its own
+/// files. A program name (a C identifier) has no `-`.
+pub const PROG_PIN_SUFFIX: &str = "-prog";
+
+/// Where `program` itself is pinned in the links dir `dir`.
+pub fn prog_pin_path(dir: &Path, program: &str) -> PathBuf {
+    dir.join(format!("{program}{PROG_PIN_SUFFIX}"))
+}
+
 /// Creates `<pin_dir>/links` (mode 0700) if missing and returns it.
 pub fn prepare_dir(pin_dir: &Path) -> Result<PathBuf, Error> {
     let dir = pin_dir.join(LINKS_DIR);
@@ -114,6 +125,11 @@ pub fn ensure(
     } else {
         Origin::Attached
     };
+    // The replaced program's own pin, or one a crash left without its link.
+    let prog_pin = prog_pin_path(dir, program);
+    if prog_pin.exists() {
+        remove(&prog_pin)?;
+    }
     let link = attach()?;
     let pinned: PinnedLink =
         link.pin(&path).map_err(|source| Error::PinLink { program, path: path.clone(), source })?;
@@ -132,19 +148,24 @@ pub fn purge(dir: &Path, programs: &[String]) -> Result<Vec<String>, Error> {
             remove(&path)?;
             removed.push(p.clone());
         }
+        let prog_pin = prog_pin_path(dir, p);
+        if prog_pin.exists() {
+            remove(&prog_pin)?;
+        }
     }
     Ok(removed)
 }
 
 /// Removes every pinned link in `dir` whose name is not in `keep`, which
-/// detaches it. Returns the names removed.
+/// detaches it, and every program pin not of a program in `keep`. Returns the
+/// names removed.
 pub fn remove_stale(dir: &Path, keep: &[&str]) -> Result<Vec<String>, Error> {
     let io = |what, source| Error::Io { what, path: dir.to_owned(), source };
     let mut removed = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io("failed to list the links dir", e))? {
         let entry = entry.map_err(|e| io("failed to list the links dir", e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if keep.contains(&name.as_str()) {
+        if keep.contains(&name.strip_suffix(PROG_PIN_SUFFIX).unwrap_or(&name)) {
             continue;
         }
         remove(&entry.path())?;

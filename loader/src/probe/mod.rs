@@ -7,9 +7,14 @@
 mod bench;
 mod http;
 pub mod link;
+pub mod runs;
 mod tcp_retransmit;
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
@@ -52,7 +57,14 @@ impl Tracepoint {
             // older kernels give a perf-event link that cannot be pinned.
             FdLink::try_from(link).map_err(|e| Error::Unpinnable { program, reason: e.to_string() })
         })?;
-        Ok(Attached { name: program, attach_point, origin })
+        let fd = match origin {
+            link::Origin::Adopted => adopted_fd(links, program),
+            _ => {
+                pin_program(prog.pin(link::prog_pin_path(links, program)), program);
+                prog.fd().ok().and_then(|fd| fd.as_fd().try_clone_to_owned().ok())
+            }
+        };
+        Ok(Attached { name: program, attach_point, origin, fd: fd.map(Arc::new) })
     }
 }
 
@@ -83,7 +95,14 @@ impl BtfTracepoint {
             let id = prog.attach().map_err(attach_err)?;
             Ok(FdLink::from(prog.take_link(id).map_err(attach_err)?))
         })?;
-        Ok(Attached { name: program, attach_point, origin })
+        let fd = match origin {
+            link::Origin::Adopted => adopted_fd(links, program),
+            _ => {
+                pin_program(prog.pin(link::prog_pin_path(links, program)), program);
+                prog.fd().ok().and_then(|fd| fd.as_fd().try_clone_to_owned().ok())
+            }
+        };
+        Ok(Attached { name: program, attach_point, origin, fd: fd.map(Arc::new) })
     }
 }
 
@@ -93,6 +112,28 @@ pub struct Attached {
     pub name: &'static str,
     pub attach_point: &'static str,
     pub origin: link::Origin,
+    /// The running program's descriptor, for its statistics ([`runs`]);
+    /// `None` when it could not be had (logged).
+    pub fd: Option<Arc<OwnedFd>>,
+}
+
+/// Logs a failed pin of a program (its link is pinned: it runs; only a
+/// later loader cannot read its statistics).
+fn pin_program(result: Result<(), aya::pin::PinError>, program: &'static str) {
+    if let Err(e) = result {
+        warn!(program, error = %e, source = ?std::error::Error::source(&e), "Cannot pin the program next to its link; a restarted loader will not report its skipped runs.");
+    }
+}
+
+/// The adopted program's descriptor, from its pin ([`link::prog_pin_path`]).
+fn adopted_fd(links: &Path, program: &'static str) -> Option<OwnedFd> {
+    let path = link::prog_pin_path(links, program);
+    crate::sys::bpf_obj_get(&path)
+        .inspect_err(|e| {
+            warn!(program, path = %path.display(), error = %e,
+                "Cannot open the adopted program's pin; its skipped runs will not be reported.");
+        })
+        .ok()
 }
 
 /// The running probes' shared maps. The programs themselves are held by
@@ -107,6 +148,8 @@ pub struct Probes {
     pub cursor: Array<MapData, abi::nt_cursor>,
     pub attached: Vec<Attached>,
     pub pinned: Vec<(&'static str, PathBuf)>,
+    /// The running programs' skipped runs.
+    pub runs: runs::ProgramRuns,
 }
 
 impl std::fmt::Debug for Probes {
@@ -203,7 +246,13 @@ pub fn load(
     let cursor = Array::try_from(cursor).map_err(|source| Error::Map { map: names::CURSOR_MAP, source })?;
     let pinned =
         [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP].map(|m| (m, pin_dir.join(m))).to_vec();
-    Ok((Probes { stats, cursor, http, http_table, attached, pinned }, events))
+    let mut runs = runs::ProgramRuns::default();
+    for a in &attached {
+        if let Some(fd) = &a.fd {
+            runs.add(a.name, Arc::clone(fd));
+        }
+    }
+    Ok((Probes { stats, cursor, http, http_table, attached, pinned, runs }, events))
 }
 
 fn load_object(
@@ -232,6 +281,21 @@ pub struct KernelStats {
 }
 
 impl Probes {
+    /// Tracks the OpenSSL uprobe programs' skipped runs too (once the TLS
+    /// attacher has loaded them: they are this loader's own instances).
+    pub fn track_tls_programs(&mut self) {
+        let Some(http) = &self.http else { return };
+        let ebpf = http.lock().unwrap_or_else(|e| e.into_inner());
+        for program in crate::tls::PROGRAMS {
+            match ebpf.program(program).map(|p| p.fd().map(|fd| fd.as_fd().try_clone_to_owned())) {
+                Some(Ok(Ok(fd))) => self.runs.add(program, Arc::new(fd)),
+                other => {
+                    warn!(program, result = ?other.map(|r| r.map(|_| ())), "Cannot track a TLS program's skipped runs.")
+                }
+            }
+        }
+    }
+
     /// Reads and sums the per-CPU statistics map.
     pub fn kernel_stats(&self) -> Result<KernelStats, Error> {
         let sum = |idx: u32| -> Result<u64, Error> {

@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// any scrape interval, and it bounds the stream (a message per changed key
 /// per read). A read is a scan of the mapped slots, with no syscall.
 const HTTP_TABLE_TICKS: u64 = 5;
+/// The programs' skipped runs are read every this many ticks (1 s): one
+/// procfs read per program.
+const RUNS_TICKS: u64 = 10;
 
 /// Drain settings.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +76,7 @@ pub async fn drain(
     cfg: DrainConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let Probes { stats, cursor: cursor_map, http_table, .. } = probes;
+    let Probes { stats, cursor: cursor_map, http_table, runs, .. } = probes;
     let mut ticks = 0u64;
     let mut fd = crate::sys::register_ring_buffer(events).map_err(|source| Error::Io {
         what: "failed to register ring buffer with epoll",
@@ -84,6 +87,7 @@ pub async fn drain(
         next_seq: cursor.next_sequence.max(1),
         batch: Vec::with_capacity(cfg.max_batch),
         http_totals: Vec::new(),
+        program_runs: runs.read(),
         last_publish: Instant::now(),
         cursor: cursor_map,
         saved: cursor,
@@ -107,6 +111,9 @@ pub async fn drain(
                     drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
                 }
                 ticks += 1;
+                if ticks.is_multiple_of(RUNS_TICKS) {
+                    state.program_runs = runs.read();
+                }
                 // Read only while someone listens, like the ring: totals that
                 // grew meanwhile go to the next subscriber.
                 if let Some(table) = http_table.as_mut().filter(|_| ticks.is_multiple_of(HTTP_TABLE_TICKS) && !hub.is_empty()) {
@@ -140,6 +147,8 @@ struct State<'a> {
     batch: Vec<v1::Event>,
     /// HTTP totals for the next publish.
     http_totals: Vec<v1::HttpTotals>,
+    /// The programs' skipped runs as last read.
+    program_runs: Vec<v1::ProgramRuns>,
     last_publish: Instant,
     cursor: &'a mut aya::maps::Array<MapData, abi::nt_cursor>,
     /// The cursor as last written.
@@ -167,6 +176,7 @@ impl State<'_> {
             probe: counters.probe(),
             socket: counters.socket(),
             http_totals: std::mem::take(&mut self.http_totals),
+            program_runs: self.program_runs.clone(),
         });
         self.last_publish = Instant::now();
     }

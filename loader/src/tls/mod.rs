@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-pub use attach::{load_programs, SharedEbpf};
+pub use attach::{load_programs, SharedEbpf, PROGRAMS};
 use nettel_proto::v1;
 use rustix::thread::CapabilitySet;
 use tracing::{info, warn};
