@@ -59,6 +59,20 @@ static __always_inline __u16 nt_load_addrs(const struct sock_common *skc, __u8 *
 }
 
 /**
+ * nt_load_sock_common() - nt_read_sock_common() for a trusted BTF pointer
+ *
+ * Plain loads instead of bpf_probe_read_kernel() calls (nt_load_addrs()).
+ */
+static __always_inline void nt_load_sock_common(const struct sock_common *skc,
+						struct nt_tcp_retransmit_event *ev)
+{
+	nt_load_addrs(skc, &ev->family, ev->saddr, ev->daddr, &ev->sport, &ev->dport);
+	ev->state = skc->skc_state;
+	if (bpf_core_field_exists(struct net, net_cookie))
+		ev->netns_cookie = skc->skc_net.net->net_cookie;
+}
+
+/**
  * nt_read_sock_common() - copy family, addresses, ports, state and netns
  * cookie of a socket into a retransmit event
  * @skc: the socket's struct sock_common (full socket or request socket)

@@ -54,7 +54,8 @@ static __always_inline int nt_emit(const struct sock_common *skc, __u8 rtx_kind,
 	ev->rtx_kind = rtx_kind;
 	ev->err = err;
 	ev->segs = segs;
-	nt_read_sock_common(skc, ev);
+	/* A tp_btf argument: trusted, loaded from directly. */
+	nt_load_sock_common(skc, ev);
 	nt_submit(ev);
 	return 0;
 }
