@@ -197,38 +197,55 @@ pub fn load(
         }
     }
 
+    let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
+    // Every object through one aya loader: it parses the kernel's BTF once
+    // (CO-RE), and that copy is gone before the one the tp_btf programs
+    // load against is parsed. Two copies at once cost the loader ~17 MiB of
+    // peak memory.
+    let (mut tcp, http_obj, bench_obj) = {
+        let mut loader = aya::EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for (map, n) in sizes.overrides() {
+            loader.map_max_entries(map, n);
+        }
+        let mut load =
+            |object: &'static str, bytes: &[u8]| loader.load(bytes).map_err(|e| Error::object(object, e));
+        let tcp = load("tcp_retransmit", nettel_bpf::TCP_RETRANSMIT_OBJ)?;
+        let http = (http_hook != HttpHook::Off).then(|| load("http", nettel_bpf::HTTP_OBJ)).transpose()?;
+        let bench = bench_tgid.map(|_| load("bench", nettel_bpf::BENCH_OBJ)).transpose()?;
+        (tcp, http, bench)
+    };
     let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
-    let mut tcp = load_object(pin_dir, sizes, "tcp_retransmit", nettel_bpf::TCP_RETRANSMIT_OBJ)?;
     let mut attached = tcp_retransmit::PROGRAMS
         .iter()
         .map(|tp| tp.ensure(&mut tcp, &btf, &links))
         .collect::<Result<Vec<_>, _>>()?;
-    let http_hook = http::resolve(http_hook, Path::new(crate::preflight::TRACEFS));
     let mut http_table = None;
-    let http = if http_hook == HttpHook::Off {
-        None
-    } else {
-        let mut obj = load_object(pin_dir, sizes, "http", nettel_bpf::HTTP_OBJ)?;
-        // Before any program runs, adopted ones included (the map is pinned and shared).
-        let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::HTTP_CFG_MAP)?)
-            .map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
-        let flags = if tls { nettel_bpf::abi::NT_HTTP_CFG_TLS } else { 0 };
-        cfg.set(0, flags, 0).map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
-        attached.extend(http::ensure(&mut obj, &btf, http_hook, &links)?);
-        let mut slots = take_map(&mut obj, names::HTTP_SLOTS_MAP)?;
-        // aya's checks of the type and value size, with its error.
-        Array::<_, abi::nt_http_slot>::try_from(&mut slots)
-            .map_err(|source| Error::Map { map: names::HTTP_SLOTS_MAP, source })?;
-        let aya::maps::Map::Array(slots) = slots else { unreachable!("an array, checked above") };
-        http_table = Some(crate::source::http_table::HttpTable::new(slots).map_err(|source| Error::Io {
-            what: "failed to map the HTTP totals",
-            path: pin_dir.join(names::HTTP_SLOTS_MAP),
-            source,
-        })?);
-        Some(std::sync::Arc::new(std::sync::Mutex::new(obj)))
+    let http = match http_obj {
+        None => None,
+        Some(mut obj) => {
+            // Before any program runs, adopted ones included (the map is pinned and shared).
+            let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::HTTP_CFG_MAP)?)
+                .map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
+            let flags = if tls { nettel_bpf::abi::NT_HTTP_CFG_TLS } else { 0 };
+            cfg.set(0, flags, 0).map_err(|source| Error::Map { map: names::HTTP_CFG_MAP, source })?;
+            attached.extend(http::ensure(&mut obj, &btf, http_hook, &links)?);
+            let mut slots = take_map(&mut obj, names::HTTP_SLOTS_MAP)?;
+            // aya's checks of the type and value size, with its error.
+            Array::<_, abi::nt_http_slot>::try_from(&mut slots)
+                .map_err(|source| Error::Map { map: names::HTTP_SLOTS_MAP, source })?;
+            let aya::maps::Map::Array(slots) = slots else { unreachable!("an array, checked above") };
+            http_table =
+                Some(crate::source::http_table::HttpTable::new(slots).map_err(|source| Error::Io {
+                    what: "failed to map the HTTP totals",
+                    path: pin_dir.join(names::HTTP_SLOTS_MAP),
+                    source,
+                })?);
+            Some(std::sync::Arc::new(std::sync::Mutex::new(obj)))
+        }
     };
-    if let Some(tgid) = bench_tgid {
-        let mut obj = load_object(pin_dir, sizes, "bench", nettel_bpf::BENCH_OBJ)?;
+    drop(btf);
+    if let (Some(tgid), Some(mut obj)) = (bench_tgid, bench_obj) {
         let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::BENCH_CFG_MAP)?)
             .map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
         cfg.set(0, tgid, 0).map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
@@ -253,20 +270,6 @@ pub fn load(
         }
     }
     Ok((Probes { stats, cursor, http, http_table, attached, pinned, runs }, events))
-}
-
-fn load_object(
-    pin_dir: &Path,
-    sizes: pin::MapSizes,
-    object: &'static str,
-    bytes: &[u8],
-) -> Result<Ebpf, Error> {
-    let mut loader = aya::EbpfLoader::new();
-    loader.default_map_pin_directory(pin_dir);
-    for (map, n) in sizes.overrides() {
-        loader.map_max_entries(map, n);
-    }
-    loader.load(bytes).map_err(|e| Error::object(object, e))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {
