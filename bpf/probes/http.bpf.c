@@ -717,37 +717,39 @@ static __always_inline __u32 nt_http_bucket(__u64 ns)
 #define NT_EEXIST 17
 
 /*
- * The slot of @key (abi.h, struct nt_http_slot), claimed if the key has none
- * yet; NULL when no slot could be claimed. The loader sizes all three maps
- * alike (--http-table-entries): once every slot is claimed, the claims map is
- * full and refuses the insert.
+ * The index of @key's slot (abi.h, struct nt_http_slot), claimed if the key
+ * has none yet; -1 when no slot could be claimed. The loader sizes all three
+ * maps alike (--http-table-entries): once every slot is claimed, the claims
+ * map is full and refuses the insert. A global function, verified once
+ * (kernel >= 5.6) instead of at each inlined nt_record(): the claim loop was
+ * most of the HTTP programs' load time.
  */
-static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key *key, __u32 *out)
+__noinline int nt_http_slot_of(const struct nt_http_key *key)
 {
 	struct nt_http_slot *slot;
 	__u32 *idx, *hint, zero = 0, i, s;
 	__u8 one = 1;
 	long err;
 
+	if (!key)
+		return -1;
 	idx = bpf_map_lookup_elem(&nt_http_index, key);
-	if (idx) {
-		*out = *idx;
-		return bpf_map_lookup_elem(&nt_http_slots, idx);
-	}
+	if (idx)
+		return (int)*idx;
 	hint = bpf_map_lookup_elem(&nt_http_hint, &zero);
 	if (!hint)
-		return NULL;
+		return -1;
 	s = *hint;
 	for (i = 0; i < NT_HTTP_CLAIM_TRIES; i++, s++) {
 		err = bpf_map_update_elem(&nt_http_claims, &s, &one, BPF_NOEXIST);
 		if (err == -NT_EEXIST)
 			continue; /* someone else's */
 		if (err)
-			return NULL; /* every slot is claimed */
+			return -1; /* every slot is claimed */
 		*hint = s + 1;
 		slot = bpf_map_lookup_elem(&nt_http_slots, &s);
 		if (!slot)
-			return NULL;
+			return -1;
 		/* The key before the index entry: a CPU that finds the slot
 		 * through the index adds to a slot whose key is written. The
 		 * loader trusts a key only once two reads agree (it has no
@@ -757,16 +759,13 @@ static __noinline struct nt_http_slot *nt_http_slot_of(const struct nt_http_key 
 			/* Another CPU indexed the key first: use its slot (this
 			 * one keeps the key and zero totals; readers sum by key). */
 			idx = bpf_map_lookup_elem(&nt_http_index, key);
-			if (idx) {
-				*out = *idx;
-				return bpf_map_lookup_elem(&nt_http_slots, idx);
-			}
+			if (idx)
+				return (int)*idx;
 		}
-		*out = s;
-		return slot;
+		return (int)s;
 	}
 	*hint = s;
-	return NULL;
+	return -1;
 }
 
 /*
@@ -784,6 +783,7 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 	__u64 ns = bpf_ktime_get_ns() - req->start_ns;
 	__u8 tls = (flags & NT_HTTP_F_TLS) != 0;
 	__u32 idx = 0;
+	int i;
 
 	if (conn->slot && conn->slot_method == req->method && conn->slot_status == status &&
 	    conn->slot_tls == tls) {
@@ -808,7 +808,11 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 		key.method = req->method;
 		key.status = status;
 		key.flags = flags & NT_HTTP_F_TLS;
-		slot = nt_http_slot_of(&key, &idx);
+		i = nt_http_slot_of(&key);
+		if (i >= 0) {
+			idx = (__u32)i;
+			slot = bpf_map_lookup_elem(&nt_http_slots, &idx);
+		}
 		if (slot) {
 			conn->slot = idx + 1;
 			conn->slot_method = req->method;
