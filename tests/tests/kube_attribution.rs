@@ -82,7 +82,7 @@ fn retransmits_name_the_pod_namespace_and_service_from_the_api_and_follow_ip_reu
     ];
     let before = sum(&agg.scrape(), RTX, &old);
     let k = retrans_segs(&pods.a);
-    upload(&pods, "3000000");
+    upload(&pods, "12000000");
     assert_counted(&agg, &old, before, retrans_segs(&pods.a) - k, "retransmits to checkout-0");
 
     // The pod is deleted and its IP reassigned to a new pod of another Service.
@@ -108,7 +108,7 @@ fn retransmits_name_the_pod_namespace_and_service_from_the_api_and_follow_ip_reu
     let old_total = sum(&agg.scrape(), RTX, &old);
     let before = sum(&agg.scrape(), RTX, &new);
     let k = retrans_segs(&pods.a);
-    upload(&pods, "3000000");
+    upload(&pods, "12000000");
     assert_counted(
         &agg,
         &new,

@@ -68,7 +68,7 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
         let (k_a, k_b) = (retrans_segs(&pods.a), retrans_segs(&pods.b));
 
         let server = start_server(&pods.b, &["sink", &listen, "1"]);
-        run_client(&pods.a, &["send", &connect, "4000000"]);
+        run_client(&pods.a, &["send", &connect, "16000000"]);
         finish(server);
 
         // Everything pod A retransmitted went to server-0:8080 ...
@@ -123,7 +123,7 @@ fn dual_stack_server_retransmits_to_a_v4_client_are_attributed_through_v4_mappin
     let data = [("pod", "client-0"), ("kind", "data")];
     let (before, before_data) = (sum(&agg.scrape(), RTX, &labels), sum(&agg.scrape(), RTX, &data));
     let k_b = retrans_segs(&pods.b);
-    let server = start_server(&pods.b, &["source", "[::]:8080", "1", "4000000"]);
+    let server = start_server(&pods.b, &["source", "[::]:8080", "1", "16000000"]);
     run_client(&pods.a, &["recv", &format!("{}:8080", pods.b_v4)]);
     finish(server);
     assert_counted(agg, &labels, before, retrans_segs(&pods.b) - k_b, "retransmits to the v4 client");
@@ -159,8 +159,8 @@ fn synack_retransmits_are_counted_with_kind_synack() {
     let (k_a, k_b) = (retrans_segs(&pods.a), retrans_segs(&pods.b));
     let k_syn = counter(&pods.b, "TcpExt", "TCPSynRetrans");
 
-    let server = start_server(&pods.b, &["sink", &format!("{}:8080", pods.b_v4), "12"]);
-    run_client(&pods.a, &["dial", &format!("{}:8080", pods.b_v4), "12"]);
+    let server = start_server(&pods.b, &["sink", &format!("{}:8080", pods.b_v4), "24"]);
+    run_client(&pods.a, &["dial", &format!("{}:8080", pods.b_v4), "24"]);
     finish(server);
 
     // The server pod only retransmits SYN-ACKs here: TCPSynRetrans counts them.
@@ -238,7 +238,7 @@ fn aggregator_killed_mid_traffic_reconnects_and_counts_again() {
     let labels = [("pod", "server-0"), ("dest_port", "8080")];
     let k_a = quiet_retrans_segs(&pods.a);
     let before = sum(&second.scrape(), RTX, &labels);
-    run_client(&pods.a, &["send", &addr, "4000000"]);
+    run_client(&pods.a, &["send", &addr, "16000000"]);
     finish(server);
     assert_counted(&second, &labels, before, retrans_segs(&pods.a) - k_a, "retransmits after the restart");
     assert_eq!(loader.status().counters.unwrap().subscribers_connected, 1, "the killed subscriber is gone");
