@@ -829,7 +829,9 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 	} else {
 		nt_stat_inc(NT_STAT_HTTP_TABLE_FULL);
 	}
-	nt_emit(sk, req, status, flags, btf, ns, bpf_get_current_cgroup_id());
+	/* The key was built (its cgroup read) unless the cached slot served;
+	 * a cgroup id is never 0. */
+	nt_emit(sk, req, status, flags, btf, ns, key.cgroup_id ? key.cgroup_id : bpf_get_current_cgroup_id());
 }
 
 /*

@@ -254,8 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_its_own_program_pin() {
-        // A path that is no pin: the kernel's error, not a panic.
+    fn a_path_that_is_no_pin_is_the_kernels_error() {
         let e = bpf_obj_get(Path::new("/nonexistent/nettel-test")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(2), "{e}");
     }

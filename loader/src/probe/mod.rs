@@ -57,14 +57,8 @@ impl Tracepoint {
             // older kernels give a perf-event link that cannot be pinned.
             FdLink::try_from(link).map_err(|e| Error::Unpinnable { program, reason: e.to_string() })
         })?;
-        let fd = match origin {
-            link::Origin::Adopted => adopted_fd(links, program),
-            _ => {
-                pin_program(prog.pin(link::prog_pin_path(links, program)), program);
-                prog.fd().ok().and_then(|fd| fd.as_fd().try_clone_to_owned().ok())
-            }
-        };
-        Ok(Attached { name: program, attach_point, origin, fd: fd.map(Arc::new) })
+        let fd = running_fd(ebpf, links, program, origin);
+        Ok(Attached { name: program, attach_point, origin, fd })
     }
 }
 
@@ -95,14 +89,8 @@ impl BtfTracepoint {
             let id = prog.attach().map_err(attach_err)?;
             Ok(FdLink::from(prog.take_link(id).map_err(attach_err)?))
         })?;
-        let fd = match origin {
-            link::Origin::Adopted => adopted_fd(links, program),
-            _ => {
-                pin_program(prog.pin(link::prog_pin_path(links, program)), program);
-                prog.fd().ok().and_then(|fd| fd.as_fd().try_clone_to_owned().ok())
-            }
-        };
-        Ok(Attached { name: program, attach_point, origin, fd: fd.map(Arc::new) })
+        let fd = running_fd(ebpf, links, program, origin);
+        Ok(Attached { name: program, attach_point, origin, fd })
     }
 }
 
@@ -117,23 +105,37 @@ pub struct Attached {
     pub fd: Option<Arc<OwnedFd>>,
 }
 
-/// Logs a failed pin of a program (its link is pinned: it runs; only a
-/// later loader cannot read its statistics).
-fn pin_program(result: Result<(), aya::pin::PinError>, program: &'static str) {
-    if let Err(e) = result {
-        warn!(program, error = %e, source = ?std::error::Error::source(&e), "Cannot pin the program next to its link; a restarted loader will not report its skipped runs.");
-    }
+/// The descriptor of the program running for `program` after `origin`
+/// ([`runs`]): an adopted one opened from its pin ([`link::prog_pin_path`]);
+/// otherwise the one just loaded, which is pinned there for a later loader.
+/// `None` (logged) when it cannot be had: the program runs all the same,
+/// only its skipped runs go unreported.
+fn running_fd(
+    ebpf: &mut Ebpf,
+    links: &Path,
+    program: &'static str,
+    origin: link::Origin,
+) -> Option<Arc<OwnedFd>> {
+    let path = link::prog_pin_path(links, program);
+    let fd = if origin == link::Origin::Adopted {
+        crate::sys::bpf_obj_get(&path).map_err(|e| e.to_string())
+    } else {
+        let prog = ebpf.program_mut(program)?;
+        if let Err(e) = prog.pin(&path) {
+            warn!(program, error = %e, source = ?std::error::Error::source(&e),
+                "Cannot pin the program next to its link; a restarted loader will not report its skipped runs.");
+        }
+        own_fd(prog)
+    };
+    fd.inspect_err(|e| warn!(program, path = %path.display(), error = %e, "Cannot open the running program; its skipped runs will not be reported."))
+        .ok()
+        .map(Arc::new)
 }
 
-/// The adopted program's descriptor, from its pin ([`link::prog_pin_path`]).
-fn adopted_fd(links: &Path, program: &'static str) -> Option<OwnedFd> {
-    let path = link::prog_pin_path(links, program);
-    crate::sys::bpf_obj_get(&path)
-        .inspect_err(|e| {
-            warn!(program, path = %path.display(), error = %e,
-                "Cannot open the adopted program's pin; its skipped runs will not be reported.");
-        })
-        .ok()
+/// A descriptor of its own for the loaded program `prog`.
+fn own_fd(prog: &aya::programs::Program) -> Result<OwnedFd, String> {
+    let fd = prog.fd().map_err(|e| e.to_string())?;
+    fd.as_fd().try_clone_to_owned().map_err(|e| e.to_string())
 }
 
 /// The running probes' shared maps. The programs themselves are held by
@@ -290,11 +292,9 @@ impl Probes {
         let Some(http) = &self.http else { return };
         let ebpf = http.lock().unwrap_or_else(|e| e.into_inner());
         for program in crate::tls::PROGRAMS {
-            match ebpf.program(program).map(|p| p.fd().map(|fd| fd.as_fd().try_clone_to_owned())) {
-                Some(Ok(Ok(fd))) => self.runs.add(program, Arc::new(fd)),
-                other => {
-                    warn!(program, result = ?other.map(|r| r.map(|_| ())), "Cannot track a TLS program's skipped runs.")
-                }
+            match ebpf.program(program).ok_or_else(|| "not in the object".to_owned()).and_then(own_fd) {
+                Ok(fd) => self.runs.add(program, Arc::new(fd)),
+                Err(e) => warn!(program, error = %e, "Cannot track a TLS program's skipped runs."),
             }
         }
     }

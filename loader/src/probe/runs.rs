@@ -28,11 +28,6 @@ impl ProgramRuns {
         self.programs.push((program, fd));
     }
 
-    /// Names of the programs tracked.
-    pub fn names(&self) -> Vec<&'static str> {
-        self.programs.iter().map(|(n, _)| *n).collect()
-    }
-
     /// Each program's skipped runs; a program whose kernel has no
     /// `recursion_misses` (Linux < 5.12) is left out.
     pub fn read(&mut self) -> Vec<v1::ProgramRuns> {

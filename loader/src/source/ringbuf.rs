@@ -147,7 +147,7 @@ struct State<'a> {
     batch: Vec<v1::Event>,
     /// HTTP totals for the next publish.
     http_totals: Vec<v1::HttpTotals>,
-    /// The programs' skipped runs as last read.
+    /// The programs' skipped runs, read every second, for the next publish.
     program_runs: Vec<v1::ProgramRuns>,
     last_publish: Instant,
     cursor: &'a mut aya::maps::Array<MapData, abi::nt_cursor>,
@@ -176,7 +176,7 @@ impl State<'_> {
             probe: counters.probe(),
             socket: counters.socket(),
             http_totals: std::mem::take(&mut self.http_totals),
-            program_runs: self.program_runs.clone(),
+            program_runs: std::mem::take(&mut self.program_runs),
         });
         self.last_publish = Instant::now();
     }
