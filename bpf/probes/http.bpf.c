@@ -220,52 +220,218 @@ static __always_inline struct nt_http_peek_buf *nt_peek(void)
  * requests) is peeked again at its own start.
  */
 
-static __always_inline int nt_ctl(__u8 c)
+/*
+ * Word-at-a-time scanning. A line of headers costs one load and a few ALU
+ * instructions per 8 bytes instead of eight byte loads and compares (a byte
+ * copy into a u64 alone compiles to 22 instructions). The peek buffer has no
+ * alignment: BPF loads need none on x86-64 and arm64 (the verifier enforces
+ * alignment only where unaligned access is slow).
+ */
+#define NT_ONES 0x0101010101010101ULL
+
+/* The 8 peeked bytes at @p, the byte at @p lowest (little-endian order). */
+static __always_inline __u64 nt_word(const __u8 *p)
 {
-	return c < 0x20 || c == 0x7f;
+	__u64 x = *(const __u64 *)p;
+
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	x = __builtin_bswap64(x);
+#endif
+	return x;
+}
+
+/* Bit 7 of each byte of @x that is zero, and of no other byte (exact for
+ * every byte, unlike the classic borrow trick, so that masks can be combined
+ * and bytes masked out). */
+static __always_inline __u64 nt_zero_exact(__u64 x)
+{
+	return ~(((x & 0x7f * NT_ONES) + 0x7f * NT_ONES) | x | 0x7f * NT_ONES);
+}
+
+/* Flags (bit 7) of the control characters (< 0x20, and DEL) in @x. */
+static __always_inline __u64 nt_ctl_flags(__u64 x)
+{
+	return nt_zero_exact(x & 0xe0 * NT_ONES) | nt_zero_exact(x ^ 0x7f * NT_ONES);
+}
+
+/* Flags (bit 7) of the newlines in @x. */
+static __always_inline __u64 nt_lf_flags(__u64 x)
+{
+	return nt_zero_exact(x ^ '\n' * NT_ONES);
+}
+
+/* The index (0..7) of the lowest flagged byte of @m (nonzero, flags in
+ * bit 7 of bytes). Branch-free, so that the verifier follows one path: the
+ * lowest flag alone, shifted to bit 8k, times a constant whose byte 7 - k
+ * is k, leaves k in the top byte. */
+static __always_inline __u32 nt_first_flag(__u64 m)
+{
+	return (__u32)(((m & -m) >> 7) * 0x0001020304050607ULL >> 56) & 7;
+}
+
+/* Header lines looked at per message: a 512-byte peek of real traffic holds
+ * far fewer; past this, the scan gives up as if the headers ran on. */
+#define NT_HTTP_MAX_LINES 96
+
+/* " HTTP/1." as nt_word() loads it. */
+#define NT_HTTP1_WORD                                                                                     \
+	((__u64)' ' | (__u64)'H' << 8 | (__u64)'T' << 16 | (__u64)'T' << 24 | (__u64)'P' << 32 | (__u64)'/' << 40 | \
+	 (__u64)'1' << 48 | (__u64)'.' << 56)
+/* "tracepar", lowercase, as nt_word() loads it. */
+#define NT_TRACEPAR_WORD                                                                                  \
+	((__u64)'t' | (__u64)'r' << 8 | (__u64)'a' << 16 | (__u64)'c' << 24 | (__u64)'e' << 32 | (__u64)'p' << 40 | \
+	 (__u64)'a' << 48 | (__u64)'r' << 56)
+
+/* Flags of bytes @skip..7 of a word (@skip < 8). */
+#define NT_FROM_BYTE(skip) (~0ULL << (8 * (skip)))
+
+/*
+ * The word-sized window @i of the peeked bytes [@from, @n): its offset, and
+ * in @skip how many of its first bytes an earlier window already covered
+ * (the last window is moved back to end at @n). Returns -1 past the end.
+ */
+static __always_inline int nt_window(__u32 from, __u32 n, __u32 i, __u32 *skip)
+{
+	__u32 j = from + 8 * i;
+
+	*skip = 0;
+	if (j >= n || n < 8)
+		return -1;
+	if (j + 8 > n) {
+		*skip = j - (n - 8);
+		j = n - 8;
+	}
+	return j > NT_HTTP_PEEK - 8 ? -1 : (int)j;
 }
 
 /*
- * Scans the request line in the first @n peeked bytes from offset 2: returns
- * 1 when ` HTTP/1.` is found, 2 when the data ends first without a control
- * character (a split or long line), 0 otherwise (another protocol). A global
- * function of its own, so the verifier walks this loop once, not once per
- * method-token length of the caller.
+ * The offset of the first control character in peeked bytes [@from, @n),
+ * else -1: where a request line ends. A global function, so that the
+ * verifier walks the loop once, not once per method-token length.
  */
-__noinline int nt_request_version(__u32 n)
+__noinline int nt_first_ctl(__u32 from, __u32 n)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
+	__u32 i, skip;
+	int j;
+
+	if (!pk || n > NT_HTTP_PEEK)
+		return -1;
+	for (i = 0; i < NT_HTTP_PEEK / 8 + 1; i++) {
+		__u64 m;
+
+		j = nt_window(from, n, i, &skip);
+		if (j < 0)
+			break;
+		m = nt_ctl_flags(nt_word(pk->buf + j)) & NT_FROM_BYTE(skip);
+		if (m)
+			return j + (int)nt_first_flag(m);
+	}
+	return -1;
+}
+
+/* nt_next_line() results: where the next header line starts, and what it is. */
+enum { NT_LINE_STOP, NT_LINE_BLANK, NT_LINE_TRACEPARENT, NT_LINE_OTHER };
+
+/*
+ * Finds the first newline in peeked bytes [@from, @n), a word at a time, and
+ * classifies the line after it: the blank line ending the headers, a
+ * traceparent header (`traceparent:`, any case, with its 36-byte value
+ * within the peek), or another line. Returns the newline's offset << 8 |
+ * the kind, or NT_LINE_STOP when there is no newline with two more bytes
+ * after it. A global function: the verifier walks it once, and its caller's
+ * loop sees an unknown offset each round, one state per round.
+ */
+__noinline int nt_next_line(__u32 from, __u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	__u32 i, skip, k;
 	const __u8 *b;
-	__u32 j;
+	int j, kind = NT_LINE_OTHER;
+
+	if (!pk || n > NT_HTTP_PEEK)
+		return NT_LINE_STOP;
+	b = pk->buf;
+	for (i = 0; i < NT_HTTP_PEEK / 8 + 1; i++) {
+		__u64 m;
+
+		j = nt_window(from, n, i, &skip);
+		if (j < 0)
+			return NT_LINE_STOP;
+		m = nt_lf_flags(nt_word(b + j)) & NT_FROM_BYTE(skip);
+		if (!m)
+			continue;
+		k = j + nt_first_flag(m);
+		if (k + 2 >= n || k > NT_HTTP_PEEK - 3)
+			return NT_LINE_STOP;
+		if (b[k + 1] == '\r' && b[k + 2] == '\n')
+			kind = NT_LINE_BLANK;
+		else if ((b[k + 1] | 0x20) == 't' && k + 50 <= n && k <= NT_HTTP_PEEK - 52 &&
+			 (nt_word(b + k + 1) | 0x20 * NT_ONES) == NT_TRACEPAR_WORD && (b[k + 9] | 0x20) == 'e' &&
+			 (b[k + 10] | 0x20) == 'n' && (b[k + 11] | 0x20) == 't' && b[k + 12] == ':')
+			kind = NT_LINE_TRACEPARENT;
+		return (int)(k << 8 | kind);
+	}
+	return NT_LINE_STOP;
+}
+
+/*
+ * Scans the header lines after the newline at peeked offset @lf (of @n).
+ * Returns the offset just past the blank line ending them (0 when it is not
+ * within the peek) | the offset of a traceparent header's value << 16 (0
+ * when there is none; optional space skipped).
+ */
+__noinline int nt_request_headers(__u32 lf, __u32 n)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	__u32 i, from = lf, tp = 0;
+	/* Whether tp is set, kept apart: a branch on tp itself would make the
+	 * verifier track each offset it can hold as a state of its own. */
+	int have_tp = 0;
 
 	if (!pk || n > NT_HTTP_PEEK)
 		return 0;
-	b = pk->buf;
-	for (j = 2; j < NT_HTTP_PEEK - 8; j++) {
-		if (j + 8 > n)
-			return 2;
-		if (nt_ctl(b[j]))
-			return 0;
-		if (b[j] == ' ' && b[j + 1] == 'H' && b[j + 2] == 'T' && b[j + 3] == 'T' && b[j + 4] == 'P' &&
-		    b[j + 5] == '/' && b[j + 6] == '1' && b[j + 7] == '.')
-			return 1;
+	for (i = 0; i < NT_HTTP_MAX_LINES; i++) {
+		int line = nt_next_line(from, n);
+		int kind = line & 0xff;
+		__u32 k = (__u32)line >> 8;
+
+		if (kind == NT_LINE_STOP || k > NT_HTTP_PEEK - 16)
+			break;
+		if (kind == NT_LINE_BLANK)
+			return (int)((k + 3) | tp << 16);
+		if (kind == NT_LINE_TRACEPARENT && !have_tp) {
+			tp = k + (pk->buf[k + 13] == ' ' ? 14 : 13);
+			have_tp = 1;
+		}
+		from = k + 1;
 	}
-	return 2;
+	return (int)(tp << 16);
 }
 
 /*
- * Returns 1 + enum nt_http_method if the first @n peeked bytes start with a
- * request line (`TOKEN SP target SP HTTP/1.`), else 0. With @partial_ok, an
- * origin-form line (`TOKEN SP /...`) that runs to the end of the peeked bytes
- * without a control character also counts: the request line was split
- * across reads, or is longer than the peek.
+ * Parses the request starting the first @n peeked bytes, in as few calls as
+ * the verifier allows: on the hosts measured, every BPF-to-BPF call pays a
+ * return through the kernel's return thunk (BENCHMARKS.md), and this runs
+ * on every request.
+ *
+ * The request line (`TOKEN SP target SP HTTP/1.x`) ends at its first control
+ * character, which must be the CR or LF right after the version. With
+ * @partial_ok, an origin-form line (`TOKEN SP /...`) running to the end of
+ * the peeked bytes without a control character also counts: the request
+ * line was split across reads, or is longer than the peek.
+ *
+ * Returns 0 when the bytes do not start a request line, else
+ * 1 + enum nt_http_method | header end << 4 | traceparent value << 14
+ * (nt_request_headers(); each offset fits in 10 bits).
  */
-__noinline int nt_request_line(__u32 n, int partial_ok)
+__noinline int nt_parse_request(__u32 n, int partial_ok)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
-	__u32 i, tl = NT_HTTP_MAX_TOKEN;
+	__u32 i, tl = NT_HTTP_MAX_TOKEN, hdr;
 	const __u8 *b;
-	int v;
+	__u8 method;
+	int eol, lf;
 
 	if (!pk || n < 8 || n > NT_HTTP_PEEK)
 		return 0;
@@ -283,21 +449,34 @@ __noinline int nt_request_line(__u32 n, int partial_ok)
 	}
 	if (tl >= NT_HTTP_MAX_TOKEN || b[tl + 1] == ' ')
 		return 0;
-	v = nt_request_version(n);
-	if (v == 0 || (v == 2 && (!partial_ok || b[tl + 1] != '/')))
+	method = nt_method_code(b, tl);
+	eol = nt_first_ctl(tl + 1, n);
+	if (eol < 0) {
+		/* No end within the data: a split or long line. */
+		if (!partial_ok || b[tl + 1] != '/')
+			return 0;
+		return 1 + method;
+	}
+	/* ` HTTP/1.x` right before it, after a target of at least a byte. */
+	if (eol < (int)tl + 11 || eol > NT_HTTP_PEEK - 1 || nt_word(b + eol - 9) != NT_HTTP1_WORD ||
+	    b[eol - 1] < '0' || b[eol - 1] > '9')
 		return 0;
-	return 1 + nt_method_code(b, tl);
+	lf = eol;
+	if (b[eol] == '\r') {
+		if (eol + 1 >= (int)n)
+			return 1 + method; /* the LF is in the next read */
+		lf = eol + 1;
+	}
+	if (lf > NT_HTTP_PEEK - 1 || b[lf] != '\n')
+		return 0;
+	hdr = (__u32)nt_request_headers(lf, n);
+	return (int)((1 + method) | (hdr & 0x3ff) << 4 | (hdr >> 16 & 0x3ff) << 14);
 }
 
-/* Header lines looked at per message: a 512-byte peek of real traffic holds
- * far fewer; past this, the scan gives up as if the headers ran on. */
-#define NT_HTTP_MAX_LINES 96
 
 /*
- * Returns the offset of the first `\n` in peeked bytes [@from, @n), else -1.
- * Eight bytes at a time: a word without a newline costs a handful of
- * instructions instead of eight compares (headers are scanned on every
- * request and response, so this loop is most of the probe's work).
+ * Returns the offset of the first `\n` in peeked bytes [@from, @n), else -1,
+ * a word at a time (responses, off the fast path).
  */
 __noinline int nt_next_lf(__u32 from, __u32 n)
 {
@@ -309,18 +488,16 @@ __noinline int nt_next_lf(__u32 from, __u32 n)
 		return -1;
 	b = pk->buf;
 	for (i = 0; i < NT_HTTP_PEEK / 8; i++) {
-		__u64 x;
+		__u64 m;
 
 		if (j + 8 > n || j > NT_HTTP_PEEK - 8)
 			break;
-		__builtin_memcpy(&x, b + j, 8);
-		x ^= 0x0a0a0a0a0a0a0a0aULL;
-		/* Exact test for a zero byte (a newline before the xor). */
-		if ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)
-			break;
+		m = nt_lf_flags(nt_word(b + j));
+		if (m)
+			return (int)(j + nt_first_flag(m));
 		j += 8;
 	}
-	/* The word holding the newline, or the tail shorter than a word. */
+	/* The tail shorter than a word. */
 	for (i = 0; i < 8; i++) {
 		if (j >= n || j >= NT_HTTP_PEEK)
 			return -1;
@@ -329,67 +506,6 @@ __noinline int nt_next_lf(__u32 from, __u32 n)
 		j++;
 	}
 	return -1;
-}
-
-/* What the line after the newline at peeked offset @lf of @n is. */
-enum { NT_LINE_STOP, NT_LINE_BLANK, NT_LINE_TRACEPARENT, NT_LINE_OTHER };
-
-/*
- * Classifies the header line following the newline at @lf: the blank line
- * ending the headers, a traceparent header (`traceparent:`, case-insensitive,
- * with its 36-byte value within the peek), another line, or NT_LINE_STOP when
- * @lf is not a newline with two more peeked bytes after it. Its own global
- * function, so the verifier walks the compare chain once, not once per line.
- */
-__noinline int nt_request_line_kind(int lf, __u32 n)
-{
-	struct nt_http_peek_buf *pk = nt_peek();
-	const __u8 *b;
-
-	if (!pk || lf < 0 || lf > NT_HTTP_PEEK - 3 || lf + 2 >= n || n > NT_HTTP_PEEK)
-		return NT_LINE_STOP;
-	if (pk->buf[lf + 1] == '\r' && pk->buf[lf + 2] == '\n')
-		return NT_LINE_BLANK;
-	if (lf > NT_HTTP_PEEK - 52 || lf + 50 > n)
-		return NT_LINE_OTHER;
-	/* A fresh pointer from the narrowed offset (the verifier bounds this one). */
-	asm volatile("" : "+r"(lf));
-	if (lf < 0 || lf > NT_HTTP_PEEK - 52)
-		return NT_LINE_OTHER;
-	b = pk->buf + lf;
-	if ((b[1] | 0x20) == 't' && (b[2] | 0x20) == 'r' && (b[3] | 0x20) == 'a' && (b[4] | 0x20) == 'c' &&
-	    (b[5] | 0x20) == 'e' && (b[6] | 0x20) == 'p' && (b[7] | 0x20) == 'a' && (b[8] | 0x20) == 'r' &&
-	    (b[9] | 0x20) == 'e' && (b[10] | 0x20) == 'n' && (b[11] | 0x20) == 't' && b[12] == ':')
-		return NT_LINE_TRACEPARENT;
-	return NT_LINE_OTHER;
-}
-
-/*
- * Scans the header lines of the request starting the first @n peeked bytes.
- * Returns the offset just past the blank line ending them (0 when it is not
- * within the peek) | the offset of a traceparent header's value << 16 (0
- * when there is none; optional space skipped).
- */
-__noinline int nt_request_headers(__u32 n)
-{
-	struct nt_http_peek_buf *pk = nt_peek();
-	__u32 from = 0, i, tp = 0;
-
-	if (!pk || n > NT_HTTP_PEEK)
-		return 0;
-	for (i = 0; i < NT_HTTP_MAX_LINES; i++) {
-		int lf = nt_next_lf(from, n);
-		int kind = nt_request_line_kind(lf, n);
-
-		if (kind == NT_LINE_STOP || lf < 0 || lf > NT_HTTP_PEEK - 16)
-			break;
-		if (kind == NT_LINE_BLANK)
-			return (int)((lf + 3) | tp << 16);
-		if (kind == NT_LINE_TRACEPARENT && !tp)
-			tp = lf + (pk->buf[lf + 13] == ' ' ? 14 : 13);
-		from = lf + 1;
-	}
-	return (int)(tp << 16);
 }
 
 /* The status code of the status line (`HTTP/1.x NNN`) in the 12 bytes at
@@ -423,8 +539,9 @@ enum { NT_RESP_STOP = -1, NT_RESP_BLANK = -2, NT_RESP_OTHER = -3 };
  * returns NT_RESP_STOP (no newline, or too close to the end of the peek),
  * NT_RESP_BLANK for the blank line ending the headers, the value of a
  * Content-Length header (0..65535; 0 when malformed or larger), or
- * NT_RESP_OTHER for another line. A global function for the same reason as
- * nt_request_line_kind().
+ * NT_RESP_OTHER for another line. A global function of its own, so that
+ * the verifier walks the compare chain once, not once per line (responses
+ * reach it only off the fast path: pipelining, interim responses).
  */
 __noinline int nt_response_line_kind(int lf, __u32 n)
 {
@@ -623,7 +740,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len,
 	for (i = 0; i <= NT_HTTP_PIPELINE; i++) {
 		struct nt_http_pending req = {};
 		__u32 n;
-		int m, end, tp, hdr;
+		int parsed, end, tp;
 
 		if (i == 0 && carry) {
 			/* The carried first byte, then this read. */
@@ -639,17 +756,16 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len,
 		}
 		if (!n)
 			break;
-		m = nt_request_line(n, i == 0);
-		if (m <= 0)
+		parsed = nt_parse_request(n, i == 0);
+		if (parsed <= 0)
 			break;
 		if (!conn)
 			conn = nt_conn_of(sk, btf, 1);
 		if (!conn)
 			return 0;
-		hdr = nt_request_headers(n);
-		end = hdr & 0xffff;
-		tp = (__u32)hdr >> 16;
-		req.method = (__u8)(m - 1);
+		end = (parsed >> 4) & 0x3ff;
+		tp = (parsed >> 14) & 0x3ff;
+		req.method = (__u8)((parsed & 0xf) - 1);
 		req.start_ns = now;
 		if (tp > 0 && tp < NT_HTTP_PEEK - 40) {
 			__u8 val[36];
