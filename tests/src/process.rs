@@ -117,6 +117,10 @@ pub struct Loader {
 impl Loader {
     /// Starts a loader whose socket belongs to group `socket_gid` and admits `allow_uids`.
     pub fn start(socket_gid: u32, allow_uids: &[u32], extra: &[&str]) -> Self {
+        static REAPED: std::sync::Once = std::sync::Once::new();
+        REAPED.call_once(|| {
+            remove_stale_test_pins();
+        });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-{n}", std::process::id()));
         Self::start_at(&pin_dir, socket_gid, allow_uids, extra)
@@ -218,6 +222,39 @@ impl Loader {
                 .into_inner()
         })
     }
+}
+
+/// The prefix of test loaders' pin dirs under /sys/fs/bpf: `nettel-test-<pid>-<n>`.
+pub const TEST_PIN_PREFIX: &str = "nettel-test-";
+
+/// Removes the pins (`nettel-loader cleanup`) of test loaders whose test
+/// process is gone: a test binary killed mid-run (a timeout, SIGKILL) never
+/// runs its drops, and its probes stay attached, taxing every later test and
+/// benchmark on the machine and feeding a ring buffer nobody reads. Runs
+/// once per test process, before its first loader; returns the dirs removed.
+pub fn remove_stale_test_pins() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir("/sys/fs/bpf") else { return removed };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEST_PIN_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A live pid (the owner, or a reuse of its number) keeps its pins.
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        eprintln!("removing the pins of a dead test process (pid {pid}): {}", dir.display());
+        let _ = Command::new(bin("nettel-loader")).arg("cleanup").arg("--pin-dir").arg(&dir).output();
+        removed.push(dir);
+    }
+    removed
 }
 
 impl Drop for Loader {
