@@ -214,8 +214,8 @@ static __always_inline struct nt_http_peek_buf *nt_peek(void)
 /*
  * The loops live in global (not inlined) functions over the per-CPU peek
  * buffer: the verifier checks a global function once, whatever state its
- * caller is in (kernel >= 5.6). Arguments and results are scalars, and every
- * index is a constant per loop iteration, which keeps verification linear.
+ * caller is in (kernel >= 5.6). Arguments and results are scalars; the
+ * rules that keep verification linear are in bpf/README.md (Verifier).
  * A message that does not start the buffer (the second of two pipelined
  * requests) is peeked again at its own start.
  */
