@@ -304,6 +304,33 @@ static __always_inline int nt_window(__u32 from, __u32 n, __u32 i, __u32 *skip)
 	return j > NT_HTTP_PEEK - 8 ? -1 : (int)j;
 }
 
+/* What nt_find() looks for. */
+enum { NT_FIND_CTL, NT_FIND_LF };
+
+/*
+ * The offset of the first control character (@what NT_FIND_CTL) or newline
+ * (NT_FIND_LF) in peeked bytes [@from, @n) of @b, else -1, a word at a
+ * time. Inlined into the global functions below, each verified once.
+ */
+static __always_inline int nt_find(const __u8 *b, __u32 from, __u32 n, int what)
+{
+	__u32 i, skip;
+	int j;
+
+	for (i = 0; i < NT_HTTP_PEEK / 8 + 1; i++) {
+		__u64 x, m;
+
+		j = nt_window(from, n, i, &skip);
+		if (j < 0)
+			return -1;
+		x = nt_word(b + j);
+		m = (what == NT_FIND_LF ? nt_lf_flags(x) : nt_ctl_flags(x)) & NT_FROM_BYTE(skip);
+		if (m)
+			return j + (int)nt_first_flag(m);
+	}
+	return -1;
+}
+
 /*
  * The offset of the first control character in peeked bytes [@from, @n),
  * else -1: where a request line ends. A global function, so that the
@@ -312,22 +339,10 @@ static __always_inline int nt_window(__u32 from, __u32 n, __u32 i, __u32 *skip)
 __noinline int nt_first_ctl(__u32 from, __u32 n)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
-	__u32 i, skip;
-	int j;
 
 	if (!pk || n > NT_HTTP_PEEK)
 		return -1;
-	for (i = 0; i < NT_HTTP_PEEK / 8 + 1; i++) {
-		__u64 m;
-
-		j = nt_window(from, n, i, &skip);
-		if (j < 0)
-			break;
-		m = nt_ctl_flags(nt_word(pk->buf + j)) & NT_FROM_BYTE(skip);
-		if (m)
-			return j + (int)nt_first_flag(m);
-	}
-	return -1;
+	return nt_find(pk->buf, from, n, NT_FIND_CTL);
 }
 
 /* nt_next_line() results: where the next header line starts, and what it is. */
@@ -345,34 +360,22 @@ enum { NT_LINE_STOP, NT_LINE_BLANK, NT_LINE_TRACEPARENT, NT_LINE_OTHER };
 __noinline int nt_next_line(__u32 from, __u32 n)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
-	__u32 i, skip, k;
+	int k, kind = NT_LINE_OTHER;
 	const __u8 *b;
-	int j, kind = NT_LINE_OTHER;
 
 	if (!pk || n > NT_HTTP_PEEK)
 		return NT_LINE_STOP;
 	b = pk->buf;
-	for (i = 0; i < NT_HTTP_PEEK / 8 + 1; i++) {
-		__u64 m;
-
-		j = nt_window(from, n, i, &skip);
-		if (j < 0)
-			return NT_LINE_STOP;
-		m = nt_lf_flags(nt_word(b + j)) & NT_FROM_BYTE(skip);
-		if (!m)
-			continue;
-		k = j + nt_first_flag(m);
-		if (k + 2 >= n || k > NT_HTTP_PEEK - 3)
-			return NT_LINE_STOP;
-		if (b[k + 1] == '\r' && b[k + 2] == '\n')
-			kind = NT_LINE_BLANK;
-		else if ((b[k + 1] | 0x20) == 't' && k + 50 <= n && k <= NT_HTTP_PEEK - 52 &&
-			 (nt_word(b + k + 1) | 0x20 * NT_ONES) == NT_TRACEPAR_WORD && (b[k + 9] | 0x20) == 'e' &&
-			 (b[k + 10] | 0x20) == 'n' && (b[k + 11] | 0x20) == 't' && b[k + 12] == ':')
-			kind = NT_LINE_TRACEPARENT;
-		return (int)(k << 8 | kind);
-	}
-	return NT_LINE_STOP;
+	k = nt_find(b, from, n, NT_FIND_LF);
+	if (k < 0 || k + 2 >= (int)n || k > NT_HTTP_PEEK - 3)
+		return NT_LINE_STOP;
+	if (b[k + 1] == '\r' && b[k + 2] == '\n')
+		kind = NT_LINE_BLANK;
+	else if ((b[k + 1] | 0x20) == 't' && k + 50 <= (int)n && k <= NT_HTTP_PEEK - 52 &&
+		 (nt_word(b + k + 1) | 0x20 * NT_ONES) == NT_TRACEPAR_WORD && (b[k + 9] | 0x20) == 'e' &&
+		 (b[k + 10] | 0x20) == 'n' && (b[k + 11] | 0x20) == 't' && b[k + 12] == ':')
+		kind = NT_LINE_TRACEPARENT;
+	return k << 8 | kind;
 }
 
 /*
@@ -473,7 +476,6 @@ __noinline int nt_parse_request(__u32 n, int partial_ok)
 	return (int)((1 + method) | (hdr & 0x3ff) << 4 | (hdr >> 16 & 0x3ff) << 14);
 }
 
-
 /*
  * Returns the offset of the first `\n` in peeked bytes [@from, @n), else -1,
  * a word at a time (responses, off the fast path).
@@ -481,31 +483,10 @@ __noinline int nt_parse_request(__u32 n, int partial_ok)
 __noinline int nt_next_lf(__u32 from, __u32 n)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
-	const __u8 *b;
-	__u32 j = from, i;
 
 	if (!pk || n > NT_HTTP_PEEK)
 		return -1;
-	b = pk->buf;
-	for (i = 0; i < NT_HTTP_PEEK / 8; i++) {
-		__u64 m;
-
-		if (j + 8 > n || j > NT_HTTP_PEEK - 8)
-			break;
-		m = nt_lf_flags(nt_word(b + j));
-		if (m)
-			return (int)(j + nt_first_flag(m));
-		j += 8;
-	}
-	/* The tail shorter than a word. */
-	for (i = 0; i < 8; i++) {
-		if (j >= n || j >= NT_HTTP_PEEK)
-			return -1;
-		if (b[j] == '\n')
-			return j;
-		j++;
-	}
-	return -1;
+	return nt_find(pk->buf, from, n, NT_FIND_LF);
 }
 
 /* The status code of the status line (`HTTP/1.x NNN`) in the 12 bytes at

@@ -29,9 +29,14 @@ fn the_pins_of_a_killed_test_process_are_removed_by_the_next_run() {
     let (pin_dir, _socket) = loader.exit(Signal::KILL);
     assert!(pin_dir.join("links").read_dir().expect("links dir").next().is_some(), "no links pinned");
 
+    // A live test process's pin dir (this one's) must survive the sweep.
+    let live = std::path::PathBuf::from(format!("/sys/fs/bpf/{TEST_PIN_PREFIX}{}-999", std::process::id()));
+    std::fs::create_dir(&live).expect("create a live test pin dir");
+
     let removed = remove_stale_test_pins();
+    let live_kept = live.exists();
+    let _ = std::fs::remove_dir(&live);
     assert!(removed.contains(&pin_dir), "{} not removed; removed {removed:?}", pin_dir.display());
     assert!(!pin_dir.exists(), "{} still exists", pin_dir.display());
-    // This process's own pins (none here) and live ones are left alone.
-    assert!(removed.iter().all(|d| !d.to_string_lossy().contains(&format!("-{}-", std::process::id()))));
+    assert!(live_kept && !removed.contains(&live), "a live process's pins were removed: {removed:?}");
 }
