@@ -2,9 +2,12 @@
 /*
  * HTTP/1.x server-side requests: method, status, latency, W3C trace id.
  *
- * Attach points: tp_btf/sys_exit (the read/write syscall family, one program
- * for all of them, so nothing runs at syscall entry) and tracepoint
- * syscalls/sys_enter_close. Kernel floor: 5.8 (tp_btf, ring buffer).
+ * Attach points, one set per kernel (the loader's --http-hook): the sendmsg
+ * hooks (tp_btf/sock_recv_length, tcp_sendmsg_locked, inet_sock_set_state;
+ * 6.16+), the socket hooks (the same with sock_send_length for sends; 6.3+)
+ * or the syscall hooks (tp_btf/sys_exit for the read/write syscall family,
+ * and tracepoint syscalls/sys_enter_close). Kernel floor: 5.8 (tp_btf, ring
+ * buffer).
  * HTTPS: uprobes on OpenSSL's SSL_read/SSL_write family feed the same
  * matcher with plaintext (http_tls.h).
  *
@@ -89,11 +92,15 @@ struct nt_http_conn {
 	 * key, are the connection's own. */
 	__u8 slot_method;
 	__u8 slot_tls;
-	__u8 _pad;
+	/* Whether resp_seq holds the write_seq of the last status line seen
+	 * by the send hook (nt_http_sendmsg): that hook fires again for the
+	 * same bytes when a send waits for buffer space or is retried after
+	 * EAGAIN, and a status line at the same sequence is that one again. */
+	__u8 resp_seen;
 	__u16 slot_status;
 	__u16 _pad2;
 	__u32 slot;
-	__u32 _pad3;
+	__u32 resp_seq;
 };
 
 struct nt_http_peek_buf {
@@ -940,7 +947,8 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
  * the events. @btf: @sk is a trusted BTF pointer (a tp_btf argument), whose
  * fields are loaded directly instead of through probe reads.
  */
-static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len, __u32 flags, int btf)
+static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len, __u32 flags, int btf,
+					  int seq_check)
 {
 	struct nt_http_peek_buf *pk;
 	struct nt_http_conn *conn;
@@ -962,6 +970,19 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 	if (!status)
 		return 0;
 	conn = nt_conn_of(sk, btf, 0);
+	/* @seq_check (the send hook): the same status line again, not a new one. */
+	if (seq_check && conn) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+		if (tp) {
+			__u32 seq = tp->write_seq;
+
+			if (conn->resp_seen && conn->resp_seq == seq)
+				return 0;
+			conn->resp_seq = seq;
+			conn->resp_seen = 1;
+		}
+	}
 	/*
 	 * A final response to the only request pending: nothing in this write
 	 * can pair with another (further responses are looked for only while
@@ -1069,7 +1090,7 @@ static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1,
 		return 0;
 	if (dir == NT_DIR_IN)
 		return nt_on_request(sk, ubuf, len, btf);
-	return nt_on_response(sk, ubuf, len, 0, btf);
+	return nt_on_response(sk, ubuf, len, 0, btf, 0);
 }
 
 /* Drops the state of connection @key, counting requests left unanswered. */
@@ -1151,6 +1172,54 @@ SEC("tp_btf/sock_send_length")
 int BPF_PROG(nt_http_send, struct sock *sk, int ret, int flags)
 {
 	return nt_sock_io(sk, ret, NT_DIR_OUT);
+}
+
+/* iov_iter types (enum iter_type): these values hold on every kernel with
+ * the tcp_sendmsg_locked tracepoint (6.16 on). */
+#define NT_ITER_UBUF 0
+#define NT_ITER_IOVEC 1
+
+/*
+ * The send side of the sendmsg hooks (kernel >= 6.16, the default where
+ * available): tcp_sendmsg_locked hands over the kernel's msghdr, whose
+ * iterator holds the user buffer (and for writev/sendmsg the kernel's copy of
+ * the iovec), so a response costs one user read instead of three (registers,
+ * iovec, bytes). It fires before the bytes are queued, once per skb the send
+ * fills, and again for the same bytes after a wait for buffer space or an
+ * EAGAIN retry (deduplicated by write_seq, nt_on_response()). TCP sends from
+ * any path with user memory count, io_uring's included; kernel buffers
+ * (sendfile, splice, kTLS) are skipped.
+ */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(nt_http_sendmsg, struct sock *sk, struct msghdr *msg, struct sk_buff *skb, int size_goal)
+{
+	struct iov_iter *it = &msg->msg_iter;
+	__u64 off, left;
+	void *ubuf;
+
+	if (!nt_accepted(sk)) {
+		nt_tls_sock_io((__u64)sk, 0);
+		return 0;
+	}
+	off = it->iov_offset;
+	left = it->count;
+	if (it->iter_type == NT_ITER_UBUF) {
+		ubuf = it->ubuf + off;
+	} else if (it->iter_type == NT_ITER_IOVEC) {
+		const struct iovec *iov = it->__iov;
+		__u64 seg = iov->iov_len;
+
+		ubuf = iov->iov_base + off;
+		if (seg < off)
+			return 0;
+		if (seg - off < left)
+			left = seg - off;
+	} else {
+		return 0;
+	}
+	if (!left || nt_tls_sock_io((__u64)sk, 0))
+		return 0;
+	return nt_on_response(sk, ubuf, left, 0, 1, 1);
 }
 
 /* A TCP socket reaching CLOSE ends its connection state, whoever closed it

@@ -227,7 +227,7 @@ static __always_inline int nt_tls_exit(struct pt_regs *ctx, int in)
 	}
 	if (in)
 		return nt_on_request((struct sock *)sk, (void *)buf, len, 0);
-	return nt_on_response((struct sock *)sk, (void *)buf, len, NT_HTTP_F_TLS, 0);
+	return nt_on_response((struct sock *)sk, (void *)buf, len, NT_HTTP_F_TLS, 0, 0);
 }
 
 /* int SSL_read(SSL *ssl, void *buf, int num) and

@@ -16,8 +16,9 @@ pub use error::DecodeError;
 pub static TCP_RETRANSMIT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmit.bpf.o"));
 
-/// The `http` probe object: socket hooks (`tp_btf/sock_recv_length`,
-/// `sock_send_length`, `inet_sock_set_state`) or syscall hooks
+/// The `http` probe object: sendmsg hooks (`tp_btf/sock_recv_length`,
+/// `tcp_sendmsg_locked`, `inet_sock_set_state`), socket hooks (the same with
+/// `sock_send_length` for sends) or syscall hooks
 /// (`tp_btf/sys_exit`, `syscalls/sys_enter_close`), and the HTTPS uprobes on
 /// OpenSSL's `SSL_read`/`SSL_write` family (`probes/http_tls.h`).
 pub static HTTP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/http.bpf.o"));
@@ -43,6 +44,8 @@ pub mod names {
     pub const PROG_HTTP_RECV: &str = "nt_http_recv";
     /// HTTP program on `tp_btf/sock_send_length` (socket hooks).
     pub const PROG_HTTP_SEND: &str = "nt_http_send";
+    /// HTTP program on `tp_btf/tcp_sendmsg_locked` (sendmsg hooks).
+    pub const PROG_HTTP_SENDMSG: &str = "nt_http_sendmsg";
     /// HTTP program on `tp_btf/inet_sock_set_state` (socket hooks).
     pub const PROG_HTTP_STATE: &str = "nt_http_state";
     /// HTTP program on `syscalls/sys_enter_close`.

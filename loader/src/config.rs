@@ -106,10 +106,11 @@ pub struct RunArgs {
     /// getppid() of this process id. Never set in production.
     #[arg(long, env = "NETTEL_BENCH_TGID")]
     pub bench_tgid: Option<u32>,
-    /// Hooks of the HTTP probe: `socket` (sock_recv_length/sock_send_length,
-    /// kernel >= 6.3: only socket I/O pays), `syscall` (sys_exit: every syscall
-    /// exit pays, kernels >= 5.8), `auto` (socket where available), or `off`
-    /// (no HTTP probe: TCP retransmits only).
+    /// Hooks of the HTTP probe: `sendmsg` (sock_recv_length/tcp_sendmsg_locked,
+    /// kernel >= 6.16: only socket I/O pays, one user read per response),
+    /// `socket` (sock_recv_length/sock_send_length, kernel >= 6.3), `syscall`
+    /// (sys_exit: every syscall exit pays, kernels >= 5.8), `auto` (the first of
+    /// these the kernel has), or `off` (no HTTP probe: TCP retransmits only).
     #[arg(long, env = "NETTEL_HTTP_HOOK", value_enum, default_value_t = HttpHook::Auto)]
     pub http_hook: HttpHook,
     /// HTTPS through OpenSSL uprobes: `on` starts the TLS attacher thread,
@@ -141,6 +142,7 @@ pub enum Toggle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HttpHook {
     Auto,
+    Sendmsg,
     Socket,
     Syscall,
     Off,

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use nettel_integration::{
     metrics::{http_get, sum},
-    netns::PodPair,
+    netns::{exec, PodPair},
     process::{bin, scratch_dir, Loader, Stack},
     require_kernel,
     servers::{curl, fixture, raw_client, start, start_nginx},
@@ -74,6 +74,14 @@ fn drive(ns: &str, addr: &str) -> BTreeMap<(&'static str, &'static str), u64> {
 }
 
 #[test]
+fn http_requests_are_counted_exactly_in_five_runtimes_with_sendmsg_hooks() {
+    if !require_kernel("http_requests_are_counted_exactly_in_five_runtimes_with_sendmsg_hooks") {
+        return;
+    }
+    five_runtimes("sendmsg");
+}
+
+#[test]
 fn http_requests_are_counted_exactly_in_five_runtimes_with_socket_hooks() {
     if !require_kernel("http_requests_are_counted_exactly_in_five_runtimes_with_socket_hooks") {
         return;
@@ -98,7 +106,11 @@ fn five_runtimes(hook: &str) {
         pairs.iter().zip(runtimes).map(|(p, name)| (p.b_v4.as_str(), name, "web", name)).collect();
     let stack = Stack::start_with(&entries, &["--http-hook", hook]);
     let agg = &stack.agg;
-    let hook_point = if hook == "socket" { "tp_btf/sock_recv_length" } else { "tp_btf/sys_exit" };
+    let hook_point = match hook {
+        "sendmsg" => "tp_btf/tcp_sendmsg_locked",
+        "socket" => "tp_btf/sock_send_length",
+        _ => "tp_btf/sys_exit",
+    };
     let status = stack.loader.status();
     assert!(status.probes.iter().any(|p| p.attached && p.attach_point == hook_point), "{status:?}");
 
@@ -221,6 +233,47 @@ fn five_runtimes(hook: &str) {
     assert_eq!(count_of(&text, "rust-0", "GET", "500"), 0);
     let unmatched = |reason: &str| sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]);
     assert_eq!((unmatched("pipeline_full"), unmatched("response_without_request")), (1, 2));
+
+    // A response whose send waits for space before queueing any byte: it
+    // follows /big, whose last segment stays corked for 200 ms and which it
+    // cannot join (MSG_EOR), and with tcp_notsent_lowat 1 a send that needs a
+    // new segment waits while any byte is unsent. The sendmsg hook sees the
+    // status line again after the wait (same write_seq) and counts it once.
+    let lowat = |v: &str| {
+        let ok = exec(&rust.b, "sysctl")
+            .args(["-qw", &format!("net.ipv4.tcp_notsent_lowat={v}")])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "sysctl net.ipv4.tcp_notsent_lowat={v} in {}", rust.b);
+    };
+    let default_lowat = String::from_utf8(
+        exec(&rust.b, "sysctl").args(["-n", "net.ipv4.tcp_notsent_lowat"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    lowat("1");
+    let got = raw_client(&rust.a, &["pipeline", &target, "/big", "/ok"]);
+    lowat(default_lowat.trim());
+    assert_eq!(got, "[200, 200]");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count_of(&agg.scrape(), "rust-0", "GET", "200") < before + 6 {
+        let text = agg.scrape();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{hook}: /big and /ok not counted ({} GET 200, want {}):\n{}",
+            count_of(&text, "rust-0", "GET", "200"),
+            before + 6,
+            text.lines()
+                .filter(|l| l.contains("rust-0") || l.starts_with("nettel_http"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let text = agg.scrape();
+    assert_eq!(count_of(&text, "rust-0", "GET", "200"), before + 6, "{hook}: /big and /ok, once each");
+    let unmatched = |reason: &str| sum(&text, "nettel_http_unmatched_total", &[("reason", reason)]);
+    assert_eq!((unmatched("pipeline_full"), unmatched("response_without_request")), (1, 2), "{hook}");
 }
 
 /// Requests are counted in the kernel's pinned slots, which outlive the

@@ -129,13 +129,13 @@ fn run_mounts_missing_bpffs_and_tracefs() {
     attached.sort_unstable();
     assert_eq!(
         attached,
-        // --http-hook=auto picks the socket hooks on this kernel (>= 6.3).
+        // --http-hook=auto picks the sendmsg hooks on this kernel (>= 6.16).
         [
             "tp_btf/inet_sock_set_state",
             "tp_btf/sock_recv_length",
-            "tp_btf/sock_send_length",
             "tp_btf/tcp_retransmit_skb",
-            "tp_btf/tcp_retransmit_synack"
+            "tp_btf/tcp_retransmit_synack",
+            "tp_btf/tcp_sendmsg_locked"
         ],
         "{status:?}"
     );

@@ -20,7 +20,7 @@ use rustix::process::Signal;
 const NOBODY: u32 = 65534;
 /// Every program a default loader with the benchmark probe runs here.
 const PROGRAMS: [&str; 6] =
-    ["nt_tcp_rtx", "nt_tcp_rtx_syn", "nt_http_recv", "nt_http_send", "nt_http_state", "nt_bench"];
+    ["nt_tcp_rtx", "nt_tcp_rtx_syn", "nt_http_recv", "nt_http_sendmsg", "nt_http_state", "nt_bench"];
 
 fn synthetic_received(agg: &Aggregator) -> u64 {
     sum(&agg.scrape(), "nettel_events_received_total", &[("kind", "synthetic")])

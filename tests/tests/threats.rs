@@ -7,7 +7,7 @@
 //!   event stream as encoded bytes (each message exactly as the loader wrote
 //!   it). The requests are in the stream (method, status, the traceparent trace
 //!   id); none of the strings is in any message or in the loader's log. Both
-//!   HTTP hooks (`--http-hook socket` and `syscall`).
+//!   HTTP hooks (`--http-hook sendmsg`, `socket` and `syscall`).
 //! * T3 "replace the loader's socket": the DaemonSet mounts the socket's
 //!   `emptyDir` read-only into the aggregator. Here the loader's socket
 //!   directory, world-writable like an `emptyDir`, is bind-mounted read-only in
@@ -194,7 +194,7 @@ fn urls_headers_and_bodies_never_reach_the_event_stream() {
     let server_ip: [u8; 4] = pods.b_v4.parse::<std::net::Ipv4Addr>().unwrap().octets();
     let url = format!("http://{addr}/secret-path-7f3a?token=qz81c0ffee");
     let _server = Killed(start_server(&pods.b, &["http", &addr]));
-    for hook in ["socket", "syscall"] {
+    for hook in ["sendmsg", "socket", "syscall"] {
         let loader = Loader::start(NOBODY, &[NOBODY], &["--http-hook", hook, "--heartbeat-ms", "100"]);
         let (tx, rx) = mpsc::channel();
         let socket = loader.socket.clone();

@@ -207,6 +207,24 @@ struct pt_regs {
 };
 #endif
 
+/* For the HTTP probe's send hook (tcp_sendmsg_locked): the message's user
+ * bytes. __iov, ubuf and count live in anonymous unions in the kernel. */
+struct iov_iter {
+	__u8 iter_type;
+	__u64 iov_offset;
+	const struct iovec *__iov;
+	void *ubuf;
+	__u64 count;
+};
+
+struct msghdr {
+	struct iov_iter msg_iter;
+};
+
+struct tcp_sock {
+	__u32 write_seq;
+};
+
 struct request_sock {
 	struct sock_common __req_common;
 };

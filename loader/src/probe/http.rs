@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The `http` object, with two interchangeable sets of hooks:
+//! The `http` object, with three interchangeable sets of hooks:
 //!
+//! * sendmsg hooks (kernel >= 6.16): the socket hooks with
+//!   `tp_btf/tcp_sendmsg_locked` for sends, which hands over the kernel's
+//!   msghdr: a response costs one user read instead of three;
 //! * socket hooks (kernel >= 6.3): `tp_btf/sock_recv_length`,
 //!   `tp_btf/sock_send_length` and `tp_btf/inet_sock_set_state`. They run
 //!   only for socket I/O, so the rest of the node's syscalls pay nothing;
@@ -42,16 +45,34 @@ const SOCKET_HOOKS: [BtfTracepoint; 3] = [
     },
 ];
 
+/// Sendmsg hooks: the socket hooks with `tcp_sendmsg_locked` for sends.
+const SENDMSG_HOOKS: [BtfTracepoint; 3] = [
+    SOCKET_HOOKS[0],
+    BtfTracepoint {
+        program: names::PROG_HTTP_SENDMSG,
+        tracepoint: "tcp_sendmsg_locked",
+        attach_point: "tp_btf/tcp_sendmsg_locked",
+    },
+    SOCKET_HOOKS[2],
+];
+
 /// The read/write program of the syscall hooks.
 const SYS_EXIT: BtfTracepoint =
     BtfTracepoint { program: names::PROG_HTTP_EXIT, tracepoint: "sys_exit", attach_point: "tp_btf/sys_exit" };
 
 /// The tracefs event whose presence means the socket hooks exist (Linux 6.3).
 const SOCK_SEND_EVENT: &str = "events/sock/sock_send_length";
+/// The tracefs event whose presence means the sendmsg hooks exist (Linux 6.16).
+const TCP_SENDMSG_EVENT: &str = "events/tcp/tcp_sendmsg_locked";
 
-/// Resolves `auto`: socket hooks where the kernel has them.
+/// Resolves `auto`: sendmsg hooks, else socket hooks, where the kernel has them.
 pub fn resolve(hook: HttpHook, tracefs: &Path) -> HttpHook {
     match hook {
+        HttpHook::Auto
+            if tracefs.join(TCP_SENDMSG_EVENT).exists() && tracefs.join(SOCK_SEND_EVENT).exists() =>
+        {
+            HttpHook::Sendmsg
+        }
         HttpHook::Auto if tracefs.join(SOCK_SEND_EVENT).exists() => HttpHook::Socket,
         HttpHook::Auto => HttpHook::Syscall,
         chosen => chosen,
@@ -63,6 +84,7 @@ pub fn resolve(hook: HttpHook, tracefs: &Path) -> HttpHook {
 pub fn ensure(ebpf: &mut Ebpf, btf: &Btf, hook: HttpHook, links: &Path) -> Result<Vec<Attached>, Error> {
     match hook {
         HttpHook::Syscall => Ok(vec![SYS_EXIT.ensure(ebpf, btf, links)?, CLOSE.ensure(ebpf, links)?]),
+        HttpHook::Sendmsg => SENDMSG_HOOKS.iter().map(|hook| hook.ensure(ebpf, btf, links)).collect(),
         _ => SOCKET_HOOKS.iter().map(|hook| hook.ensure(ebpf, btf, links)).collect(),
     }
 }

@@ -3,8 +3,9 @@
 //! off, side by side in one run.
 //!
 //! nginx (one worker, `return 200`) serves in netns pod `nt12b`; clients run
-//! in `nt12a`. Three modes: agent off, agent on with the socket hooks
-//! (`--http-hook socket`) and with the syscall hooks (`--http-hook syscall`).
+//! in `nt12a`. Four modes: agent off, agent on with the sendmsg hooks
+//! (`--http-hook sendmsg`), the socket hooks (`socket`) and the syscall hooks
+//! (`syscall`).
 //! Rounds rotate the order of the modes and each figure is the median over
 //! rounds. Per round and mode:
 //! * `wrk -t1 -c16 --latency` for `--seconds`: requests/s, p50/p99 at saturation;
@@ -28,9 +29,9 @@
 //!
 //! ```text
 //! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate REQ_PER_S] [--tls]
-//!                                      [--hooks socket,syscall] [--loader-args "FLAGS"]
+//!                                      [--hooks sendmsg,socket,syscall] [--loader-args "FLAGS"]
 //! ```
-//! `--hooks` picks the agent-on modes to compare with agent off (default both; with `--tls`, the
+//! `--hooks` picks the agent-on modes to compare with agent off (default all three; with `--tls`, the
 //! modes are `tls-off,tls-on`). `--rounds 0` runs only the BPF-time pass. `--loader-args` adds loader
 //! flags to every agent-on mode. `--stop-agent` stops the loader and aggregator (SIGSTOP) during the
 //! timed rounds, the probes still attached: the kernel side's cost alone.
@@ -63,7 +64,7 @@ struct Sample {
 }
 
 const USAGE: &str = "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] \
-[--hooks socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent]";
+[--hooks sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent]";
 
 fn main() {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
@@ -91,24 +92,26 @@ fn main() {
         rate.unwrap_or_else(|| if tls || rounds == 0 { 0 } else { (wrk(&pods.a, &url, 5).1 / 2.0) as u64 });
 
     // (label, loader flags); `None` is the agent off, always first.
-    let all: [(&str, &[&str]); 2] = if tls {
-        [
-            ("tls-off", &["--http-hook", "socket", "--tls", "off"]),
-            ("tls-on", &["--http-hook", "socket", "--tls", "on"]),
+    let all: Vec<(&str, &[&str])> = if tls {
+        vec![
+            ("tls-off", &["--http-hook", "auto", "--tls", "off"]),
+            ("tls-on", &["--http-hook", "auto", "--tls", "on"]),
         ]
     } else {
-        [
+        vec![
+            ("sendmsg", &["--http-hook", "sendmsg", "--tls", "off"]),
             ("socket", &["--http-hook", "socket", "--tls", "off"]),
             ("syscall", &["--http-hook", "syscall", "--tls", "off"]),
         ]
     };
-    let wanted = flag("--hooks").unwrap_or_else(|| all.map(|(l, _)| l).join(","));
+    let labels = all.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(",");
+    let wanted = flag("--hooks").unwrap_or_else(|| labels.clone());
     // Extra loader flags for every agent-on mode (experiments: ring size, ...).
     let extra = flag("--loader-args").unwrap_or_default();
     let mut modes: Vec<(&str, Option<Vec<&str>>)> = vec![("off", None)];
     for name in wanted.split(',') {
         let Some((label, flags)) = all.iter().find(|(l, _)| *l == name) else {
-            panic!("--hooks: unknown mode `{name}` (known: {}); {USAGE}", all.map(|(l, _)| l).join(", "))
+            panic!("--hooks: unknown mode `{name}` (known: {labels}); {USAGE}")
         };
         modes.push((label, Some(flags.iter().copied().chain(extra.split_whitespace()).collect())));
     }
@@ -243,7 +246,16 @@ fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bo
     }
     let (rate_p50_us, rate_p99_us) = paced(ns, url, rate);
     let dd_ns_per_syscall = dd_cpu() * 1e9 / (4 * DD_BLOCKS) as f64;
-    Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, rate_p50_us, rate_p99_us, dd_ns_per_syscall, ..Sample::default() }
+    Sample {
+        rps,
+        cpu_us_per_req,
+        wrk_p50_us,
+        wrk_p99_us,
+        rate_p50_us,
+        rate_p99_us,
+        dd_ns_per_syscall,
+        ..Sample::default()
+    }
 }
 
 /// Host speed states further apart than this ratio make a pair unsteady.
@@ -264,8 +276,16 @@ fn within_round_table(modes: &[(&str, Option<Vec<&str>>)], samples: &[Vec<Sample
         ("nginx CPU per request, on / off", |on, off| on.cpu_us_per_req / off.cpu_us_per_req, ""),
     ];
     if !tls {
-        figures.push(("added p50 latency at the fixed rate", |on, off| on.rate_p50_us - off.rate_p50_us, " us"));
-        figures.push(("added p99 latency at the fixed rate", |on, off| on.rate_p99_us - off.rate_p99_us, " us"));
+        figures.push((
+            "added p50 latency at the fixed rate",
+            |on, off| on.rate_p50_us - off.rate_p50_us,
+            " us",
+        ));
+        figures.push((
+            "added p99 latency at the fixed rate",
+            |on, off| on.rate_p99_us - off.rate_p99_us,
+            " us",
+        ));
     }
     let steady = |on: &Sample, off: &Sample| {
         let all = [on.host_ns, off.host_ns].concat();
@@ -288,7 +308,8 @@ fn within_round_table(modes: &[(&str, Option<Vec<&str>>)], samples: &[Vec<Sample
         let n_steady = pairs.iter().filter(|(on, off)| steady(on, off)).count();
         for (name, f, unit) in &figures {
             let all: Vec<f64> = pairs.iter().map(|(on, off)| f(on, off)).collect();
-            let kept: Vec<f64> = pairs.iter().filter(|(on, off)| steady(on, off)).map(|(on, off)| f(on, off)).collect();
+            let kept: Vec<f64> =
+                pairs.iter().filter(|(on, off)| steady(on, off)).map(|(on, off)| f(on, off)).collect();
             println!(
                 "| {label} | {name} | {} [{}] | {} [{n_steady}] |",
                 summary(all, unit),
@@ -306,7 +327,10 @@ fn host_syscall_ns() -> f64 {
     const BLOCKS: u64 = 300_000;
     let t0 = std::time::Instant::now();
     let ok = Command::new("bash")
-        .args(["-c", &format!("dd if=/dev/zero bs=64 count={BLOCKS} 2>/dev/null | dd of=/dev/null bs=64 2>/dev/null")])
+        .args([
+            "-c",
+            &format!("dd if=/dev/zero bs=64 count={BLOCKS} 2>/dev/null | dd of=/dev/null bs=64 2>/dev/null"),
+        ])
         .status()
         .expect("bash");
     assert!(ok.success(), "dd through a pipe failed");

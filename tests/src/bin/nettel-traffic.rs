@@ -8,6 +8,7 @@
 //! nettel-traffic recv   CONNECT_ADDR                     # connect, read until EOF
 //! nettel-traffic dial   CONNECT_ADDR COUNT               # COUNT connect+close handshakes
 //! nettel-traffic http   LISTEN_ADDR                      # HTTP/1.1 server, routes as tests/fixtures/http_server.py
+//!                                                        # and /big (8 MiB, corked: see BIG_BODY)
 //! nettel-traffic blob   CONNECT_ADDR COUNT               # COUNT non-HTTP request/response exchanges
 //! nettel-traffic pipeline CONNECT_ADDR PATH...          # one GET per PATH, all in one write; read the responses
 //! nettel-traffic split  CONNECT_ADDR PATH                # one GET whose request line spans two writes
@@ -119,8 +120,11 @@ fn http_server(addr: SocketAddr) -> std::io::Result<()> {
 
 fn http_connection(conn: TcpStream) -> std::io::Result<()> {
     use std::io::BufRead;
-    let mut reader = std::io::BufReader::new(conn.try_clone()?);
-    let mut out = conn;
+    // One fd for reading, writing and /big's uncork thread: the syscall hooks
+    // end a connection's state when any fd of it is closed.
+    let conn = std::sync::Arc::new(conn);
+    let mut reader = std::io::BufReader::new(&*conn);
+    let mut out = &*conn;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -151,12 +155,31 @@ fn http_connection(conn: TcpStream) -> std::io::Result<()> {
                 std::thread::sleep(Duration::from_millis(120));
                 "202 Accepted"
             }
+            "/big" => "200 OK",
             _ => "404 Not Found",
         };
-        let payload = if method == "HEAD" { "" } else { "xxxxxxxxxxxxxxxx" };
+        let size = if path == "/big" { BIG_BODY } else { 16 };
+        let payload = if method == "HEAD" { Vec::new() } else { vec![b'x'; size] };
         // One write per response, as real servers do (the probe reads the
         // status line from the first write).
-        out.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 16\r\n\r\n{payload}").as_bytes())?;
+        let mut response = format!("HTTP/1.1 {status}\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        response.extend_from_slice(&payload);
+        if path == "/big" {
+            // See BIG_BODY.
+            rustix::net::sockopt::set_tcp_cork(out, true)?;
+            let mut rest = &response[..];
+            while !rest.is_empty() {
+                let n = rustix::net::send(out, rest, rustix::net::SendFlags::EOR)?;
+                rest = &rest[n..];
+            }
+            let corked = std::sync::Arc::clone(&conn);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = rustix::net::sockopt::set_tcp_cork(&*corked, false);
+            });
+        } else {
+            out.write_all(&response)?;
+        }
         if close {
             return Ok(());
         }
@@ -178,6 +201,14 @@ fn pipeline_client(addr: SocketAddr, paths: &[&str]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The body of the Rust server's `/big`, larger than the socket buffers: its
+/// send fills many segments. The response goes out corked and with MSG_EOR,
+/// and is uncorked 200 ms later: until then its last partial segment stays
+/// unsent, and the connection's next response cannot join that segment. With
+/// `net.ipv4.tcp_notsent_lowat=1` in the server's netns, that next response's
+/// send then waits for space before queueing any byte (tests/tests/http.rs).
+const BIG_BODY: usize = 8 << 20;
+
 /// Sends one GET whose request line is split across two writes 300 ms apart
 /// (so the server sees two reads), then reads the response.
 fn split_client(addr: SocketAddr, path: &str) -> std::io::Result<()> {
@@ -191,11 +222,6 @@ fn split_client(addr: SocketAddr, path: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Open-loop load at a fixed total rate: each of `conns` keep-alive
-/// connections sends a GET every `conns / rate` seconds on a fixed schedule
-/// (a late request is sent at once, never skipped) and times each request
-/// from its write to the end of its response, in microseconds. Prints the
-/// p50 and p99 over all connections and the number of requests.
 /// `paced`: GETs at a fixed total rate, open loop, from one thread.
 ///
 /// Connection `i` sends at `t0 + i * interval / conns + k * interval`; a
@@ -208,7 +234,9 @@ fn split_client(addr: SocketAddr, path: &str) -> std::io::Result<()> {
 fn paced_client(addr: SocketAddr, path: &str, rate: u64, seconds: u64, conns: u64) -> std::io::Result<()> {
     use rustix::{
         event::epoll,
-        time::{timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags},
+        time::{
+            timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+        },
     };
     const TIMER: u64 = u64::MAX;
     let conns = conns.clamp(1, 256) as usize;
@@ -222,7 +250,12 @@ fn paced_client(addr: SocketAddr, path: &str, rate: u64, seconds: u64, conns: u6
     let mut slots = Vec::with_capacity(conns);
     for i in 0..conns {
         let stream = PacedConn::open(addr, &ep, i as u64)?;
-        slots.push(PacedConn { stream, buf: Vec::new(), sent: None, next: t0 + interval * i as u64 / conns as u64 });
+        slots.push(PacedConn {
+            stream,
+            buf: Vec::new(),
+            sent: None,
+            next: t0 + interval * i as u64 / conns as u64,
+        });
     }
     let mut latencies: Vec<u64> = Vec::with_capacity((rate * seconds) as usize + conns);
     let mut events = Vec::with_capacity(conns + 1);
@@ -249,7 +282,8 @@ fn paced_client(addr: SocketAddr, path: &str, rate: u64, seconds: u64, conns: u6
                 tv_sec: (wake / 1_000_000_000) as i64,
                 tv_nsec: (wake % 1_000_000_000) as i64,
             };
-            let spec = Itimerspec { it_interval: rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 }, it_value: at };
+            let spec =
+                Itimerspec { it_interval: rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 }, it_value: at };
             timerfd_settime(&timer, TimerfdTimerFlags::ABSTIME, &spec)?;
         }
         events.clear();
@@ -262,7 +296,8 @@ fn paced_client(addr: SocketAddr, path: &str, rate: u64, seconds: u64, conns: u6
             }
             let c = &mut slots[k as usize];
             while let Some(close) = c.receive()? {
-                let sent = c.sent.take().ok_or_else(|| std::io::Error::other("a response without a request"))?;
+                let sent =
+                    c.sent.take().ok_or_else(|| std::io::Error::other("a response without a request"))?;
                 latencies.push(monotonic_ns() - sent);
                 // Servers cap requests per connection: reconnect, untimed.
                 if close {
@@ -307,7 +342,12 @@ impl PacedConn {
         let s = connect(addr)?;
         s.set_nodelay(true)?;
         s.set_nonblocking(true)?;
-        rustix::event::epoll::add(ep, &s, rustix::event::epoll::EventData::new_u64(key), rustix::event::epoll::EventFlags::IN)?;
+        rustix::event::epoll::add(
+            ep,
+            &s,
+            rustix::event::epoll::EventData::new_u64(key),
+            rustix::event::epoll::EventFlags::IN,
+        )?;
         Ok(s)
     }
 
@@ -353,7 +393,8 @@ fn response_extent(buf: &[u8]) -> std::io::Result<Option<(usize, bool)>> {
     let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };
-    let text = std::str::from_utf8(&buf[..head]).map_err(|_| std::io::Error::other("non-UTF-8 response headers"))?;
+    let text =
+        std::str::from_utf8(&buf[..head]).map_err(|_| std::io::Error::other("non-UTF-8 response headers"))?;
     let (mut length, mut close) = (0usize, false);
     for line in text.split("\r\n").skip(1) {
         let line = line.to_ascii_lowercase();
