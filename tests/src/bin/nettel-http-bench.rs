@@ -286,17 +286,21 @@ fn within_round_table(modes: &[(&str, Option<Vec<&str>>)], samples: &[Vec<Sample
             |on, off| on.rate_p99_us - off.rate_p99_us,
             " us",
         ));
+        figures.push((
+            "added CPU per dd syscall",
+            |on, off| on.dd_ns_per_syscall - off.dd_ns_per_syscall,
+            " ns",
+        ));
     }
     let steady = |on: &Sample, off: &Sample| {
-        let all = [on.host_ns, off.host_ns].concat();
-        let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        let (lo, hi) = range(&[on.host_ns, off.host_ns].concat());
         hi <= lo * STEADY
     };
     let summary = |v: Vec<f64>, unit: &str| {
         if v.is_empty() {
             return "none".to_owned();
         }
-        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        let (lo, hi) = range(&v);
         let prec = if unit.is_empty() { 3 } else { 1 };
         format!("{:.prec$}{unit} ({lo:.prec$} to {hi:.prec$})", median(v))
     };
@@ -318,6 +322,11 @@ fn within_round_table(modes: &[(&str, Option<Vec<&str>>)], samples: &[Vec<Sample
             );
         }
     }
+}
+
+/// The smallest and largest of `v`.
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)))
 }
 
 /// The host's cost of a syscall right now, in wall-clock ns per block of

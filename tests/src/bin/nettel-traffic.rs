@@ -354,10 +354,6 @@ impl PacedConn {
     /// Reads what is there; returns a completed response (whether the server
     /// closes after it), or `None` until one is complete.
     fn receive(&mut self) -> std::io::Result<Option<bool>> {
-        if let Some((len, close)) = response_extent(&self.buf)? {
-            self.buf.drain(..len);
-            return Ok(Some(close));
-        }
         let mut chunk = [0u8; 4096];
         let mut eof = false;
         loop {
@@ -395,51 +391,50 @@ fn response_extent(buf: &[u8]) -> std::io::Result<Option<(usize, bool)>> {
     };
     let text =
         std::str::from_utf8(&buf[..head]).map_err(|_| std::io::Error::other("non-UTF-8 response headers"))?;
-    let (mut length, mut close) = (0usize, false);
-    for line in text.split("\r\n").skip(1) {
-        let line = line.to_ascii_lowercase();
-        if let Some(v) = line.strip_prefix("content-length:") {
-            length = v.trim().parse().map_err(|_| std::io::Error::other(format!("bad header `{line}`")))?;
-        }
-        if line.strip_prefix("connection:").is_some_and(|v| v.trim() == "close") {
-            close = true;
-        }
-    }
+    let (length, close) = header_fields(text.split("\r\n").skip(1))?;
     let total = head + 4 + length;
     Ok((buf.len() >= total).then_some((total, close)))
 }
 
 /// Reads one response with a Content-Length body; returns its status code.
 fn read_response(r: &mut impl std::io::BufRead) -> std::io::Result<u16> {
-    read_response_headers(r).map(|(status, _)| status)
-}
-
-/// [`read_response`], also telling whether the server closes the connection after it.
-fn read_response_headers(r: &mut impl std::io::BufRead) -> std::io::Result<(u16, bool)> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let mut line = String::new();
     r.read_line(&mut line)?;
     let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad(&line))?;
-    let (mut length, mut close) = (0usize, false);
+    let mut headers = Vec::new();
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 {
             return Err(bad("eof in headers"));
         }
-        let h = h.trim_end().to_ascii_lowercase();
-        if h.is_empty() {
+        if h.trim_end().is_empty() {
             break;
         }
-        if let Some(v) = h.strip_prefix("content-length:") {
-            length = v.trim().parse().map_err(|_| bad(&h))?;
+        headers.push(h);
+    }
+    let (length, _) = header_fields(headers.iter().map(|h| h.trim_end()))?;
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body)?;
+    Ok(status)
+}
+
+/// Content-Length (0 when absent) and whether `Connection: close` is among
+/// a response's header lines.
+fn header_fields<'a>(lines: impl Iterator<Item = &'a str>) -> std::io::Result<(usize, bool)> {
+    let (mut length, mut close) = (0usize, false);
+    for line in lines {
+        let line = line.to_ascii_lowercase();
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = v.trim().parse().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad header `{line}`"))
+            })?;
         }
-        if h.strip_prefix("connection:").is_some_and(|v| v.trim() == "close") {
+        if line.strip_prefix("connection:").is_some_and(|v| v.trim() == "close") {
             close = true;
         }
     }
-    let mut body = vec![0u8; length];
-    r.read_exact(&mut body)?;
-    Ok((status, close))
+    Ok((length, close))
 }
 
 // === Non-HTTP TCP traffic: a Redis-like line protocol ===
