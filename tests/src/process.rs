@@ -7,7 +7,10 @@ use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
     time::Duration,
 };
 
@@ -39,14 +42,44 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A unique scratch directory, world-traversable so unprivileged processes
-/// can reach sockets and files in it.
+/// can reach sockets and files in it. It lives under [`scratch_root`].
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("nettel-{tag}-{}-{n}", std::process::id()));
+    let dir = scratch_root().join(format!("{tag}-{n}"));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     dir
+}
+
+/// This process's scratch root, `$TMPDIR/nettel-tests/<pid>`. Its first use
+/// removes the roots of processes that have exited, so the last run's logs
+/// stay for inspection and earlier runs' do not pile up (every agent start
+/// leaves a few logs and sockets; a full suite makes about a thousand).
+pub fn scratch_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let base = std::env::temp_dir().join("nettel-tests");
+        world_traversable_dir(&base);
+        for entry in fs::read_dir(&base).unwrap().flatten() {
+            let name = entry.file_name();
+            let exited = name
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+            if exited {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let root = base.join(std::process::id().to_string());
+        world_traversable_dir(&root);
+        root
+    })
+}
+
+fn world_traversable_dir(dir: &Path) {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) on drop.

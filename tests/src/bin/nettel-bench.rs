@@ -14,7 +14,6 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -113,9 +112,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 fn run(rates: &[u64], seconds: f64, ring: &str) {
     let bin = std::env::current_exe().unwrap().parent().unwrap().to_owned();
-    let dir = PathBuf::from(format!("/tmp/nettel-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    Command::new("chmod").arg("755").arg(&dir).status().unwrap();
+    let dir = nettel_integration::process::scratch_dir("bench");
     let socket = dir.join("loader.sock");
     let pin_dir = format!("/sys/fs/bpf/nettel-bench-{}", std::process::id());
 

@@ -85,9 +85,7 @@ fn main() {
         api.create(endpoint_slice_json(&format!("svc{k}-abcde"), &chunk[0].0, &format!("svc{k}"), &eps))
             .unwrap();
     }
-    let dir = std::env::temp_dir().join(format!("nettel-kube-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = nettel_integration::process::scratch_dir("kube-bench");
     let kubeconfig = api.kubeconfig(&dir);
     std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o644)).unwrap();
 
