@@ -87,9 +87,10 @@ struct nt_http_conn {
 	__u8 carry;
 	/* The slot (nt_http_slots index + 1; 0: none) of this connection's
 	 * last answered request, with the method, status and TLS flag it was
-	 * for: the next request with the same three reuses it without the
-	 * key's hash lookup. The cgroup and local address, the rest of the
-	 * key, are the connection's own. */
+	 * for and the low bits of the slot's generation: the next request with
+	 * the same three reuses it without the key's hash lookup while the slot
+	 * has not been freed since. The cgroup and local address, the rest of
+	 * the key, are the connection's own. */
 	__u8 slot_method;
 	__u8 slot_tls;
 	/* Whether resp_seq holds the write_seq of the last status line seen
@@ -98,7 +99,7 @@ struct nt_http_conn {
 	 * EAGAIN, and a status line at the same sequence is that one again. */
 	__u8 resp_seen;
 	__u16 slot_status;
-	__u16 _pad2;
+	__u16 slot_gen;
 	__u32 slot;
 	__u32 resp_seq;
 };
@@ -852,8 +853,13 @@ __noinline int nt_http_slot_of(const struct nt_http_key *key)
 			return -1; /* every slot is claimed */
 		*hint = s + 1;
 		slot = bpf_map_lookup_elem(&nt_http_slots, &s);
-		if (!slot)
+		if (!slot) {
+			/* Past the table's end: slots below the hint were freed
+			 * (nt_http_free_slots()). Start over at the first. */
+			bpf_map_delete_elem(&nt_http_claims, &s);
+			*hint = 0;
 			return -1;
+		}
 		/* The key before the index entry: a CPU that finds the slot
 		 * through the index adds to a slot whose key is written. The
 		 * loader trusts a key only once two reads agree (it has no
@@ -870,6 +876,44 @@ __noinline int nt_http_slot_of(const struct nt_http_key *key)
 	}
 	*hint = s;
 	return -1;
+}
+
+/* Slots looked at per call of nt_http_free_slots(), and the largest table
+ * (--http-table-entries) the cgroup_rmdir hook walks. */
+#define NT_HTTP_FREE_CHUNK 64
+#define NT_HTTP_TABLE_MAX 65536
+
+/*
+ * Frees the slots of cgroup @cgroup_id among slots [@from, @from + 64), in
+ * the order abi.h gives. Returns 1 once past the table's end, else 0. A
+ * global function: the verifier walks the loop once, not once per chunk.
+ */
+__noinline int nt_http_free_slots(__u64 cgroup_id, __u32 from)
+{
+	__u32 i, zero = 0, *hint;
+
+	for (i = 0; i < NT_HTTP_FREE_CHUNK; i++) {
+		__u32 idx = from + i;
+		struct nt_http_slot *slot = bpf_map_lookup_elem(&nt_http_slots, &idx);
+		struct nt_http_key key;
+
+		if (!slot)
+			return 1;
+		if (!slot->key.family || slot->key.cgroup_id != cgroup_id)
+			continue;
+		key = slot->key;
+		bpf_map_delete_elem(&nt_http_index, &key);
+		__builtin_memset(&slot->key, 0, sizeof(slot->key));
+		/* An atomic add is a full barrier: the key is zeroed before the
+		 * totals, as a reader checking the key twice needs. */
+		__sync_fetch_and_add(&slot->generation, 1);
+		__builtin_memset(&slot->totals, 0, sizeof(slot->totals));
+		bpf_map_delete_elem(&nt_http_claims, &idx);
+		hint = bpf_map_lookup_elem(&nt_http_hint, &zero);
+		if (hint && idx < *hint)
+			*hint = idx;
+	}
+	return 0;
 }
 
 /*
@@ -893,6 +937,8 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 	    conn->slot_tls == tls) {
 		idx = conn->slot - 1;
 		slot = bpf_map_lookup_elem(&nt_http_slots, &idx);
+		if (slot && (__u16)slot->generation != conn->slot_gen)
+			slot = NULL;
 	}
 	if (!slot) {
 		key.cgroup_id = bpf_get_current_cgroup_id();
@@ -922,6 +968,7 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 			conn->slot_method = req->method;
 			conn->slot_status = status;
 			conn->slot_tls = tls;
+			conn->slot_gen = (__u16)slot->generation;
 		}
 	}
 	if (slot) {
@@ -1226,6 +1273,30 @@ int BPF_PROG(nt_http_sendmsg, struct sock *sk, struct msghdr *msg, struct sk_buf
 	if (!left || nt_tls_sock_io((__u64)sk, 0))
 		return 0;
 	return nt_on_response(sk, (void *)(base + off), left, 0, 1, 1);
+}
+
+/*
+ * A removed cgroup's slots are freed for new keys. No process is left in it
+ * to add to them (rmdir succeeds only on an empty cgroup) and its id is never
+ * reused, so its keys cannot come back; without this, a node's pod churn
+ * would fill the table and turn every new key's requests into events. The
+ * loader's readers stop seeing the keys (proto: http_totals_complete). A walk
+ * of the whole table: 23-45 us per rmdir at the default 8192 slots
+ * (scripts/rmdir-cost), in the context of the process removing the cgroup.
+ */
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(nt_http_rmdir, struct cgroup *cgrp, const char *path)
+{
+	__u64 id = cgrp->kn->id;
+	__u32 i;
+
+	if (!id)
+		return 0;
+	for (i = 0; i < NT_HTTP_TABLE_MAX / NT_HTTP_FREE_CHUNK; i++) {
+		if (nt_http_free_slots(id, i * NT_HTTP_FREE_CHUNK))
+			break;
+	}
+	return 0;
 }
 
 /* A TCP socket reaching CLOSE ends its connection state, whoever closed it

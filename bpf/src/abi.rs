@@ -28,5 +28,5 @@ unsafe impl aya::Pod for nt_cursor {}
 unsafe impl aya::Pod for nt_http_key {}
 // SAFETY: as above (u64 fields only).
 unsafe impl aya::Pod for nt_http_totals {}
-// SAFETY: as above (the two structs above, 32 + 120 bytes, no padding).
+// SAFETY: as above (the two structs above and a u64, 32 + 120 + 8 bytes, no padding).
 unsafe impl aya::Pod for nt_http_slot {}

@@ -17,7 +17,8 @@ pub static TCP_RETRANSMIT_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmit.bpf.o"));
 
 /// The `http` probe object: sendmsg hooks (`tp_btf/sock_recv_length`,
-/// `tcp_sendmsg_locked`, `inet_sock_set_state`), socket hooks (the same with
+/// `tcp_sendmsg_locked`, `inet_sock_set_state`, and `cgroup_rmdir` with every
+/// set), socket hooks (the same with
 /// `sock_send_length` for sends) or syscall hooks
 /// (`tp_btf/sys_exit`, `syscalls/sys_enter_close`), and the HTTPS uprobes on
 /// OpenSSL's `SSL_read`/`SSL_write` family (`probes/http_tls.h`).
@@ -48,6 +49,9 @@ pub mod names {
     pub const PROG_HTTP_SENDMSG: &str = "nt_http_sendmsg";
     /// HTTP program on `tp_btf/inet_sock_set_state` (socket hooks).
     pub const PROG_HTTP_STATE: &str = "nt_http_state";
+    /// HTTP program on `tp_btf/cgroup_rmdir`: frees a removed cgroup's slots
+    /// (every hook set).
+    pub const PROG_HTTP_RMDIR: &str = "nt_http_rmdir";
     /// HTTP program on `syscalls/sys_enter_close`.
     pub const PROG_HTTP_CLOSE: &str = "nt_http_close";
     /// HTTPS uprobe on `SSL_read` and `SSL_write` (`probes/http_tls.h`).

@@ -266,7 +266,7 @@ fn bpf_target_layout_matches_rust() {
     );
     assert_layout!(s, nt_http_key { cgroup_id, addr, family, method, status, flags });
     assert_layout!(s, nt_http_totals { sum_ns, buckets });
-    assert_layout!(s, nt_http_slot { key, totals });
+    assert_layout!(s, nt_http_slot { key, totals, generation });
     assert_layout!(
         s,
         nt_tcp_retransmit_event {

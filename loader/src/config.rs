@@ -87,7 +87,7 @@ pub struct RunArgs {
     #[arg(long, env = "NETTEL_RING_BUFFER_BYTES", default_value_t = 1 << 20)]
     pub ring_buffer_bytes: u64,
     /// Slots of the kernel's HTTP totals table: one per (serving cgroup, local
-    /// address, method, status, TLS), 152 bytes each plus two hash entries.
+    /// address, method, status, TLS), 160 bytes each plus two hash entries.
     /// Requests of a key without a slot go to the ring buffer as events and
     /// are counted (`nettel_http_kernel_table_full_total`).
     #[arg(long, env = "NETTEL_HTTP_TABLE_ENTRIES", default_value_t = nettel_bpf::abi::NT_HTTP_TABLE_ENTRIES)]

@@ -40,6 +40,8 @@ pub struct Batch {
     pub socket: v1::SocketCounters,
     /// Kernel HTTP request totals that changed (running totals).
     pub http_totals: Vec<v1::HttpTotals>,
+    /// `http_totals` holds every key of the kernel's table.
+    pub http_totals_complete: bool,
     /// The running programs' skipped runs at publish time (running totals).
     pub program_runs: Vec<v1::ProgramRuns>,
 }
@@ -238,6 +240,7 @@ mod tests {
             probe: v1::ProbeCounters::default(),
             socket: v1::SocketCounters::default(),
             http_totals: Vec::new(),
+            http_totals_complete: false,
             program_runs: Vec::new(),
         }
     }

@@ -130,6 +130,7 @@ impl TelemetryService for Service {
                         nettel_bpf::HTTP_BOUNDS_NS.to_vec()
                     },
                     http_totals: b.http_totals.clone(),
+                    http_totals_complete: b.http_totals_complete,
                     program_runs: b.program_runs.clone(),
                 };
                 last_kernel = last_kernel.max(b.kernel_reserve_failures_total);

@@ -114,8 +114,11 @@ fn unique_pin_dir(tag: &str) -> PathBuf {
 }
 
 /// Streams: real HTTP requests in a netns pod reach an unprivileged
-/// aggregator subscribed to `loader`. Returns the aggregator.
-fn streams_http(loader: &Loader, pods: &PodPair) -> Aggregator {
+/// aggregator subscribed to `loader`. Three requests are sent; the new
+/// aggregator must count `3 + before`, where `before` is what earlier loaders
+/// on the same pin dir counted (the kernel's totals outlive them, and a new
+/// aggregator counts them whole). Returns the aggregator.
+fn streams_http(loader: &Loader, pods: &PodPair, before: u64) -> Aggregator {
     let pf = pods_file(&scratch_dir("pods"), &[(&pods.b_v4, "web-0", "shop", "web")]);
     let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
     agg.wait_connected();
@@ -128,9 +131,13 @@ fn streams_http(loader: &Loader, pods: &PodPair) -> Aggregator {
             .unwrap();
         assert!(out.status.success(), "curl: {}", text(&out));
     }
-    wait_for(Duration::from_secs(10), "3 HTTP requests attributed to web-0", || {
-        (sum(&agg.scrape(), HIST_COUNT, &[("pod", "web-0")]) == 3).then_some(())
+    let want = 3 + before;
+    wait_for(Duration::from_secs(10), &format!("{want} HTTP requests attributed to web-0"), || {
+        (sum(&agg.scrape(), HIST_COUNT, &[("pod", "web-0")]) == want).then_some(())
     });
+    // Nothing more arrives (no request counted twice).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sum(&agg.scrape(), HIST_COUNT, &[("pod", "web-0")]), want);
     let _ = server.kill();
     let _ = server.wait();
     agg
@@ -153,10 +160,10 @@ fn loader_streams_with_exactly_the_daemonset_capabilities_and_drops_them_after_a
     let pin_dir = unique_pin_dir("ok");
     let loader = Loader::start_wrapped(&prefix, &pin_dir, NOBODY, &[NOBODY], &["--tls", "off"]);
 
-    let agg = streams_http(&loader, &pods);
+    let agg = streams_http(&loader, &pods, 0);
     let status = loader.status();
-    // Two retransmit tracepoints and the three socket hooks of the HTTP probe.
-    assert_eq!(status.probes.iter().filter(|p| p.attached).count(), 5, "{status:?}");
+    // Two retransmit tracepoints, the three socket hooks of the HTTP probe and its cgroup_rmdir hook.
+    assert_eq!(status.probes.iter().filter(|p| p.attached).count(), 6, "{status:?}");
 
     // After attach: no capability in any thread, no_new_privs, seccomp filter on.
     let pid = loader.proc.child.id();
@@ -424,7 +431,7 @@ fn the_seccomp_profile_allows_what_check_and_run_call_and_justifies_the_rest() {
     // HTTP events to an aggregator, answers the status RPC, turns a peer away
     // and stops on SIGTERM.
     let pods = PodPair::new(41);
-    for (trace, origin) in [("run-attach.trace", "attached"), ("run-adopt.trace", "adopted")] {
+    for (before, trace, origin) in [(0, "run-attach.trace", "attached"), (3, "run-adopt.trace", "adopted")] {
         let mut loader =
             Loader::start_wrapped(&traced(trace), &pin_dir, NOBODY, &[NOBODY], &["--tls", "off"]);
         let status = loader.status();
@@ -432,7 +439,7 @@ fn the_seccomp_profile_allows_what_check_and_run_call_and_justifies_the_rest() {
             status.probes.iter().all(|p| p.origin == origin),
             "expected every probe {origin}: {status:?}"
         );
-        let _agg = streams_http(&loader, &pods);
+        let _agg = streams_http(&loader, &pods, before);
         rejected_peer(&loader.socket);
         stop_traced(&mut loader);
         if origin == "attached" {

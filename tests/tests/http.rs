@@ -8,6 +8,7 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use nettel_integration::{
+    cgroup::CgroupTree,
     metrics::{http_get, sum},
     netns::{exec, PodPair},
     process::{bin, scratch_dir, Loader, Stack},
@@ -335,6 +336,56 @@ fn http_totals_outlive_a_loader_restart_and_are_counted_once() {
     drop(loader);
 }
 
+/// 7 methods x 3 statuses: 21 keys, for tables of 16 slots.
+const TABLE_TEST_METHODS: [(&str, &str); 7] = [
+    ("GET", "GET"),
+    ("PUT", "PUT"),
+    ("POST", "POST"),
+    ("DELETE", "DELETE"),
+    ("PATCH", "PATCH"),
+    ("OPTIONS", "OPTIONS"),
+    ("PURGE", "OTHER"),
+];
+
+/// A 16-slot stack (`--http-table-entries 16`) with pod `rust-0` at
+/// `pods.b_v4`, and how many slots node-level keys (the aggregator's own
+/// HTTP server: the harness's scrapes and readiness polls) have claimed.
+fn small_table_stack(pods: &PodPair) -> (Stack, u64) {
+    let stack = Stack::start_with(
+        &[(pods.b_v4.as_str(), "rust-0", "web", "rust-0")],
+        &["--http-table-entries", "16"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let claimed =
+        stack.agg.scrape().lines().filter(|l| l.starts_with(&format!("{HIST}_count{{"))).count() as u64;
+    assert!(claimed <= 3, "node-level keys: {claimed}");
+    (stack, claimed)
+}
+
+/// Sends one request of each of the 21 keys to `pods.b_v4:8080` and waits
+/// until the aggregator has counted `21 * round` for `rust-0`, then checks
+/// that every key was counted `round` times, none twice.
+fn send_21_keys(pods: &PodPair, agg: &nettel_integration::process::Aggregator, round: u64) -> String {
+    let url = |path: &str| format!("http://{}:8080{path}", pods.b_v4);
+    let (ok, missing, fail) = (url("/ok"), url("/missing"), url("/fail"));
+    let total = || sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", "rust-0")]);
+    for (method, _) in TABLE_TEST_METHODS {
+        let body: &[&str] = if matches!(method, "PUT" | "POST" | "PATCH") { &["-d", "x"] } else { &[] };
+        let args: Vec<&str> = ["-X", method].iter().copied().chain(body.iter().copied()).collect();
+        curl(&pods.a, &[&args[..], &[&ok, &missing, &fail]].concat());
+    }
+    wait_for(Duration::from_secs(10), "all requests counted", || (total() >= 21 * round).then_some(()));
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = agg.scrape();
+    assert_eq!(total(), 21 * round, "no request counted twice");
+    for (_, label) in TABLE_TEST_METHODS {
+        for status in ["200", "404", "500"] {
+            assert_eq!(count_of(&text, "rust-0", label, status), round, "{label} {status}");
+        }
+    }
+    text
+}
+
 /// With a 16-slot kernel table, the requests of keys beyond 16 go to the ring
 /// buffer as events: still counted exactly, and each one counted in
 /// `nettel_http_kernel_table_full_total`. Keys keep their slots: the same
@@ -345,46 +396,52 @@ fn http_requests_beyond_the_kernel_table_are_sent_as_events_and_counted() {
         return;
     }
     let pods = PodPair::new(13);
-    let stack = Stack::start_with(
-        &[(pods.b_v4.as_str(), "rust-0", "web", "rust-0")],
-        &["--http-table-entries", "16"],
-    );
-    let agg = &stack.agg;
+    let (stack, claimed) = small_table_stack(&pods);
     let traffic = bin("nettel-traffic").display().to_string();
     let _server = start(&pods.b, &traffic, &["http".into(), format!("{}:8080", pods.b_v4)]);
-    let url = |path: &str| format!("http://{}:8080{path}", pods.b_v4);
-    let (ok, missing, fail) = (url("/ok"), url("/missing"), url("/fail"));
-    // 7 methods x 3 statuses: 21 keys for 16 slots.
-    let methods = [("GET", "GET"), ("PUT", "PUT"), ("POST", "POST"), ("DELETE", "DELETE")]
-        .into_iter()
-        .chain([("PATCH", "PATCH"), ("OPTIONS", "OPTIONS"), ("PURGE", "OTHER")]);
-    let methods: Vec<_> = methods.collect();
-    let total = |agg: &nettel_integration::process::Aggregator| {
-        sum(&agg.scrape(), &format!("{HIST}_count"), &[("pod", "rust-0")])
-    };
-    // The aggregator's own HTTP server (the harness's scrapes and readiness
-    // polls, node-level) has claimed slots already: one per series so far.
-    std::thread::sleep(Duration::from_millis(1500));
-    let claimed = agg.scrape().lines().filter(|l| l.starts_with(&format!("{HIST}_count{{"))).count() as u64;
-    assert!(claimed <= 3, "node-level keys: {claimed}");
     let beyond = 21 - (16 - claimed);
     for round in 1..=2u64 {
-        for (method, _) in &methods {
-            let body: &[&str] = if matches!(*method, "PUT" | "POST" | "PATCH") { &["-d", "x"] } else { &[] };
-            let args: Vec<&str> = ["-X", method].iter().copied().chain(body.iter().copied()).collect();
-            curl(&pods.a, &[&args[..], &[&ok, &missing, &fail]].concat());
-        }
-        wait_for(Duration::from_secs(10), "all requests counted", || {
-            (total(agg) >= 21 * round).then_some(())
-        });
-        std::thread::sleep(Duration::from_millis(1500));
-        let text = agg.scrape();
-        assert_eq!(total(agg), 21 * round, "no request counted twice");
-        for (_, label) in &methods {
-            for status in ["200", "404", "500"] {
-                assert_eq!(count_of(&text, "rust-0", label, status), round, "{label} {status}");
-            }
-        }
+        let text = send_21_keys(&pods, &stack.agg, round);
         assert_eq!(sum(&text, "nettel_http_kernel_table_full_total", &[]), beyond * round);
     }
+}
+
+/// A removed cgroup's slots are freed for new keys (`nt_http_rmdir`): a
+/// server in cgroup A fills a 16-slot table; A is removed; the same 21
+/// requests to a server in cgroup B find A's slots free, so only the same
+/// number as before go out as events (without the reclaim, all 21 would).
+/// Counts stay exact across the aggregator forgetting A's keys.
+#[test]
+fn http_table_slots_of_a_removed_cgroup_are_reused() {
+    if !require_kernel("http_table_slots_of_a_removed_cgroup_are_reused") {
+        return;
+    }
+    let pods = PodPair::new(14);
+    let (stack, claimed) = small_table_stack(&pods);
+    let traffic = bin("nettel-traffic").display().to_string();
+    let root = nettel_aggregator::kube::cgroup::default_root()
+        .join(format!("nettel-test-{}-rmdir", std::process::id()));
+    let _tree = CgroupTree(root.clone());
+    let in_cgroup = |name: &str| {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("create a cgroup (cgroup v2 mounted?)");
+        let server = start(&pods.b, &traffic, &["http".into(), format!("{}:8080", pods.b_v4)]);
+        std::fs::write(dir.join("cgroup.procs"), server.0.id().to_string()).unwrap();
+        (dir, server)
+    };
+    let beyond = 21 - (16 - claimed);
+
+    let (dir_a, server_a) = in_cgroup("a");
+    let text = send_21_keys(&pods, &stack.agg, 1);
+    assert_eq!(sum(&text, "nettel_http_kernel_table_full_total", &[]), beyond, "cgroup A filled the table");
+    drop(server_a);
+    std::fs::remove_dir(&dir_a).expect("remove cgroup A (its server has exited)");
+
+    let (_dir_b, _server_b) = in_cgroup("b");
+    let text = send_21_keys(&pods, &stack.agg, 2);
+    assert_eq!(
+        sum(&text, "nettel_http_kernel_table_full_total", &[]),
+        2 * beyond,
+        "cgroup B's keys took the slots freed with cgroup A"
+    );
 }

@@ -131,6 +131,7 @@ fn run_mounts_missing_bpffs_and_tracefs() {
         attached,
         // --http-hook=auto picks the sendmsg hooks on this kernel (>= 6.16).
         [
+            "tp_btf/cgroup_rmdir",
             "tp_btf/inet_sock_set_state",
             "tp_btf/sock_recv_length",
             "tp_btf/tcp_retransmit_skb",

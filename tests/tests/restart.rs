@@ -19,8 +19,15 @@ use rustix::process::Signal;
 
 const NOBODY: u32 = 65534;
 /// Every program a default loader with the benchmark probe runs here.
-const PROGRAMS: [&str; 6] =
-    ["nt_tcp_rtx", "nt_tcp_rtx_syn", "nt_http_recv", "nt_http_sendmsg", "nt_http_state", "nt_bench"];
+const PROGRAMS: [&str; 7] = [
+    "nt_tcp_rtx",
+    "nt_tcp_rtx_syn",
+    "nt_http_recv",
+    "nt_http_sendmsg",
+    "nt_http_state",
+    "nt_http_rmdir",
+    "nt_bench",
+];
 
 fn synthetic_received(agg: &Aggregator) -> u64 {
     sum(&agg.scrape(), "nettel_events_received_total", &[("kind", "synthetic")])
@@ -52,9 +59,15 @@ fn pinned_links(pin_dir: &Path) -> Vec<(&'static str, u64)> {
 fn assert_one_copy_each(pin_dir: &Path) {
     let ring = bpftool::pinned_map_id(&pin_dir.join("nt_events"));
     let stats = bpftool::pinned_map_id(&pin_dir.join("nt_stats"));
+    let slots = bpftool::pinned_map_id(&pin_dir.join("nt_http_slots"));
     for p in PROGRAMS {
-        // nt_http_recv/nt_http_state never emit events; every probe counts into nt_stats.
-        let map = if p == "nt_http_recv" || p == "nt_http_state" { stats } else { ring };
+        // nt_http_recv/nt_http_state never emit events but count into nt_stats;
+        // nt_http_rmdir only frees slots.
+        let map = match p {
+            "nt_http_recv" | "nt_http_state" => stats,
+            "nt_http_rmdir" => slots,
+            _ => ring,
+        };
         assert_eq!(bpftool::links_feeding(p, map), 1, "copies of {p} attached to this pin dir's maps");
     }
 }

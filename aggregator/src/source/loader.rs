@@ -101,8 +101,13 @@ impl LoaderSource {
             }
             let mut agg = agg.lock().unwrap_or_else(|e| e.into_inner());
             agg.apply_batch(&msg.events, Instant::now());
-            if !msg.http_totals.is_empty() {
-                agg.apply_http_totals(&msg.http_totals, &msg.http_bucket_bounds_ns, Instant::now());
+            if !msg.http_totals.is_empty() || msg.http_totals_complete {
+                agg.apply_http_totals(
+                    &msg.http_totals,
+                    &msg.http_bucket_bounds_ns,
+                    msg.http_totals_complete,
+                    Instant::now(),
+                );
             }
         }
         Ok(())

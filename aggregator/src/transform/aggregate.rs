@@ -9,7 +9,7 @@
 //! on a timer, removes idle series and the cached handles pointing to them.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -91,6 +91,11 @@ impl TotalsSeen {
 
     fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Forgets every entry but `keys` (a complete batch: the rest were freed).
+    fn keep_only(&mut self, keys: &HashSet<TotalsKey>) {
+        self.0.retain(|k, _| keys.contains(k));
     }
 
     fn clear(&mut self) {
@@ -394,8 +399,23 @@ impl Aggregator {
     /// Counts the growth of the kernel's HTTP request totals (proto
     /// `HttpTotals`) received at `now`. `bounds_ns` must be this aggregator's
     /// buckets; otherwise nothing is counted and each entry is a decode error.
-    pub fn apply_http_totals(&mut self, totals: &[v1::HttpTotals], bounds_ns: &[u64], now: Instant) {
+    /// `complete`: the batch holds every key of the kernel's table, and the
+    /// totals last seen of any other key are forgotten (its cgroup is gone).
+    pub fn apply_http_totals(
+        &mut self,
+        totals: &[v1::HttpTotals],
+        bounds_ns: &[u64],
+        complete: bool,
+        now: Instant,
+    ) {
         self.set_now(now);
+        if complete {
+            let keys = totals.iter().filter_map(totals_key).collect();
+            self.totals_seen.keep_only(&keys);
+        }
+        if totals.is_empty() {
+            return;
+        }
         let ours = HTTP_BUCKETS.iter().map(|le| (le * 1e9).round() as u64);
         if !bounds_ns.iter().copied().eq(ours) {
             for _ in totals {
@@ -409,17 +429,16 @@ impl Aggregator {
     }
 
     fn http_totals(&mut self, t: &v1::HttpTotals) {
-        let Some(local) = addr_from_bytes(&t.local_addr) else {
+        let Some(key) = totals_key(t) else {
             return self.decode_error("bad_address");
         };
+        let local = key.1;
         if !(100..=599).contains(&t.status) {
             return self.decode_error("bad_http_status");
         }
         let Ok(buckets) = <[u64; HTTP_BUCKETS.len() + 1]>::try_from(t.bucket_counts.as_slice()) else {
             return self.decode_error("bad_http_buckets");
         };
-        let local = normalize(local);
-        let key = (t.cgroup_id, local, t.method, t.status, t.tls);
         let delta = self.totals_seen.growth(key, buckets, t.sum_ns);
         let count: u64 = delta.0.iter().sum();
         if count == 0 {
@@ -457,6 +476,12 @@ impl Aggregator {
     fn decode_error(&self, reason: &str) {
         self.metrics.decode_errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
+}
+
+/// The [`TotalsSeen`] key of `t`; `None` when its address is malformed.
+fn totals_key(t: &v1::HttpTotals) -> Option<TotalsKey> {
+    let local = normalize(addr_from_bytes(&t.local_addr)?);
+    Some((t.cgroup_id, local, t.method, t.status, t.tls))
 }
 
 /// Runs [`Aggregator::expire`] every `period` until the process ends.
@@ -585,6 +610,34 @@ mod tests {
         assert!(out.contains(&format!(r#"trace_id="{}""#, "ab".repeat(16))), "{out}");
     }
 
+    /// A complete batch (every key of the kernel's table) forgets the totals
+    /// of the keys it lacks: the kernel freed them with their cgroup.
+    #[test]
+    fn a_complete_batch_forgets_the_totals_of_freed_keys() {
+        let m = Arc::new(Metrics::default());
+        let mut a = Aggregator::new(Arc::clone(&m), Resolver::Static(Arc::default()), PortFolder::new(32768));
+        let bounds: Vec<u64> = HTTP_BUCKETS.iter().map(|le| (le * 1e9).round() as u64).collect();
+        let totals = |cgroup_id: u64, n: u64| v1::HttpTotals {
+            cgroup_id,
+            local_addr: vec![10, 0, 0, 1],
+            method: v1::HttpMethod::Get as i32,
+            status: 200,
+            tls: false,
+            sum_ns: n,
+            bucket_counts: [n; 14].to_vec(),
+        };
+        let now = Instant::now();
+        a.apply_http_totals(&[totals(1, 1), totals(2, 1)], &bounds, false, now);
+        assert_eq!(a.totals_seen.len(), 2);
+        a.apply_http_totals(&[totals(2, 3)], &bounds, false, now);
+        assert_eq!(a.totals_seen.len(), 2, "a partial batch forgets nothing");
+        a.apply_http_totals(&[totals(2, 3)], &bounds, true, now);
+        assert_eq!(a.totals_seen.len(), 1, "cgroup 1 is gone");
+        assert_eq!(a.received_http.get(), 14 + 14 + 28, "the resent key 2 adds nothing");
+        a.apply_http_totals(&[], &[], true, now);
+        assert_eq!(a.totals_seen.len(), 0, "an empty complete batch: every key is gone");
+    }
+
     /// Kernel totals count by their growth: again after a loader restart
     /// (same totals: nothing), whole for a new entry or a recreated table,
     /// never with foreign buckets; an exemplar-only event counts nothing.
@@ -605,16 +658,21 @@ mod tests {
         let mut c = [0u64; 14];
         c[0] = 3; // three requests of <= 1 ms
         let now = Instant::now();
-        a.apply_http_totals(&[totals(200, false, c, 1_500_000)], &bounds, now);
-        a.apply_http_totals(&[totals(200, false, c, 1_500_000)], &bounds, now); // resent: no growth
+        a.apply_http_totals(&[totals(200, false, c, 1_500_000)], &bounds, false, now);
+        a.apply_http_totals(&[totals(200, false, c, 1_500_000)], &bounds, false, now); // resent: no growth
         c[6] = 1; // one of <= 100 ms
-        a.apply_http_totals(&[totals(200, false, c, 91_500_000), totals(500, true, c, 5)], &bounds, now);
+        a.apply_http_totals(
+            &[totals(200, false, c, 91_500_000), totals(500, true, c, 5)],
+            &bounds,
+            false,
+            now,
+        );
         // A recreated table: totals smaller than the last seen count whole.
         let mut small = [0u64; 14];
         small[13] = 1;
-        a.apply_http_totals(&[totals(200, false, small, 20_000_000_000)], &bounds, now);
+        a.apply_http_totals(&[totals(200, false, small, 20_000_000_000)], &bounds, false, now);
         // Foreign buckets: nothing counted, each entry a decode error.
-        a.apply_http_totals(&[totals(404, false, c, 1)], &bounds[1..], now);
+        a.apply_http_totals(&[totals(404, false, c, 1)], &bounds[1..], false, now);
         // The exemplar of an already counted request: its trace id only.
         a.apply(&v1::Event {
             timestamp_boot_ns: 1,

@@ -150,6 +150,12 @@ struct nt_http_event {
  * (BPF_NOEXIST makes the claim atomic), writes the key into it and indexes
  * it. Two CPUs adding the same new key at once may claim two slots for it:
  * a reader sums the slots of a key. A slot whose key family is 0 is free.
+ *
+ * When a cgroup is removed, its slots are freed (tp_btf/cgroup_rmdir): the
+ * index entry goes, the key is zeroed, the generation bumped, the totals
+ * zeroed, then the claim deleted, in that order. A reader that reads a key,
+ * then the totals, then the key again and finds it unchanged has read totals
+ * of that key. cgroup ids are never reused, so a freed key never returns.
  */
 #define NT_HTTP_TABLE_ENTRIES 8192 /* the default; the loader sets it (--http-table-entries) */
 /* Duration histogram: bucket i counts durations <= NT_HTTP_BOUNDS_NS[i]
@@ -175,11 +181,12 @@ struct nt_http_totals {
 	__u64 buckets[NT_HTTP_BUCKETS];  /* requests per bucket (not cumulative) */
 };
 
-/* One element of nt_http_slots: 152 bytes, a multiple of 8, so the mmap'd
+/* One element of nt_http_slots: 160 bytes, a multiple of 8, so the mmap'd
  * array has no padding between elements. */
 struct nt_http_slot {
-	struct nt_http_key key;       /* written once, when the slot is claimed */
-	struct nt_http_totals totals; /* atomic adds only */
+	struct nt_http_key key;       /* written when the slot is claimed, zeroed when freed */
+	struct nt_http_totals totals; /* atomic adds only; zeroed when freed */
+	__u64 generation;             /* bumped when freed: a cached slot index is valid for one */
 };
 
 #endif /* __NETTEL_ABI_H */

@@ -229,6 +229,16 @@ struct request_sock {
 	struct sock_common __req_common;
 };
 
+/* For the HTTP probe's cgroup_rmdir hook: a cgroup's id is its kernfs node's
+ * (what bpf_get_current_cgroup_id() returns). */
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
 #ifndef BPF_NO_PRESERVE_ACCESS_INDEX
 #pragma clang attribute pop
 #endif

@@ -9,6 +9,9 @@
 //!   only for socket I/O, so the rest of the node's syscalls pay nothing;
 //! * syscall hooks (kernels 5.8 to 6.2): `tp_btf/sys_exit` for the read/write
 //!   syscall family (it runs on every syscall exit) and `sys_enter_close`.
+//!
+//! Each set comes with `tp_btf/cgroup_rmdir`, which frees a removed cgroup's
+//! slots of the request table.
 
 use std::path::Path;
 
@@ -56,6 +59,14 @@ const SENDMSG_HOOKS: [BtfTracepoint; 3] = [
     SOCKET_HOOKS[2],
 ];
 
+/// Frees a removed cgroup's slots of the request table; attached with every
+/// hook set.
+const RMDIR: BtfTracepoint = BtfTracepoint {
+    program: names::PROG_HTTP_RMDIR,
+    tracepoint: "cgroup_rmdir",
+    attach_point: "tp_btf/cgroup_rmdir",
+};
+
 /// The read/write program of the syscall hooks.
 const SYS_EXIT: BtfTracepoint =
     BtfTracepoint { program: names::PROG_HTTP_EXIT, tracepoint: "sys_exit", attach_point: "tp_btf/sys_exit" };
@@ -82,9 +93,13 @@ pub fn resolve(hook: HttpHook, tracefs: &Path) -> HttpHook {
 /// Loads the programs of `hook` (already resolved, not `Off`) and adopts or
 /// attaches each (see [`super::link`]).
 pub fn ensure(ebpf: &mut Ebpf, btf: &Btf, hook: HttpHook, links: &Path) -> Result<Vec<Attached>, Error> {
-    match hook {
-        HttpHook::Syscall => Ok(vec![SYS_EXIT.ensure(ebpf, btf, links)?, CLOSE.ensure(ebpf, links)?]),
-        HttpHook::Sendmsg => SENDMSG_HOOKS.iter().map(|hook| hook.ensure(ebpf, btf, links)).collect(),
-        _ => SOCKET_HOOKS.iter().map(|hook| hook.ensure(ebpf, btf, links)).collect(),
-    }
+    let mut attached = match hook {
+        HttpHook::Syscall => vec![SYS_EXIT.ensure(ebpf, btf, links)?, CLOSE.ensure(ebpf, links)?],
+        HttpHook::Sendmsg => {
+            SENDMSG_HOOKS.iter().map(|hook| hook.ensure(ebpf, btf, links)).collect::<Result<_, _>>()?
+        }
+        _ => SOCKET_HOOKS.iter().map(|hook| hook.ensure(ebpf, btf, links)).collect::<Result<_, _>>()?,
+    };
+    attached.push(RMDIR.ensure(ebpf, btf, links)?);
+    Ok(attached)
 }

@@ -7,8 +7,13 @@
 //! (they are pinned), so the loader sends totals, never deltas, and keeps no
 //! state a restart could lose: a consumer adds the growth since the totals it
 //! last saw (proto `HttpTotals`). Only keys whose totals changed since the
-//! previous read go out, plus every key every [`FULL_EVERY`] reads, so a
-//! subscriber that joined later or lost a batch to a full queue catches up.
+//! previous read go out, plus every key every [`FULL_EVERY`] reads (a
+//! complete batch), so a subscriber that joined later or lost a batch to a
+//! full queue catches up.
+//!
+//! The kernel frees the slots of a removed cgroup (`nt_http_rmdir`): its keys
+//! drop out of the table and out of the next complete batch, which tells a
+//! subscriber it may forget them (proto `http_totals_complete`).
 //!
 //! The slots are read through `mmap` ([`crate::sys::MappedWords`]), never
 //! with a `bpf()` syscall: a map syscall suspends the uprobe and tracepoint
@@ -16,7 +21,10 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::{
+        fence, AtomicU64,
+        Ordering::{Acquire, Relaxed},
+    },
 };
 
 use aya::maps::MapData;
@@ -32,9 +40,13 @@ pub const FULL_EVERY: u64 = 20;
 /// Words (u64) per slot: `struct nt_http_slot` is a multiple of 8 bytes.
 const SLOT_WORDS: usize = size_of::<abi::nt_http_slot>() / 8;
 const _: () = assert!(size_of::<abi::nt_http_slot>().is_multiple_of(8));
-/// Words of the key at the start of a slot; the totals follow.
+/// Words of the key at the start of a slot; the totals follow, then the
+/// generation.
 const KEY_WORDS: usize = size_of::<abi::nt_http_key>() / 8;
+/// Words of the totals (the sum, then the buckets).
+const TOTALS_WORDS: usize = size_of::<abi::nt_http_totals>() / 8;
 const _: () = assert!(size_of::<abi::nt_http_key>() == 32 && size_of::<abi::nt_http_totals>() == 120);
+const _: () = assert!(SLOT_WORDS == KEY_WORDS + TOTALS_WORDS + 1);
 
 type Key = (u64, [u8; 16], u8, u8, u16, u32);
 type Totals = (u64, [u64; abi::NT_HTTP_BUCKETS as usize]);
@@ -64,9 +76,17 @@ impl HttpTable {
 
     /// Totals of the keys that changed since the previous call, or of all
     /// keys every [`FULL_EVERY`] calls (the first call included).
-    pub fn changes(&mut self) -> Vec<v1::HttpTotals> {
+    pub fn changes(&mut self) -> Changes {
         self.reader.changes(self.slots.words())
     }
+}
+
+/// One read of the table.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    pub totals: Vec<v1::HttpTotals>,
+    /// `totals` holds every key in the table: one missing was freed.
+    pub complete: bool,
 }
 
 /// Reads slots from their words; separate from the mapping so that it can
@@ -80,38 +100,67 @@ struct SlotReader {
     /// Totals as last sent, per key (at most one per slot).
     sent: HashMap<Key, Totals>,
     reads: u64,
+    /// The last full read had a key not yet confirmed: the next is full too.
+    full_again: bool,
 }
 
 impl SlotReader {
     fn new(entries: usize) -> Self {
-        Self { last_keys: vec![None; entries], sent: HashMap::new(), reads: 0 }
+        Self { last_keys: vec![None; entries], sent: HashMap::new(), reads: 0, full_again: false }
     }
 
-    fn changes(&mut self, words: &[AtomicU64]) -> Vec<v1::HttpTotals> {
-        let full = self.reads.is_multiple_of(FULL_EVERY);
+    fn changes(&mut self, words: &[AtomicU64]) -> Changes {
+        let full = self.reads.is_multiple_of(FULL_EVERY) || self.full_again;
         self.reads += 1;
         let mut now: HashMap<Key, Totals> = HashMap::new();
+        // Keys read but not sent: new, torn, or being freed.
+        let mut unconfirmed = 0;
         for (slot, last) in words.chunks_exact(SLOT_WORDS).zip(self.last_keys.iter_mut()) {
             let key = read_key(slot);
             let confirmed = key.is_some() && key == *last;
             *last = key;
-            let (Some(key), true) = (key, confirmed) else { continue };
-            // Two slots may hold one key (two CPUs claimed one each): sum them.
-            let (sum, buckets) = now.entry(key).or_insert((0, [0; abi::NT_HTTP_BUCKETS as usize]));
-            *sum = sum.wrapping_add(slot[KEY_WORDS].load(Relaxed));
-            for (b, w) in buckets.iter_mut().zip(&slot[KEY_WORDS + 1..]) {
-                *b = b.wrapping_add(w.load(Relaxed));
-            }
-        }
-        let mut out = Vec::new();
-        for (key, totals) in now {
-            if !full && self.sent.get(&key) == Some(&totals) {
+            let Some(key) = key else { continue };
+            if !confirmed {
+                unconfirmed += 1;
                 continue;
             }
-            out.push(to_proto(&key, &totals));
-            self.sent.insert(key, totals);
+            let mut totals: Totals = (slot[KEY_WORDS].load(Relaxed), [0; abi::NT_HTTP_BUCKETS as usize]);
+            for (b, w) in totals.1.iter_mut().zip(&slot[KEY_WORDS + 1..KEY_WORDS + TOTALS_WORDS]) {
+                *b = w.load(Relaxed);
+            }
+            // The key again: a slot freed meanwhile (abi.h: key zeroed
+            // before the totals) may have had its totals zeroed under us.
+            fence(Acquire);
+            if read_key(slot) != Some(key) {
+                *last = None;
+                unconfirmed += 1;
+                continue;
+            }
+            // Two slots may hold one key (two CPUs claimed one each): sum them.
+            let (sum, buckets) = now.entry(key).or_insert((0, [0; abi::NT_HTTP_BUCKETS as usize]));
+            *sum = sum.wrapping_add(totals.0);
+            for (b, t) in buckets.iter_mut().zip(totals.1) {
+                *b = b.wrapping_add(t);
+            }
         }
-        out
+        // Keys gone from the table were freed (or read torn, and then go out
+        // again once confirmed): their last totals need not be kept.
+        self.sent.retain(|key, _| now.contains_key(key));
+        let mut totals = Vec::new();
+        for (key, t) in now {
+            if !full && self.sent.get(&key) == Some(&t) {
+                continue;
+            }
+            totals.push(to_proto(&key, &t));
+            self.sent.insert(key, t);
+        }
+        // A full read is complete only if it sent every key in the table: a
+        // subscriber forgets the keys a complete batch lacks. (A fresh
+        // reader's first read confirms nothing, and a subscriber that stayed
+        // connected across a loader restart must not forget its keys then.)
+        let complete = full && unconfirmed == 0;
+        self.full_again = full && !complete;
+        Changes { totals, complete }
     }
 }
 
@@ -164,6 +213,7 @@ mod tests {
             words.push(u64::from_ne_bytes(tail));
             words.push(s.totals.sum_ns);
             words.extend(s.totals.buckets);
+            words.push(s.generation);
         }
         assert_eq!(words.len(), slots.len() * SLOT_WORDS);
         words.into_iter().map(AtomicU64::new).collect()
@@ -186,8 +236,8 @@ mod tests {
     fn a_slot_becomes_its_proto_totals_once_its_key_is_read_twice() {
         let mem = memory(&[slot(7, 503, 3, 2), abi::nt_http_slot::default()]);
         let mut r = SlotReader::new(2);
-        assert!(r.changes(&mem).is_empty(), "a key seen once is not trusted yet");
-        let out = r.changes(&mem);
+        assert!(r.changes(&mem).totals.is_empty(), "a key seen once is not trusted yet");
+        let out = r.changes(&mem).totals;
         assert_eq!(out.len(), 1, "{out:?}");
         let p = &out[0];
         assert_eq!(p.local_addr, [10, 0, 0, 9]);
@@ -204,16 +254,43 @@ mod tests {
         let mem = memory(&[slot(7, 200, 0, 1), slot(8, 200, 0, 1)]);
         let mut r = SlotReader::new(2);
         r.changes(&mem);
-        assert_eq!(r.changes(&mem).len(), 2, "first trusted read sends everything");
-        assert!(r.changes(&mem).is_empty(), "nothing changed");
+        assert_eq!(r.changes(&mem).totals.len(), 2, "first trusted read sends everything");
+        assert!(r.changes(&mem).totals.is_empty(), "nothing changed");
         // A request lands in slot 1's bucket 0 (word 4 + 1 + 0).
         mem[SLOT_WORDS + KEY_WORDS + 1].fetch_add(1, Relaxed);
-        let out = r.changes(&mem);
+        let out = r.changes(&mem).totals;
         assert_eq!(out.iter().map(|p| (p.cgroup_id, p.bucket_counts[0])).collect::<Vec<_>>(), [(8, 2)]);
         while !r.reads.is_multiple_of(FULL_EVERY) {
             r.changes(&mem);
         }
-        assert_eq!(r.changes(&mem).len(), 2, "every key on the full read");
+        assert_eq!(r.changes(&mem).totals.len(), 2, "every key on the full read");
+    }
+
+    #[test]
+    fn a_freed_slot_drops_its_key_and_the_next_complete_read_lacks_it() {
+        let mem = memory(&[slot(7, 200, 0, 4), slot(8, 200, 0, 1)]);
+        let mut r = SlotReader::new(2);
+        assert!(!r.changes(&mem).complete, "the first read confirms no key: not complete");
+        let second = r.changes(&mem);
+        assert!(second.complete, "the next read is full, and complete");
+        assert_eq!(second.totals.len(), 2);
+        // The kernel frees slot 0 (cgroup 7 removed): key zeroed, generation
+        // bumped, totals zeroed.
+        for w in &mem[..KEY_WORDS] {
+            w.store(0, Relaxed);
+        }
+        mem[SLOT_WORDS - 1].fetch_add(1, Relaxed);
+        for w in &mem[KEY_WORDS..KEY_WORDS + TOTALS_WORDS] {
+            w.store(0, Relaxed);
+        }
+        assert!(r.changes(&mem).totals.is_empty(), "a freed key is not sent with zero totals");
+        assert_eq!(r.sent.len(), 1, "nothing kept of the freed key");
+        while !r.reads.is_multiple_of(FULL_EVERY) {
+            r.changes(&mem);
+        }
+        let full = r.changes(&mem);
+        assert!(full.complete);
+        assert_eq!(full.totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [8]);
     }
 
     #[test]
@@ -221,7 +298,7 @@ mod tests {
         let mem = memory(&[slot(7, 200, 1, 2), slot(7, 200, 1, 3), slot(9, 404, 0, 1)]);
         let mut r = SlotReader::new(3);
         r.changes(&mem);
-        let mut out = r.changes(&mem);
+        let mut out = r.changes(&mem).totals;
         out.sort_by_key(|p| p.cgroup_id);
         assert_eq!(
             out.iter().map(|p| (p.cgroup_id, p.bucket_counts[1], p.sum_ns)).collect::<Vec<_>>(),
@@ -229,7 +306,7 @@ mod tests {
         );
         // Slot 2's key reads differently (a torn read): not trusted until confirmed.
         mem[2 * SLOT_WORDS].store(10, Relaxed);
-        assert!(r.changes(&mem).is_empty());
-        assert_eq!(r.changes(&mem).iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [10]);
+        assert!(r.changes(&mem).totals.is_empty());
+        assert_eq!(r.changes(&mem).totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [10]);
     }
 }

@@ -87,6 +87,7 @@ pub async fn drain(
         next_seq: cursor.next_sequence.max(1),
         batch: Vec::with_capacity(cfg.max_batch),
         http_totals: Vec::new(),
+        http_totals_complete: false,
         program_runs: runs.read(),
         last_publish: Instant::now(),
         cursor: cursor_map,
@@ -117,8 +118,12 @@ pub async fn drain(
                 // Read only while someone listens, like the ring: totals that
                 // grew meanwhile go to the next subscriber.
                 if let Some(table) = http_table.as_mut().filter(|_| ticks.is_multiple_of(HTTP_TABLE_TICKS) && !hub.is_empty()) {
-                    state.http_totals = table.changes();
-                    if !state.http_totals.is_empty() {
+                    let changes = table.changes();
+                    state.http_totals = changes.totals;
+                    state.http_totals_complete = changes.complete;
+                    // A complete batch goes out even when empty: it is how
+                    // subscribers learn that the last keys were freed.
+                    if !state.http_totals.is_empty() || changes.complete {
                         state.publish(&hub, &counters);
                     }
                 }
@@ -131,7 +136,9 @@ pub async fn drain(
                 if !hub.is_empty() {
                     drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
                     if let Some(table) = http_table.as_mut() {
-                        state.http_totals = table.changes();
+                        let changes = table.changes();
+                        state.http_totals = changes.totals;
+                        state.http_totals_complete = changes.complete;
                     }
                 }
                 state.publish(&hub, &counters);
@@ -147,6 +154,8 @@ struct State<'a> {
     batch: Vec<v1::Event>,
     /// HTTP totals for the next publish.
     http_totals: Vec<v1::HttpTotals>,
+    /// `http_totals` is a complete batch.
+    http_totals_complete: bool,
     /// The programs' skipped runs, read every second, for the next publish.
     program_runs: Vec<v1::ProgramRuns>,
     last_publish: Instant,
@@ -176,6 +185,7 @@ impl State<'_> {
             probe: counters.probe(),
             socket: counters.socket(),
             http_totals: std::mem::take(&mut self.http_totals),
+            http_totals_complete: std::mem::take(&mut self.http_totals_complete),
             program_runs: std::mem::take(&mut self.program_runs),
         });
         self.last_publish = Instant::now();
