@@ -296,8 +296,47 @@ impl Drop for Loader {
             return;
         }
         self.proc.stop_with(rustix::process::Signal::TERM);
+        // A wrapper (strace -f) that got the signal may have left the loader
+        // it forked running, its probes attached: a failed test must not
+        // leave them to the tests after it.
+        stop_loaders_of(&self.pin_dir);
         let _ =
             Command::new(bin("nettel-loader")).arg("cleanup").arg("--pin-dir").arg(&self.pin_dir).output();
+    }
+}
+
+/// Stops (SIGTERM, then SIGKILL after 2 s) every process whose command line
+/// has `--pin-dir <pin_dir>`.
+fn stop_loaders_of(pin_dir: &Path) {
+    let find = || -> Vec<rustix::process::Pid> {
+        let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+        let want = pin_dir.as_os_str().as_encoded_bytes();
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != std::process::id() as i32)
+            .filter(|pid| {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                args.windows(2).any(|w| w[0] == b"--pin-dir" && w[1] == want)
+            })
+            .filter_map(rustix::process::Pid::from_raw)
+            .collect()
+    };
+    for (signal, wait) in [(rustix::process::Signal::TERM, 40), (rustix::process::Signal::KILL, 0)] {
+        let pids = find();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+        for _ in 0..wait {
+            if find().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use nettel_integration::{
     netns::{exec, PodPair},
     process::{bin, pods_file, scratch_dir, Aggregator, Loader},
     require_kernel,
+    servers::Server,
     traffic::start_server,
     wait_for,
 };
@@ -123,7 +124,8 @@ fn streams_http(loader: &Loader, pods: &PodPair, before: u64) -> Aggregator {
     let mut agg = Aggregator::start(&loader.socket, Some(&pf), NOBODY, NOBODY);
     agg.wait_connected();
     let addr = format!("{}:8080", pods.b_v4);
-    let mut server = start_server(&pods.b, &["http", &addr]);
+    // Killed on drop, also when an assertion below fails.
+    let server = Server(start_server(&pods.b, &["http", &addr]));
     for path in ["/ok", "/ok", "/fail"] {
         let out = exec(&pods.a, "curl")
             .args(["-s", "-o", "/dev/null", "--max-time", "10", &format!("http://{addr}{path}")])
@@ -138,8 +140,7 @@ fn streams_http(loader: &Loader, pods: &PodPair, before: u64) -> Aggregator {
     // Nothing more arrives (no request counted twice).
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sum(&agg.scrape(), HIST_COUNT, &[("pod", "web-0")]), want);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     agg
 }
 
