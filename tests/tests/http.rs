@@ -13,7 +13,7 @@ use nettel_integration::{
     netns::{exec, PodPair},
     process::{bin, scratch_dir, Loader, Stack},
     require_kernel,
-    servers::{curl, fixture, raw_client, start, start_nginx},
+    servers::{curl, fixture, raw_client, start, start_nginx, Server},
     wait_for,
 };
 
@@ -348,8 +348,9 @@ const TABLE_TEST_METHODS: [(&str, &str); 7] = [
 ];
 
 /// A 16-slot stack (`--http-table-entries 16`) with pod `rust-0` at
-/// `pods.b_v4`, and how many slots node-level keys (the aggregator's own
-/// HTTP server: the harness's scrapes and readiness polls) have claimed.
+/// `pods.b_v4`, and how many of the 21 keys of [`send_21_keys`] find no free
+/// slot: node-level keys (the aggregator's own HTTP server: the harness's
+/// scrapes and readiness polls) have claimed some slots already.
 fn small_table_stack(pods: &PodPair) -> (Stack, u64) {
     let stack = Stack::start_with(
         &[(pods.b_v4.as_str(), "rust-0", "web", "rust-0")],
@@ -359,7 +360,13 @@ fn small_table_stack(pods: &PodPair) -> (Stack, u64) {
     let claimed =
         stack.agg.scrape().lines().filter(|l| l.starts_with(&format!("{HIST}_count{{"))).count() as u64;
     assert!(claimed <= 3, "node-level keys: {claimed}");
-    (stack, claimed)
+    (stack, 21 - (16 - claimed))
+}
+
+/// The Rust test server on `pods.b_v4:8080`.
+fn rust_server(pods: &PodPair) -> Server {
+    let traffic = bin("nettel-traffic").display().to_string();
+    start(&pods.b, &traffic, &["http".into(), format!("{}:8080", pods.b_v4)])
 }
 
 /// Sends one request of each of the 21 keys to `pods.b_v4:8080` and waits
@@ -396,10 +403,8 @@ fn http_requests_beyond_the_kernel_table_are_sent_as_events_and_counted() {
         return;
     }
     let pods = PodPair::new(13);
-    let (stack, claimed) = small_table_stack(&pods);
-    let traffic = bin("nettel-traffic").display().to_string();
-    let _server = start(&pods.b, &traffic, &["http".into(), format!("{}:8080", pods.b_v4)]);
-    let beyond = 21 - (16 - claimed);
+    let (stack, beyond) = small_table_stack(&pods);
+    let _server = rust_server(&pods);
     for round in 1..=2u64 {
         let text = send_21_keys(&pods, &stack.agg, round);
         assert_eq!(sum(&text, "nettel_http_kernel_table_full_total", &[]), beyond * round);
@@ -417,19 +422,17 @@ fn http_table_slots_of_a_removed_cgroup_are_reused() {
         return;
     }
     let pods = PodPair::new(14);
-    let (stack, claimed) = small_table_stack(&pods);
-    let traffic = bin("nettel-traffic").display().to_string();
+    let (stack, beyond) = small_table_stack(&pods);
     let root = nettel_aggregator::kube::cgroup::default_root()
         .join(format!("nettel-test-{}-rmdir", std::process::id()));
     let _tree = CgroupTree(root.clone());
     let in_cgroup = |name: &str| {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("create a cgroup (cgroup v2 mounted?)");
-        let server = start(&pods.b, &traffic, &["http".into(), format!("{}:8080", pods.b_v4)]);
+        let server = rust_server(&pods);
         std::fs::write(dir.join("cgroup.procs"), server.0.id().to_string()).unwrap();
         (dir, server)
     };
-    let beyond = 21 - (16 - claimed);
 
     let (dir_a, server_a) = in_cgroup("a");
     let text = send_21_keys(&pods, &stack.agg, 1);

@@ -82,7 +82,7 @@ impl HttpTable {
 }
 
 /// One read of the table.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug)]
 pub struct Changes {
     pub totals: Vec<v1::HttpTotals>,
     /// `totals` holds every key in the table: one missing was freed.
