@@ -47,6 +47,19 @@ pub fn finish(mut server: Child) {
 /// (the kernel's count) and checks it stays there; panics with both numbers
 /// otherwise. `want` must be > 0, proving the traffic produced retransmits.
 pub fn assert_counted(agg: &Aggregator, labels: &[(&str, &str)], before: u64, want: u64, what: &str) {
+    assert_counted_explained(agg, labels, before, want, what, &String::new);
+}
+
+/// [`assert_counted`], with `explain()` (e.g. the kernel counters that moved)
+/// in the failure message.
+pub fn assert_counted_explained(
+    agg: &Aggregator,
+    labels: &[(&str, &str)],
+    before: u64,
+    want: u64,
+    what: &str,
+    explain: &dyn Fn() -> String,
+) {
     assert!(want > 0, "{what}: the kernel counted no retransmits; the drop rule did not bite");
     let mut last = 0;
     let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -55,7 +68,17 @@ pub fn assert_counted(agg: &Aggregator, labels: &[(&str, &str)], before: u64, wa
             (last == want).then_some(())
         })
     }));
-    assert!(settled.is_ok(), "{what}: nettel counted {last}, the kernel counted {want}\n{}", agg.scrape());
+    assert!(
+        settled.is_ok(),
+        "{what}: nettel counted {last}, the kernel counted {want}\n{}\n{}",
+        explain(),
+        agg.scrape()
+    );
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(sum(&agg.scrape(), RTX, labels) - before, want, "{what}: count changed after settling");
+    assert_eq!(
+        sum(&agg.scrape(), RTX, labels) - before,
+        want,
+        "{what}: count changed after settling\n{}",
+        explain()
+    );
 }

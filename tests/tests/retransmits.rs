@@ -6,12 +6,14 @@
 use std::{process::Stdio, time::Duration};
 
 use nettel_integration::{
-    kernel::{counter, quiet_retrans_segs, retrans_segs},
+    kernel::{counter, moved, quiet_retrans_segs, retrans_segs, tcp_counters},
     metrics::sum,
     netns::PodPair,
     process::{pods_file, scratch_dir, Aggregator, Loader, Stack},
     require_kernel,
-    traffic::{assert_counted, finish, run_client, spawn_client, start_server, RTX},
+    traffic::{
+        assert_counted, assert_counted_explained, finish, run_client, spawn_client, start_server, RTX,
+    },
     wait_for,
 };
 
@@ -66,6 +68,7 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
         let (m_server, m_client) = (sum(&text, RTX, &server_labels), sum(&text, RTX, &[("pod", "client-0")]));
         let twin_before = sum(&twin.scrape(), RTX, &server_labels);
         let (k_a, k_b) = (retrans_segs(&pods.a), retrans_segs(&pods.b));
+        let counters_a = tcp_counters(&pods.a);
 
         let server = start_server(&pods.b, &["sink", &listen, "1"]);
         run_client(&pods.a, &["send", &connect, "16000000"]);
@@ -73,7 +76,16 @@ fn data_retransmits_match_kernel_counters_v4_and_v6() {
 
         // Everything pod A retransmitted went to server-0:8080 ...
         let want = retrans_segs(&pods.a) - k_a;
-        assert_counted(agg, &server_labels, m_server, want, &format!("{family} retransmits to server-0"));
+        let explain =
+            || format!("pod A's TCP counters that moved:\n{}", moved(&counters_a, &tcp_counters(&pods.a)));
+        assert_counted_explained(
+            agg,
+            &server_labels,
+            m_server,
+            want,
+            &format!("{family} retransmits to server-0"),
+            &explain,
+        );
         assert_counted(
             &twin,
             &server_labels,
