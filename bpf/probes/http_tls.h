@@ -88,6 +88,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); /* shared with adopted socket hooks */
 } nt_tls_ssls SEC(".maps");
 
+/*
+ * Processes that ever called SSL_read/SSL_write, one flag per tgid hash
+ * (tgid % NT_TLS_PROCS): the socket hooks look up a thread's SSL state only
+ * when its process's flag is set, so plain-HTTP processes skip that hash
+ * lookup (an array lookup is inlined by the verifier: a load). A flag shared
+ * by two processes, or left by an exited one, costs only the lookup. Never
+ * cleared: a process whose flag were cleared during an SSL call would have
+ * its ciphertext parsed.
+ */
+#define NT_TLS_PROCS 4096
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NT_TLS_PROCS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* shared with adopted socket hooks */
+} nt_tls_procs SEC(".maps");
+
 /* HTTP probe settings (NT_HTTP_CFG_* flags), written by the loader at every
  * start, so programs adopted from a previous loader follow the new one. */
 struct {
@@ -112,17 +131,24 @@ static __always_inline int nt_tls_on(void)
  * Called by the socket hooks for every successful TCP read/write. Returns 1
  * when the bytes are ciphertext of an SSL call in progress on this thread
  * (the caller then skips them), 0 otherwise. Inlined: a global function
- * cannot take the hook's trusted sock pointer. Costs one hash lookup for
- * threads that never called SSL_read/SSL_write, none when TLS is off.
+ * cannot take the hook's trusted sock pointer. Costs two loads for
+ * processes that never called SSL_read/SSL_write (nt_tls_procs), one hash
+ * lookup for those that did, none when TLS is off.
  */
 static __always_inline int nt_tls_sock_io(__u64 sk, int in)
 {
 	__u64 id;
 	struct nt_tls_thread *t;
 
+	__u32 proc, *seen;
+
 	if (!nt_tls_on())
 		return 0;
 	id = bpf_get_current_pid_tgid();
+	proc = (__u32)(id >> 32) % NT_TLS_PROCS;
+	seen = bpf_map_lookup_elem(&nt_tls_procs, &proc);
+	if (!seen || !*seen)
+		return 0;
 	t = bpf_map_lookup_elem(&nt_tls_threads, &id);
 	if (!t)
 		return 0;
@@ -158,8 +184,15 @@ static __always_inline void nt_tls_remember(struct nt_tls_key *k, __u64 sk)
 static __always_inline int nt_tls_enter(__u64 ssl, __u64 buf, __u64 nbytes)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct nt_tls_thread *t = bpf_map_lookup_elem(&nt_tls_threads, &id);
+	__u32 proc = (__u32)(id >> 32) % NT_TLS_PROCS, *seen;
+	struct nt_tls_thread *t;
 
+	/* Set before the call's state exists, so that a socket hook that sees
+	 * the state also sees the flag. */
+	seen = bpf_map_lookup_elem(&nt_tls_procs, &proc);
+	if (seen && !*seen)
+		*seen = 1;
+	t = bpf_map_lookup_elem(&nt_tls_threads, &id);
 	if (!t) {
 		struct nt_tls_thread fresh = {};
 
