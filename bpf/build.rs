@@ -15,7 +15,7 @@ use std::{env, path::PathBuf, process::Command};
 use anyhow::{bail, Context, Result};
 
 /// Probe objects, one per program family (`probes/<name>.bpf.c`).
-const PROBES: &[&str] = &["tcp_retransmit", "http", "bench"];
+const PROBES: &[&str] = &["tcp_retransmit", "http", "bench", "floor"];
 /// Objects built for tests only, never loaded.
 const CHECK_OBJECTS: &[(&str, &str)] = &[("abi_check", "abi_check.bpf.c")];
 

@@ -28,6 +28,11 @@ pub static HTTP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 /// filtered to one tgid). Loaded only by `nettel-loader run --bench-tgid`.
 pub static BENCH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
 
+/// The benchmark floor object: programs that return at once on the sendmsg
+/// hooks' tracepoints (`probes/floor.bpf.c`). Loaded only by
+/// `nettel-http-bench --hooks floor`.
+pub static FLOOR_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor.bpf.o"));
+
 /// Names shared with the C side. Keep in step with `lib/maps.h` and the
 /// `SEC()` function names in `probes/`.
 pub mod names {

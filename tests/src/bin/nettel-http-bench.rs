@@ -28,11 +28,15 @@
 //! paced client speaks plain HTTP, and dd is covered by the plain run).
 //!
 //! ```text
-//! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate REQ_PER_S] [--tls]
-//!                                      [--hooks sendmsg,socket,syscall] [--loader-args "FLAGS"]
+//! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate REQ_PER_S] [--tls] [--pin]
+//!                                      [--hooks floor,sendmsg,socket,syscall] [--loader-args "FLAGS"]
 //! ```
 //! `--hooks` picks the agent-on modes to compare with agent off (default all three; with `--tls`, the
-//! modes are `tls-off,tls-on`). `--rounds 0` runs only the BPF-time pass. `--loader-args` adds loader
+//! modes are `tls-off,tls-on`). One more mode, `floor`, attaches programs that return at once to
+//! the sendmsg hooks' tracepoints (`bpf/probes/floor.bpf.c`, no loader): what any program there
+//! costs before it does any work. `--pin` runs nginx on CPU 1 and the clients (wrk, the paced
+//! client) on CPU 0, so that the server's CPU bounds the request rate and the scheduler does not
+//! move the two across CPUs between samples. `--rounds 0` runs only the BPF-time pass. `--loader-args` adds loader
 //! flags to every agent-on mode. `--stop-agent` stops the loader and aggregator (SIGSTOP) during the
 //! timed rounds, the probes still attached: the kernel side's cost alone.
 //! Run after `cargo build --release --bins` (the loader and aggregator are
@@ -57,14 +61,63 @@ struct Sample {
     wrk_p99_us: f64,
     rate_p50_us: f64,
     rate_p99_us: f64,
+    /// Busy share of CPU 0 and CPU 1 (`/proc/stat`) during the fixed-rate pass.
+    rate_busy: [f64; 2],
     dd_ns_per_syscall: f64,
     /// The host's syscall speed right before and right after the sample
     /// (agent off both times): [`host_syscall_ns`].
     host_ns: [f64; 2],
 }
 
-const USAGE: &str = "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] \
-[--hooks sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent]";
+const USAGE: &str =
+    "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] [--pin] \
+[--hooks floor,sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent]";
+
+/// `--pin`: nginx on [`SERVER_CPU`], the clients on [`CLIENT_CPU`].
+static PIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+const SERVER_CPU: &str = "1";
+const CLIENT_CPU: &str = "0";
+
+/// `program` in `ns`, on [`CLIENT_CPU`] with `--pin`.
+fn client(ns: &str, program: &str) -> Command {
+    if PIN.get().copied().unwrap_or(false) {
+        let mut c = exec(ns, "taskset");
+        c.args(["-c", CLIENT_CPU, program]);
+        c
+    } else {
+        exec(ns, program)
+    }
+}
+
+/// The label of the floor mode, and its programs' names' prefix.
+const FLOOR: &str = "floor";
+/// The floor mode's programs and their tracepoints.
+const FLOOR_PROGRAMS: [(&str, &str); 3] = [
+    ("nt_floor_recv", "sock_recv_length"),
+    ("nt_floor_sendmsg", "tcp_sendmsg_locked"),
+    ("nt_floor_state", "inet_sock_set_state"),
+];
+
+/// What runs in an agent-on mode, until dropped.
+enum Agent {
+    /// The loader and aggregator.
+    Stack { _stack: Stack },
+    /// The floor object: its links close with it.
+    Floor { _ebpf: aya::Ebpf },
+}
+
+/// Loads and attaches the floor programs.
+fn attach_floor() -> aya::Ebpf {
+    let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
+    let mut ebpf = aya::Ebpf::load(nettel_bpf::FLOOR_OBJ).expect("load the floor object");
+    for (name, tracepoint) in FLOOR_PROGRAMS {
+        let prog: &mut aya::programs::BtfTracePoint =
+            ebpf.program_mut(name).expect(name).try_into().expect("a tp_btf program");
+        prog.load(tracepoint, &btf).unwrap_or_else(|e| panic!("load {name}: {e}"));
+        prog.attach().unwrap_or_else(|e| panic!("attach {name}: {e}"));
+    }
+    ebpf
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
@@ -84,6 +137,17 @@ fn main() {
         None => start_nginx(&pods.b, &pods.b_v4),
     };
     let nginx_pids = nginx_pids(nginx.child.id());
+    if std::env::args().any(|a| a == "--pin") {
+        PIN.set(true).unwrap();
+        for pid in &nginx_pids {
+            let ok = Command::new("taskset")
+                .args(["-a", "-p", "-c", SERVER_CPU, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("taskset");
+            assert!(ok.success(), "taskset nginx {pid}");
+        }
+    }
     let url = format!("{}://{}:8080/ok", if tls { "https" } else { "http" }, pods.b_v4);
     let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
     // Warm-up; then the fixed rate: half of what nginx serves with the agent off.
@@ -99,13 +163,15 @@ fn main() {
         ]
     } else {
         vec![
+            (FLOOR, &[]),
             ("sendmsg", &["--http-hook", "sendmsg", "--tls", "off"]),
             ("socket", &["--http-hook", "socket", "--tls", "off"]),
             ("syscall", &["--http-hook", "syscall", "--tls", "off"]),
         ]
     };
     let labels = all.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(",");
-    let wanted = flag("--hooks").unwrap_or_else(|| labels.clone());
+    let defaults = all.iter().map(|(l, _)| *l).filter(|l| *l != FLOOR).collect::<Vec<_>>().join(",");
+    let wanted = flag("--hooks").unwrap_or(defaults);
     // Extra loader flags for every agent-on mode (experiments: ring size, ...).
     let extra = flag("--loader-args").unwrap_or_default();
     let mut modes: Vec<(&str, Option<Vec<&str>>)> = vec![("off", None)];
@@ -118,7 +184,10 @@ fn main() {
     // Experiment: the loader and aggregator stopped (SIGSTOP) during the
     // timed rounds, the probes still attached: what the kernel side alone costs.
     let stop_agent = std::env::args().any(|a| a == "--stop-agent");
-    let start = |flags: &Vec<&str>| {
+    let start = |label: &str, flags: &Vec<&str>| {
+        if label == FLOOR {
+            return Agent::Floor { _ebpf: attach_floor() };
+        }
         let stack = Stack::start_with(&entries, flags);
         if flags.windows(2).any(|w| w == ["--tls", "on"]) {
             // The attacher instruments nginx's libssl on its next /proc scan.
@@ -127,15 +196,15 @@ fn main() {
                 (tls.files_instrumented > 0).then_some(())
             });
         }
-        stack
+        Agent::Stack { _stack: stack }
     };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
         for k in 0..modes.len() {
             let m = (round + k) % modes.len();
             let host_before = host_syscall_ns();
-            let stack = modes[m].1.as_ref().map(start);
-            let stopped = if stop_agent && stack.is_some() {
+            let stack = modes[m].1.as_ref().map(|flags| start(modes[m].0, flags));
+            let stopped = if stop_agent && matches!(stack, Some(Agent::Stack { .. })) {
                 [agent_pids("nettel-loader"), agent_pids("nettel-aggregat")].concat()
             } else {
                 Vec::new()
@@ -155,7 +224,7 @@ fn main() {
     let mut bpf_lines = Vec::new();
     let mut per_program = Vec::new();
     for (label, flags) in modes.iter().filter_map(|(l, f)| f.as_ref().map(|f| (l, f))) {
-        let stack = start(flags);
+        let stack = start(label, flags);
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
         let agent = [agent_pids("nettel-loader"), agent_pids("nettel-aggregat")];
         let (before, iwi_before) = (http_prog_stats(), irq_work_interrupts());
@@ -219,6 +288,8 @@ fn main() {
         if !tls {
             row("p50 latency at the fixed rate", |s| s.rate_p50_us, "us");
             row("p99 latency at the fixed rate", |s| s.rate_p99_us, "us");
+            row("CPU 0 busy at the fixed rate", |s| s.rate_busy[0] * 100.0, "%");
+            row("CPU 1 busy at the fixed rate", |s| s.rate_busy[1] * 100.0, "%");
             row("dd through a pipe: CPU per syscall", |s| s.dd_ns_per_syscall, "ns");
         }
         within_round_table(&modes, &samples, tls);
@@ -244,7 +315,17 @@ fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bo
     if !full {
         return Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, ..Sample::default() };
     }
+    let busy0 = cpu_ticks();
     let (rate_p50_us, rate_p99_us) = paced(ns, url, rate);
+    let busy = cpu_ticks();
+    let rate_busy = [0, 1].map(|c| {
+        let (b, t) = (busy[c].0 - busy0[c].0, busy[c].1 - busy0[c].1);
+        if t == 0 {
+            0.0
+        } else {
+            b as f64 / t as f64
+        }
+    });
     let dd_ns_per_syscall = dd_cpu() * 1e9 / (4 * DD_BLOCKS) as f64;
     Sample {
         rps,
@@ -253,6 +334,7 @@ fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bo
         wrk_p99_us,
         rate_p50_us,
         rate_p99_us,
+        rate_busy,
         dd_ns_per_syscall,
         ..Sample::default()
     }
@@ -348,7 +430,7 @@ fn host_syscall_ns() -> f64 {
 
 /// Runs wrk; returns (requests, requests/s, p50 us, p99 us).
 fn wrk(ns: &str, url: &str, seconds: u64) -> (f64, f64, f64, f64) {
-    let out = exec(ns, "wrk")
+    let out = client(ns, "wrk")
         .args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency", url])
         .output()
         .expect("wrk (scripts/setup installs it)");
@@ -389,7 +471,7 @@ fn duration_us(s: &str) -> f64 {
 fn paced(ns: &str, url: &str, rate: u64) -> (f64, f64) {
     let rest = url.strip_prefix("http://").expect("plain HTTP url");
     let (addr, path) = rest.split_once('/').expect("url with a path");
-    let out = exec(ns, nettel_integration::process::bin("nettel-traffic").to_str().unwrap())
+    let out = client(ns, nettel_integration::process::bin("nettel-traffic").to_str().unwrap())
         .args(["paced", addr, &format!("/{path}"), &rate.to_string(), "5", "16"])
         .output()
         .expect("nettel-traffic");
@@ -423,7 +505,19 @@ fn nginx_pids(master: u32) -> Vec<u32> {
     std::iter::once(master).chain(children.split_whitespace().map(|p| p.parse().unwrap())).collect()
 }
 
-/// Pids of the processes whose command name (15 bytes at most) is `comm`.
+/// (busy, total) ticks of CPU 0 and CPU 1 so far (`/proc/stat`; busy is all
+/// but idle and iowait).
+fn cpu_ticks() -> [(u64, u64); 2] {
+    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    [0, 1].map(|c| {
+        let line = text.lines().find(|l| l.starts_with(&format!("cpu{c} "))).expect("a cpu line");
+        let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+        let total: u64 = v.iter().take(8).sum();
+        (total - v[3] - v[4], total)
+    })
+}
+
+/// Sends `sig` to each of `pids`.
 fn signal(pids: &[u32], sig: &str) {
     for pid in pids {
         let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
@@ -431,6 +525,7 @@ fn signal(pids: &[u32], sig: &str) {
     }
 }
 
+/// Pids of the processes whose command name (15 bytes at most) is `comm`.
 fn agent_pids(comm: &str) -> Vec<u32> {
     let out = Command::new("pgrep").args(["-x", comm]).output().expect("pgrep");
     String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
@@ -457,7 +552,8 @@ fn irq_work_interrupts() -> u64 {
         .unwrap_or(0)
 }
 
-/// (run_time_ns, run_cnt) of each of nettel's HTTP and TLS programs, by name.
+/// (run_time_ns, run_cnt) of each of nettel's HTTP and TLS programs (and the
+/// floor's), by name.
 fn http_prog_stats() -> BTreeMap<String, (u64, u64)> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
@@ -466,7 +562,9 @@ fn http_prog_stats() -> BTreeMap<String, (u64, u64)> {
         .unwrap()
         .iter()
         .filter_map(|p| {
-            let name = p["name"].as_str().filter(|n| n.starts_with("nt_http") || n.starts_with("nt_tls"))?;
+            let name = p["name"].as_str().filter(|n| {
+                n.starts_with("nt_http") || n.starts_with("nt_tls") || n.starts_with("nt_floor")
+            })?;
             Some((
                 name.to_owned(),
                 (p["run_time_ns"].as_u64().unwrap_or(0), p["run_cnt"].as_u64().unwrap_or(0)),
