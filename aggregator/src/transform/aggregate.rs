@@ -61,45 +61,79 @@ fn bounded(s: &str) -> String {
 /// Most cached series handles before the cache is cleared.
 pub const MAX_CACHED_SERIES: usize = 65536;
 
-/// Most kernel HTTP totals entries remembered (the loader's table holds 8192;
-/// past this the memory is cleared, counted as a decode error, and the next
-/// totals of each entry are counted whole).
+/// Most kernel HTTP totals entries remembered: as many as the kernel's table
+/// can hold (`--http-table-entries` is at most 65536). Past this, the entries
+/// seen longest ago (keys of a table a loader restart replaced, not yet
+/// forgotten by a complete batch) are forgotten first, down to 7/8 of it, each
+/// counted as a decode error; an entry forgotten and then seen again counts
+/// its totals whole.
 pub const MAX_TOTALS_KEYS: usize = 65536;
 
 /// (cgroup id, local address, method, status, TLS) of a kernel totals entry.
 type TotalsKey = (u64, IpAddr, i32, u32, bool);
 type Buckets = [u64; HTTP_BUCKETS.len() + 1];
 
-/// The kernel's running totals as last counted, per entry: what turns them
-/// into growth. Kept across streams and loader restarts (the kernel table
-/// outlives the loader, so its totals go on).
+/// The kernel's running totals as last counted, per entry, with the batch
+/// they were last seen in: what turns them into growth. Kept across streams
+/// and loader restarts (the kernel table outlives the loader, so its totals
+/// go on).
 #[derive(Debug, Default)]
-struct TotalsSeen(HashMap<TotalsKey, (Buckets, u64)>);
+struct TotalsSeen {
+    entries: HashMap<TotalsKey, Seen>,
+    /// Batches begun so far ([`TotalsSeen::begin_batch`]).
+    batch: u64,
+}
+
+#[derive(Debug)]
+struct Seen {
+    buckets: Buckets,
+    sum_ns: u64,
+    batch: u64,
+}
 
 impl TotalsSeen {
+    /// Starts a batch: what [`TotalsSeen::growth`] sees from now on was seen
+    /// in it.
+    fn begin_batch(&mut self) {
+        self.batch += 1;
+    }
+
     /// The growth of `key`'s totals since last seen, and remembers them. An
     /// entry not seen before counts whole; so do totals below the last seen
     /// (the table was recreated), bucket by bucket.
     fn growth(&mut self, key: TotalsKey, buckets: Buckets, sum_ns: u64) -> (Buckets, u64) {
-        let last = self.0.insert(key, (buckets, sum_ns));
-        let Some((lb, ls)) = last else { return (buckets, sum_ns) };
+        let last = self.entries.insert(key, Seen { buckets, sum_ns, batch: self.batch });
+        let Some(Seen { buckets: lb, sum_ns: ls, .. }) = last else { return (buckets, sum_ns) };
         if buckets.iter().zip(&lb).any(|(now, before)| now < before) || sum_ns < ls {
             return (buckets, sum_ns);
         }
         (std::array::from_fn(|i| buckets[i] - lb[i]), sum_ns - ls)
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.len()
+        self.entries.len()
     }
 
     /// Forgets every entry but `keys` (a complete batch: the rest were freed).
     fn keep_only(&mut self, keys: &HashSet<TotalsKey>) {
-        self.0.retain(|k, _| keys.contains(k));
+        self.entries.retain(|k, _| keys.contains(k));
     }
 
-    fn clear(&mut self) {
-        self.0.clear();
+    /// Past `max` entries, forgets those seen longest ago until 7/8 of `max`
+    /// are left, never one seen in the current batch; returns how many.
+    fn forget_oldest(&mut self, max: usize) -> usize {
+        let before = self.entries.len();
+        if before <= max {
+            return 0;
+        }
+        let mut batches: Vec<u64> = self.entries.values().map(|e| e.batch).collect();
+        let excess = before - max / 8 * 7;
+        let (_, &mut threshold, _) = batches.select_nth_unstable(excess - 1);
+        // Entries of the threshold's batch go too, unless it is the current one.
+        let current = self.batch;
+        self.entries.retain(|_, e| e.batch > threshold || e.batch == current);
+        before - self.entries.len()
     }
 }
 
@@ -409,6 +443,7 @@ impl Aggregator {
         now: Instant,
     ) {
         self.set_now(now);
+        self.totals_seen.begin_batch();
         if complete {
             let keys = totals.iter().filter_map(totals_key).collect();
             self.totals_seen.keep_only(&keys);
@@ -425,6 +460,11 @@ impl Aggregator {
         }
         for t in totals {
             self.http_totals(t);
+        }
+        let forgotten = self.totals_seen.forget_oldest(MAX_TOTALS_KEYS);
+        if forgotten > 0 {
+            let reason = ReasonLabels { reason: "http_totals_keys_over_limit".into() };
+            self.metrics.decode_errors.get_or_create(&reason).inc_by(forgotten as u64);
         }
     }
 
@@ -443,10 +483,6 @@ impl Aggregator {
         let count: u64 = delta.0.iter().sum();
         if count == 0 {
             return;
-        }
-        if self.totals_seen.len() > MAX_TOTALS_KEYS {
-            self.decode_error("http_totals_keys_over_limit");
-            self.totals_seen.clear();
         }
         if t.tls {
             self.received_https.inc_by(count);
@@ -636,6 +672,32 @@ mod tests {
         assert_eq!(a.received_http.get(), 14 + 14 + 28, "the resent key 2 adds nothing");
         a.apply_http_totals(&[], &[], true, now);
         assert_eq!(a.totals_seen.len(), 0, "an empty complete batch: every key is gone");
+    }
+
+    /// Past the limit, the entries seen longest ago are forgotten first, and
+    /// never one of the current batch: the others keep counting by growth.
+    #[test]
+    fn totals_past_the_limit_forget_the_oldest_entries_first() {
+        let key = |i: u64| (i, IpAddr::from([10, 0, 0, 1]), 2, 200, false);
+        let mut seen = TotalsSeen::default();
+        seen.begin_batch();
+        for i in 0..8 {
+            seen.growth(key(i), [1; 14], 1); // batch 1: entries 0-7
+        }
+        seen.begin_batch();
+        for i in 4..12 {
+            seen.growth(key(i), [2; 14], 2); // batch 2: 4-7 again, 8-11 new
+        }
+        assert_eq!(seen.forget_oldest(16), 0, "under the limit");
+        // 12 entries past a limit of 8: down to 7, the current batch's 8 kept.
+        assert_eq!(seen.forget_oldest(8), 4);
+        assert!((0..4).all(|i| !seen.entries.contains_key(&key(i))), "batch 1 only: forgotten");
+        assert_eq!(seen.growth(key(5), [3; 14], 3), ([1; 14], 1), "a kept entry still counts its growth");
+        seen.begin_batch();
+        seen.growth(key(20), [1; 14], 1);
+        // 9 past 8: every entry of the oldest batch left (2) goes, whole.
+        assert_eq!(seen.forget_oldest(8), 8);
+        assert_eq!(seen.len(), 1, "batch 3: key 20");
     }
 
     /// Kernel totals count by their growth: again after a loader restart
