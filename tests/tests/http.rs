@@ -177,7 +177,22 @@ fn five_runtimes(hook: &str) {
         let ok =
             |le: &str| sum(&text, &format!("{HIST}_bucket"), &[("pod", name), ("status", "200"), ("le", le)]);
         let all_ok = expected[&("GET", "200")] + expected[&("PUT", "200")] + expected[&("OTHER", "200")];
-        assert_eq!((ok("0.25"), ok("0.5")), (all_ok - 1, all_ok), "{name}: split request timing");
+        // On failure, every 200 bucket of the pod: which requests were slow.
+        let buckets_200 = || {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with(&format!("{HIST}_bucket")) && l.contains(&format!("pod=\"{name}\""))
+                })
+                .filter(|l| l.contains("status=\"200\""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            (ok("0.25"), ok("0.5")),
+            (all_ok - 1, all_ok),
+            "{name}: split request timing; the 200s by bucket:\n{}",
+            buckets_200()
+        );
 
         // The traceparent request is an exemplar (OpenMetrics only).
         let (_, om) =
