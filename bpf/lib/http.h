@@ -16,13 +16,14 @@
 #define NT_HTTP_MAX_TOKEN 12
 
 /**
- * nt_fd_tcp_sock() - the TCP sock behind a file descriptor of current
+ * nt_fd_tcp_sock_file() - the TCP sock behind a file descriptor of current
  * @fd: file descriptor
+ * @filep: where to store the descriptor's file (may be NULL)
  *
  * Return: the sock, or NULL for anything that is not a TCP socket (the cheap
  * early exit every read/write on the node takes).
  */
-static __always_inline struct sock *nt_fd_tcp_sock(__u64 fd)
+static __always_inline struct sock *nt_fd_tcp_sock_file(__u64 fd, struct file **filep)
 {
 	struct task_struct *task = (void *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -45,7 +46,30 @@ static __always_inline struct sock *nt_fd_tcp_sock(__u64 fd)
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != NT_IPPROTO_TCP)
 		return 0;
+	if (filep)
+		*filep = f;
 	return sk;
+}
+
+/* nt_fd_tcp_sock_file() without the file. */
+static __always_inline struct sock *nt_fd_tcp_sock(__u64 fd)
+{
+	return nt_fd_tcp_sock_file(fd, 0);
+}
+
+/*
+ * Whether @f has references besides the descriptor being closed: a dup()ed
+ * descriptor, or the copy a forked process holds. Its socket lives on.
+ */
+static __always_inline int nt_file_shared(struct file *f)
+{
+	if (bpf_core_field_exists(struct file___ref, f_ref)) {
+		struct file___ref *fr = (void *)f;
+
+		/* The count minus one: more than one reference is above 0. */
+		return BPF_CORE_READ(fr, f_ref.refcnt.counter) > 0;
+	}
+	return BPF_CORE_READ(f, f_count.counter) > 1;
 }
 
 /* Whether the @len-byte token @t equals the literal @s (no libc in BPF). */

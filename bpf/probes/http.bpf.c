@@ -26,8 +26,9 @@
  * bytes of a read or write (or beyond iov[0] of a vectored one) are not
  * seen, so their responses count as unmatched; a request line split across
  * reads is recognised when the first read holds the method and the start of
- * the path; a connection whose process exits without close() keeps its
- * entry until LRU eviction.
+ * the path; with the syscall hooks, a connection whose process exits without
+ * close(), or whose last close() runs while another thread of its process is
+ * in a call on it, keeps its entry until LRU eviction.
  */
 #include "vmlinux/vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -1355,12 +1356,18 @@ int BPF_PROG(nt_http_exit, struct pt_regs *regs, long ret)
 	return nt_io(sk, dir, kind, arg1, (__u64)ret, 0);
 }
 
+/*
+ * A close() of a TCP socket's last descriptor ends its connection state. One
+ * of several does not: a pre-fork or inetd-style server's parent closes its
+ * copy of each connection a forked child serves, requests pending.
+ */
 SEC("tracepoint/syscalls/sys_enter_close")
 int nt_http_close(struct nt_sys_enter_close *ctx)
 {
-	struct sock *sk = nt_fd_tcp_sock(ctx->fd);
+	struct file *f = 0;
+	struct sock *sk = nt_fd_tcp_sock_file(ctx->fd, &f);
 
-	if (!sk)
+	if (!sk || !f || nt_file_shared(f))
 		return 0;
 	return nt_conn_end((__u64)sk);
 }

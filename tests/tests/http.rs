@@ -463,3 +463,39 @@ fn http_table_slots_of_a_removed_cgroup_are_reused() {
         "cgroup B's keys took the slots freed with cgroup A"
     );
 }
+
+/// A fork-per-connection server: the parent closes its copy of each accepted
+/// connection while the forked child's request is pending. The close of one
+/// descriptor must not end the connection's state (the syscall hooks end it at
+/// close(), the others at TCP CLOSE): every request is counted, with its
+/// 400 ms, under every hook set.
+#[test]
+fn a_request_a_forked_child_serves_is_counted_after_the_parent_closes_its_copy() {
+    if !require_kernel("a_request_a_forked_child_serves_is_counted_after_the_parent_closes_its_copy") {
+        return;
+    }
+    let pods = PodPair::new(15);
+    let _server =
+        start(&pods.b, "python3", &[fixture("forking_http_server.py"), pods.b_v4.clone(), "8080".into()]);
+    let url = format!("http://{}:8080/slow", pods.b_v4);
+    for hook in ["sendmsg", "socket", "syscall"] {
+        let stack =
+            Stack::start_with(&[(pods.b_v4.as_str(), "forking-0", "web", "forking")], &["--http-hook", hook]);
+        // One connection per request: curl sends each as the parent forks.
+        for _ in 0..3 {
+            curl(&pods.a, &[&url]);
+        }
+        let slow = |text: &str, le: &str| {
+            sum(text, &format!("{HIST}_bucket"), &[("pod", "forking-0"), ("status", "200"), ("le", le)])
+        };
+        wait_for(Duration::from_secs(10), &format!("{hook} hooks: three requests counted"), || {
+            (count_of(&stack.agg.scrape(), "forking-0", "GET", "200") >= 3).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let text = stack.agg.scrape();
+        assert_eq!(count_of(&text, "forking-0", "GET", "200"), 3, "{hook} hooks");
+        assert_eq!((slow(&text, "0.25"), slow(&text, "0.5")), (0, 3), "{hook} hooks: timed 400 ms");
+        let closed = sum(&text, "nettel_http_unmatched_total", &[("reason", "closed_with_pending")]);
+        assert_eq!(closed, 0, "{hook} hooks: no request ended by the parent's close");
+    }
+}

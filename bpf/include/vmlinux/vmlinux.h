@@ -152,9 +152,27 @@ struct inode {
 	umode_t i_mode;
 };
 
+typedef struct {
+	__s64 counter;
+} atomic64_t;
+
+typedef atomic64_t atomic_long_t;
+
+/* Linux 6.13+: a file's references, held as their count minus one. */
+typedef struct {
+	atomic64_t refcnt;
+} file_ref_t;
+
 struct file {
 	struct inode *f_inode;
 	void *private_data;
+	/* Up to Linux 6.12: the file's references. */
+	atomic_long_t f_count;
+};
+
+/* struct file of Linux 6.13+ (CO-RE flavor: matched against `file`). */
+struct file___ref {
+	file_ref_t f_ref;
 };
 
 struct fdtable {
