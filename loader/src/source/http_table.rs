@@ -100,7 +100,8 @@ struct SlotReader {
     /// Totals as last sent, per key (at most one per slot).
     sent: HashMap<Key, Totals>,
     reads: u64,
-    /// The last full read had a key not yet confirmed: the next is full too.
+    /// The last full read missed a key sent before (a second slot of it, or
+    /// a slot freed during the read): the next is full too.
     full_again: bool,
 }
 
@@ -110,18 +111,21 @@ impl SlotReader {
     }
 
     fn changes(&mut self, words: &[AtomicU64]) -> Changes {
+        let first = self.reads == 0;
         let full = self.reads.is_multiple_of(FULL_EVERY) || self.full_again;
         self.reads += 1;
         let mut now: HashMap<Key, Totals> = HashMap::new();
-        // Keys read but not sent: new, torn, or being freed.
-        let mut unconfirmed = 0;
+        // Keys read but not sent that a subscriber may know (sent before):
+        // torn, or being freed. A key read but not sent for the first time is
+        // new: a batch without it makes a subscriber forget nothing.
+        let mut unconfirmed_known = 0;
         for (slot, last) in words.chunks_exact(SLOT_WORDS).zip(self.last_keys.iter_mut()) {
             let key = read_key(slot);
             let confirmed = key.is_some() && key == *last;
             *last = key;
             let Some(key) = key else { continue };
             if !confirmed {
-                unconfirmed += 1;
+                unconfirmed_known += usize::from(self.sent.contains_key(&key));
                 continue;
             }
             let mut totals: Totals = (slot[KEY_WORDS].load(Relaxed), [0; abi::NT_HTTP_BUCKETS as usize]);
@@ -133,7 +137,7 @@ impl SlotReader {
             fence(Acquire);
             if read_key(slot) != Some(key) {
                 *last = None;
-                unconfirmed += 1;
+                unconfirmed_known += usize::from(self.sent.contains_key(&key));
                 continue;
             }
             // Two slots may hold one key (two CPUs claimed one each): sum them.
@@ -154,11 +158,13 @@ impl SlotReader {
             totals.push(to_proto(&key, &t));
             self.sent.insert(key, t);
         }
-        // A full read is complete only if it sent every key in the table: a
-        // subscriber forgets the keys a complete batch lacks. (A fresh
-        // reader's first read confirms nothing, and a subscriber that stayed
-        // connected across a loader restart must not forget its keys then.)
-        let complete = full && unconfirmed == 0;
+        // A full read is complete only if it sent every key in the table a
+        // subscriber may know: it forgets the keys a complete batch lacks.
+        // Keys new since the last read do not count, so that a node whose
+        // pods keep coming still gets complete batches. A fresh reader's
+        // first read confirms nothing, and a subscriber that stayed
+        // connected across a loader restart must not forget its keys then.
+        let complete = full && !first && unconfirmed_known == 0;
         self.full_again = full && !complete;
         Changes { totals, complete }
     }
@@ -291,6 +297,46 @@ mod tests {
         let full = r.changes(&mem);
         assert!(full.complete);
         assert_eq!(full.totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [8]);
+    }
+
+    /// New keys on every read (a node whose pods keep coming) neither make
+    /// the full read incomplete nor keep the next reads full.
+    #[test]
+    fn a_key_new_at_the_full_read_leaves_it_complete() {
+        let empty = abi::nt_http_slot::default();
+        let mem = memory(&[slot(7, 200, 0, 4), empty, empty]);
+        let mut r = SlotReader::new(3);
+        r.changes(&mem);
+        while !r.reads.is_multiple_of(FULL_EVERY) {
+            r.changes(&mem);
+        }
+        // A pod's first request claims slot 1 right before the full read.
+        let claim = |i: usize, s: abi::nt_http_slot| {
+            for (w, v) in mem[i * SLOT_WORDS..].iter().zip(memory(&[s])) {
+                w.store(v.into_inner(), Relaxed);
+            }
+        };
+        claim(1, slot(8, 200, 0, 1));
+        let full = r.changes(&mem);
+        assert!(full.complete, "the new key is not one a subscriber knows");
+        assert_eq!(full.totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [7]);
+        assert!(!r.full_again);
+        let next = r.changes(&mem);
+        assert!(!next.complete, "not a full read");
+        assert_eq!(next.totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [8], "confirmed: sent");
+        // A second slot of a known key (two CPUs claimed it) is not yet
+        // confirmed at the full read: not complete, and the next read is full.
+        while !r.reads.is_multiple_of(FULL_EVERY) {
+            r.changes(&mem);
+        }
+        claim(2, slot(7, 200, 0, 1));
+        assert!(!r.changes(&mem).complete, "slot 2's part of key 7 is missing");
+        assert!(r.full_again);
+        let again = r.changes(&mem);
+        assert!(again.complete);
+        let mut got: Vec<_> = again.totals.iter().map(|p| (p.cgroup_id, p.sum_ns)).collect();
+        got.sort_unstable();
+        assert_eq!(got, [(7, 5000), (8, 1000)]);
     }
 
     #[test]
