@@ -107,6 +107,8 @@ struct nt_http_conn {
 
 struct nt_http_peek_buf {
 	__u8 buf[NT_HTTP_PEEK];
+	/* Slack for the header scan's look-ahead word (nt_find()). */
+	__u8 _slack[8];
 };
 
 struct {
@@ -269,6 +271,14 @@ static __always_inline __u64 nt_lf_flags(__u64 x)
 	return nt_zero_exact(x ^ '\n' * NT_ONES);
 }
 
+/* Flags (bit 7) of the bytes of @y that can start a header line the scan
+ * stops at: CR (the blank line ending the headers) and `t`/`T` (a
+ * traceparent header). `c | 0x20` is `t` for those two bytes only. */
+static __always_inline __u64 nt_line_start_flags(__u64 y)
+{
+	return nt_zero_exact(y ^ '\r' * NT_ONES) | nt_zero_exact((y | 0x20 * NT_ONES) ^ 't' * NT_ONES);
+}
+
 /* The index (0..7) of the lowest flagged byte of @m (nonzero, flags in
  * bit 7 of bytes). Branch-free, so that the verifier follows one path: the
  * lowest flag alone, shifted to bit 8k, times a constant whose byte 7 - k
@@ -314,12 +324,16 @@ static __always_inline int nt_window(__u32 from, __u32 n, __u32 i, __u32 *skip)
 }
 
 /* What nt_find() looks for. */
-enum { NT_FIND_CTL, NT_FIND_LF };
+enum { NT_FIND_CTL, NT_FIND_LF, NT_FIND_LINE };
 
 /*
- * The offset of the first control character (@what NT_FIND_CTL) or newline
- * (NT_FIND_LF) in peeked bytes [@from, @n) of @b, else -1, a word at a
- * time. Inlined into the global functions below, each verified once.
+ * The offset of the first control character (@what NT_FIND_CTL), newline
+ * (NT_FIND_LF), or newline followed by a byte of nt_line_start_flags()
+ * (NT_FIND_LINE: the other header lines are skipped without a return per
+ * line) in peeked bytes [@from, @n) of @b, else -1, a word at a time. The
+ * look-ahead word may hold bytes past @n (the caller checks what follows a
+ * newline against @n) and reads into the peek buffer's slack. Inlined into
+ * the global functions below, each verified once.
  */
 static __always_inline int nt_find(const __u8 *b, __u32 from, __u32 n, int what)
 {
@@ -333,7 +347,11 @@ static __always_inline int nt_find(const __u8 *b, __u32 from, __u32 n, int what)
 		if (j < 0)
 			return -1;
 		x = nt_word(b + j);
-		m = (what == NT_FIND_LF ? nt_lf_flags(x) : nt_ctl_flags(x)) & NT_FROM_BYTE(skip);
+		if (what == NT_FIND_LINE)
+			m = nt_lf_flags(x) & nt_line_start_flags(nt_word(b + j + 1));
+		else
+			m = what == NT_FIND_LF ? nt_lf_flags(x) : nt_ctl_flags(x);
+		m &= NT_FROM_BYTE(skip);
 		if (m)
 			return j + (int)nt_first_flag(m);
 	}
@@ -358,13 +376,15 @@ __noinline int nt_first_ctl(__u32 from, __u32 n)
 enum { NT_LINE_STOP, NT_LINE_BLANK, NT_LINE_TRACEPARENT, NT_LINE_OTHER };
 
 /*
- * Finds the first newline in peeked bytes [@from, @n), a word at a time, and
- * classifies the line after it: the blank line ending the headers, a
- * traceparent header (`traceparent:`, any case, with its 36-byte value
- * within the peek), or another line. Returns the newline's offset << 8 |
- * the kind, or NT_LINE_STOP when there is no newline with two more bytes
- * after it. A global function: the verifier walks it once, and its caller's
- * loop sees an unknown offset each round, one state per round.
+ * Finds the first newline in peeked bytes [@from, @n) that starts a line
+ * beginning with CR or `t`/`T`, a word at a time (other header lines are
+ * skipped in the same call: a browser's dozen take one), and classifies
+ * that line: the blank line ending the headers, a traceparent header
+ * (`traceparent:`, any case, with its 36-byte value within the peek), or
+ * another line. Returns the newline's offset << 8 | the kind, or
+ * NT_LINE_STOP when there is no such newline with two more bytes after it.
+ * A global function: the verifier walks it once, and its caller's loop sees
+ * an unknown offset each round, one state per round.
  */
 __noinline int nt_next_line(__u32 from, __u32 n)
 {
@@ -375,7 +395,7 @@ __noinline int nt_next_line(__u32 from, __u32 n)
 	if (!pk || n > NT_HTTP_PEEK)
 		return NT_LINE_STOP;
 	b = pk->buf;
-	k = nt_find(b, from, n, NT_FIND_LF);
+	k = nt_find(b, from, n, NT_FIND_LINE);
 	if (k < 0 || k + 2 >= (int)n || k > NT_HTTP_PEEK - 3)
 		return NT_LINE_STOP;
 	if (b[k + 1] == '\r' && b[k + 2] == '\n')

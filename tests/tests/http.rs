@@ -54,9 +54,11 @@ fn drive(ns: &str, addr: &str) -> BTreeMap<(&'static str, &'static str), u64> {
     }
     curl(ns, &["-H", "Connection: close", "-X", "DELETE", &u("/missing")]);
     curl(ns, &["-X", "PURGE", &u("/ok")]);
-    // Slow endpoint, one request with a W3C traceparent.
+    // Slow endpoint, one request with a W3C traceparent, after two other
+    // headers starting with `t` (the header scan stops at each to look).
     curl(ns, &[&u("/sleep")]);
-    curl(ns, &["-H", &format!("traceparent: 00-{TRACE_ID}-00f067aa0ba902b7-01"), &u("/sleep")]);
+    let traceparent = format!("traceparent: 00-{TRACE_ID}-00f067aa0ba902b7-01");
+    curl(ns, &["-H", "TE: trailers", "-H", "tracestate: vendor=1", "-H", &traceparent, &u("/sleep")]);
     // Pipelining: four requests in one write, so the server reads them together.
     let target = format!("{addr}:8080");
     let got = raw_client(ns, &["pipeline", &target, "/ok", "/missing", "/ok", "/missing"]);
