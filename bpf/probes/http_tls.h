@@ -131,16 +131,15 @@ static __always_inline int nt_tls_on(void)
  * Called by the socket hooks for every successful TCP read/write. Returns 1
  * when the bytes are ciphertext of an SSL call in progress on this thread
  * (the caller then skips them), 0 otherwise. Inlined: a global function
- * cannot take the hook's trusted sock pointer. Costs two loads for
- * processes that never called SSL_read/SSL_write (nt_tls_procs), one hash
- * lookup for those that did, none when TLS is off.
+ * cannot take the hook's trusted sock pointer. Costs the thread id and two
+ * loads in processes that never called SSL_read/SSL_write (nt_tls_procs),
+ * and a hash lookup more in those that did; nothing when TLS is off.
  */
 static __always_inline int nt_tls_sock_io(__u64 sk, int in)
 {
-	__u64 id;
 	struct nt_tls_thread *t;
-
 	__u32 proc, *seen;
+	__u64 id;
 
 	if (!nt_tls_on())
 		return 0;

@@ -89,7 +89,7 @@ fn client(ns: &str, program: &str) -> Command {
     }
 }
 
-/// The label of the floor mode, and its programs' names' prefix.
+/// The label of the floor mode.
 const FLOOR: &str = "floor";
 /// The floor mode's programs and their tracepoints.
 const FLOOR_PROGRAMS: [(&str, &str); 3] = [
