@@ -84,6 +84,7 @@ struct TotalsSeen {
     batch: u64,
 }
 
+/// One entry's totals as last counted, and the batch they came in.
 #[derive(Debug)]
 struct Seen {
     buckets: Buckets,
