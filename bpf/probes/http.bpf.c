@@ -1387,7 +1387,7 @@ int nt_http_close(struct nt_sys_enter_close *ctx)
 	struct file *f = 0;
 	struct sock *sk = nt_fd_tcp_sock_file(ctx->fd, &f);
 
-	if (!sk || !f || nt_file_shared(f))
+	if (!sk || nt_file_shared(f))
 		return 0;
 	return nt_conn_end((__u64)sk);
 }

@@ -40,7 +40,8 @@ pub struct Batch {
     pub socket: v1::SocketCounters,
     /// Kernel HTTP request totals that changed (running totals).
     pub http_totals: Vec<v1::HttpTotals>,
-    /// `http_totals` holds every key of the kernel's table.
+    /// `http_totals` holds every key of the kernel's table but those new
+    /// since the previous read (proto `http_totals_complete`).
     pub http_totals_complete: bool,
     /// The running programs' skipped runs at publish time (running totals).
     pub program_runs: Vec<v1::ProgramRuns>,

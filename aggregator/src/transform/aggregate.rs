@@ -434,8 +434,9 @@ impl Aggregator {
     /// Counts the growth of the kernel's HTTP request totals (proto
     /// `HttpTotals`) received at `now`. `bounds_ns` must be this aggregator's
     /// buckets; otherwise nothing is counted and each entry is a decode error.
-    /// `complete`: the batch holds every key of the kernel's table, and the
-    /// totals last seen of any other key are forgotten (its cgroup is gone).
+    /// `complete`: the batch holds every key of the kernel's table that was
+    /// sent before, and the totals last seen of any other key are forgotten
+    /// (its cgroup is gone).
     pub fn apply_http_totals(
         &mut self,
         totals: &[v1::HttpTotals],

@@ -85,7 +85,8 @@ impl HttpTable {
 #[derive(Debug)]
 pub struct Changes {
     pub totals: Vec<v1::HttpTotals>,
-    /// `totals` holds every key in the table: one missing was freed.
+    /// `totals` holds every key in the table but those new since the
+    /// previous read: a key sent before and missing now was freed.
     pub complete: bool,
 }
 
