@@ -107,8 +107,17 @@ struct nt_http_conn {
 
 struct nt_http_peek_buf {
 	__u8 buf[NT_HTTP_PEEK];
-	/* Slack for the header scan's look-ahead word (nt_find()). */
+	/* Slack for the header scan's look-ahead word (nt_request_headers()). */
 	__u8 _slack[8];
+	/* nt_parse_request()'s working values, kept here rather than in
+	 * registers so that the verifier knows nothing of them (nt_opaque()):
+	 * a value passed through nt_opaque(), then the scans' next position;
+	 * the bytes scanned; the request line's end, then a traceparent value's
+	 * offset; the method token's length. */
+	__u32 scratch;
+	__u32 scan_n;
+	__u32 tp;
+	__u32 method;
 };
 
 struct {
@@ -301,8 +310,26 @@ static __always_inline __u32 nt_first_flag(__u64 m)
 	((__u64)'t' | (__u64)'r' << 8 | (__u64)'a' << 16 | (__u64)'c' << 24 | (__u64)'e' << 32 | (__u64)'p' << 40 | \
 	 (__u64)'a' << 48 | (__u64)'r' << 56)
 
+/* "ent", lowercase, as three bytes load little-endian. */
+#define NT_ENT_WORD ((__u64)'e' | (__u64)'n' << 8 | (__u64)'t' << 16)
+
 /* Flags of bytes @skip..7 of a word (@skip < 8). */
 #define NT_FROM_BYTE(skip) (~0ULL << (8 * (skip)))
+
+/*
+ * The word-sized window at peeked offset @pos (< @n, 8 <= @n): @pos itself,
+ * or, where fewer than 8 bytes are left, the window ending at @n, with in
+ * @skip how many of its first bytes come before @pos (an earlier window
+ * covered them). Chosen without a branch: a branch would be two states the
+ * verifier walks through the rest of a scan's round.
+ */
+static __always_inline __u32 nt_window_at(__u32 pos, __u32 n, __u32 *skip)
+{
+	__u64 back = ((__u64)pos - (n - 8)) & -((__u64)((__s64)(n - 8) - (__s64)pos) >> 63);
+
+	*skip = (__u32)back;
+	return pos - (__u32)back;
+}
 
 /*
  * The word-sized window @i of the peeked bytes [@from, @n): its offset, and
@@ -324,16 +351,12 @@ static __always_inline int nt_window(__u32 from, __u32 n, __u32 i, __u32 *skip)
 }
 
 /* What nt_find() looks for. */
-enum { NT_FIND_CTL, NT_FIND_LF, NT_FIND_LINE };
+enum { NT_FIND_CTL, NT_FIND_LF };
 
 /*
- * The offset of the first control character (@what NT_FIND_CTL), newline
- * (NT_FIND_LF), or newline followed by a byte of nt_line_start_flags()
- * (NT_FIND_LINE: the other header lines are skipped without a return per
- * line) in peeked bytes [@from, @n) of @b, else -1, a word at a time. The
- * look-ahead word may hold bytes past @n (the caller checks what follows a
- * newline against @n) and reads into the peek buffer's slack. Inlined into
- * the global functions below, each verified once.
+ * The offset of the first control character (@what NT_FIND_CTL) or newline
+ * (NT_FIND_LF) in peeked bytes [@from, @n) of @b, else -1, a word at a time.
+ * Inlined into the global functions below, each verified once.
  */
 static __always_inline int nt_find(const __u8 *b, __u32 from, __u32 n, int what)
 {
@@ -347,11 +370,7 @@ static __always_inline int nt_find(const __u8 *b, __u32 from, __u32 n, int what)
 		if (j < 0)
 			return -1;
 		x = nt_word(b + j);
-		if (what == NT_FIND_LINE)
-			m = nt_lf_flags(x) & nt_line_start_flags(nt_word(b + j + 1));
-		else
-			m = what == NT_FIND_LF ? nt_lf_flags(x) : nt_ctl_flags(x);
-		m &= NT_FROM_BYTE(skip);
+		m = (what == NT_FIND_LF ? nt_lf_flags(x) : nt_ctl_flags(x)) & NT_FROM_BYTE(skip);
 		if (m)
 			return j + (int)nt_first_flag(m);
 	}
@@ -359,93 +378,157 @@ static __always_inline int nt_find(const __u8 *b, __u32 from, __u32 n, int what)
 }
 
 /*
- * The offset of the first control character in peeked bytes [@from, @n),
- * else -1: where a request line ends. A global function, so that the
- * verifier walks the loop once, not once per method-token length.
+ * @v, passed through the peek buffer's scratch word. The verifier does not
+ * track what a map value holds: what comes back is a number it knows nothing
+ * about, so paths that reach this point with different values (a loop left
+ * in each of its rounds, a method token of each length) have the same state
+ * from here on and are verified once. The caller bounds the value again.
  */
-__noinline int nt_first_ctl(__u32 from, __u32 n)
+static __always_inline __u32 nt_opaque(struct nt_http_peek_buf *pk, __u32 v)
 {
-	struct nt_http_peek_buf *pk = nt_peek();
-
-	if (!pk || n > NT_HTTP_PEEK)
-		return -1;
-	return nt_find(pk->buf, from, n, NT_FIND_CTL);
+	*(volatile __u32 *)&pk->scratch = v;
+	return *(volatile __u32 *)&pk->scratch;
 }
 
-/* nt_next_line() results: where the next header line starts, and what it is. */
-enum { NT_LINE_STOP, NT_LINE_BLANK, NT_LINE_TRACEPARENT, NT_LINE_OTHER };
+/* Rounds of the header scan: one per word without a stop, one per line it
+ * stops at; past this, the scan gives up as if the headers ran on. */
+#define NT_HTTP_SCAN_ROUNDS (NT_HTTP_PEEK / 8 + NT_HTTP_SCAN_STOPS)
+/* Lines starting with `t`/`T` (the scan stops at each) looked at per
+ * request: real requests carry a few (traceparent, tracestate, TE). */
+#define NT_HTTP_SCAN_STOPS 32
 
 /*
- * Finds the first newline in peeked bytes [@from, @n) that starts a line
- * beginning with CR or `t`/`T`, a word at a time (other header lines are
- * skipped in the same call: a browser's dozen take one), and classifies
- * that line: the blank line ending the headers, a traceparent header
- * (`traceparent:`, any case, with its 36-byte value within the peek), or
- * another line. Returns the newline's offset << 8 | the kind, or
- * NT_LINE_STOP when there is no such newline with two more bytes after it.
- * A global function: the verifier walks it once, and its caller's loop sees
- * an unknown offset each round, one state per round.
+ * 1 when @v is nonzero, else 0, without a branch. The empty asm hides that
+ * the result is 0 or 1: clang would otherwise turn the masks built from it
+ * back into selects, which BPF compiles to branches.
  */
-__noinline int nt_next_line(__u32 from, __u32 n)
+static __always_inline __u64 nt_nonzero(__u64 v)
 {
-	struct nt_http_peek_buf *pk = nt_peek();
-	int k, kind = NT_LINE_OTHER;
-	const __u8 *b;
+	__u64 r = (v | -v) >> 63;
 
-	if (!pk || n > NT_HTTP_PEEK)
-		return NT_LINE_STOP;
-	b = pk->buf;
-	k = nt_find(b, from, n, NT_FIND_LINE);
-	if (k < 0 || k + 2 >= (int)n || k > NT_HTTP_PEEK - 3)
-		return NT_LINE_STOP;
-	if (b[k + 1] == '\r' && b[k + 2] == '\n')
-		kind = NT_LINE_BLANK;
-	else if ((b[k + 1] | 0x20) == 't' && k + 50 <= (int)n && k <= NT_HTTP_PEEK - 52 &&
-		 (nt_word(b + k + 1) | 0x20 * NT_ONES) == NT_TRACEPAR_WORD && (b[k + 9] | 0x20) == 'e' &&
-		 (b[k + 10] | 0x20) == 'n' && (b[k + 11] | 0x20) == 't' && b[k + 12] == ':')
-		kind = NT_LINE_TRACEPARENT;
-	return k << 8 | kind;
+	asm volatile("" : "+r"(r));
+	return r;
+}
+
+/* 1 when @a < @b (both below 2^63), else 0, without a branch. */
+static __always_inline __u64 nt_below(__u64 a, __u64 b)
+{
+	__u64 r = (a - b) >> 63;
+
+	asm volatile("" : "+r"(r));
+	return r;
 }
 
 /*
- * Scans the header lines after the newline at peeked offset @lf (of @n).
- * Returns the offset just past the blank line ending them (0 when it is not
- * within the peek) | the offset of a traceparent header's value << 16 (0
- * when there is none; optional space skipped).
+ * Scans the header lines after the newline at peeked offset @lf (of @n), a
+ * word at a time, stopping only at lines that start with CR (the blank line
+ * ending the headers) or `t`/`T` (a traceparent candidate): a browser's
+ * dozen other lines cost no stop. Returns the offset just past the blank
+ * line (0 when it is not within the peek); a traceparent header's value
+ * offset (`traceparent:`, any case, its 36-byte value within the peek,
+ * optional space skipped) is left in pk->tp (0: none).
+ *
+ * Verified in one pass per round: a round has no branch whose two sides
+ * go on (only exits), and where the next round starts, and the byte count,
+ * live in the peek buffer rather than in registers, so that every round
+ * begins in the same state but for its counter.
  */
-__noinline int nt_request_headers(__u32 lf, __u32 n)
+static __always_inline __u32 nt_request_headers(struct nt_http_peek_buf *pk, __u32 lf, __u32 n)
 {
-	struct nt_http_peek_buf *pk = nt_peek();
-	__u32 i, from = lf, tp = 0;
-	/* Whether tp is set, kept apart: a branch on tp itself would make the
-	 * verifier track each offset it can hold as a state of its own. */
-	int have_tp = 0;
+	volatile __u32 *next = &pk->scratch, *count = &pk->scan_n;
+	const __u8 *b = pk->buf;
+	__u32 r;
 
-	if (!pk || n > NT_HTTP_PEEK)
-		return 0;
-	for (i = 0; i < NT_HTTP_MAX_LINES; i++) {
-		int line = nt_next_line(from, n);
-		int kind = line & 0xff;
-		__u32 k = (__u32)line >> 8;
+	pk->tp = 0;
+	*next = lf;
+	*count = n;
+	for (r = 0; r < NT_HTTP_SCAN_ROUNDS; r++) {
+		__u32 j, skip, k, pos = *next;
+		__u64 m, is_tp;
 
-		if (kind == NT_LINE_STOP || k > NT_HTTP_PEEK - 16)
-			break;
-		if (kind == NT_LINE_BLANK)
-			return (int)((k + 3) | tp << 16);
-		if (kind == NT_LINE_TRACEPARENT && !have_tp) {
-			tp = k + (pk->buf[k + 13] == ' ' ? 14 : 13);
-			have_tp = 1;
+		n = *count;
+		if (pos >= n || n < 8 || n > NT_HTTP_PEEK)
+			return 0;
+		j = nt_window_at(pos, n, &skip);
+		if (j > NT_HTTP_PEEK - 8 || skip > 7)
+			return 0;
+		m = nt_lf_flags(nt_word(b + j)) & nt_line_start_flags(nt_word(b + j + 1)) & NT_FROM_BYTE(skip);
+		if (!m) {
+			/* Most words: on to the next. */
+			*next = j + 8;
+			continue;
 		}
-		from = k + 1;
+		/* The newline the scan stops at. */
+		k = j + nt_first_flag(m);
+		/* No room for the stop line's first two bytes: as if the
+		 * headers ran on. */
+		if (k + 2 >= n || k > NT_HTTP_PEEK - 1)
+			return 0;
+		if (!((b[k + 1] ^ '\r') | (b[k + 2] ^ '\n')))
+			return k + 3;
+		/* `traceparent:` (any case), its 36-byte value within the data,
+		 * the first one only; tested without a branch per byte. */
+		is_tp = nt_below(k + 49, n) & (nt_nonzero(pk->tp) ^ 1) &
+			(nt_nonzero(((nt_word(b + k + 1) | 0x20 * NT_ONES) ^ NT_TRACEPAR_WORD) |
+				    (((__u64)b[k + 9] | (__u64)b[k + 10] << 8 | (__u64)b[k + 11] << 16 | 0x202020) ^
+				     NT_ENT_WORD) |
+				    (b[k + 12] ^ ':')) ^
+			 1);
+		pk->tp |= (k + 13 + (nt_nonzero(b[k + 13] ^ ' ') ^ 1)) & -(__u32)is_tp;
+		*next = k + 1;
 	}
-	return (int)(tp << 16);
+	return 0;
 }
 
 /*
- * Parses the request starting the first @n peeked bytes, in as few calls as
- * the verifier allows: on the hosts measured, every BPF-to-BPF call pays a
- * return through the kernel's return thunk (BENCHMARKS.md), and this runs
- * on every request.
+ * The offset of the first control character in peeked bytes [@from, @n)
+ * (where the request line ends), else (__u32)-1. Verified as the header
+ * scan is (nt_request_headers()): each round starts from the peek buffer,
+ * and the three ways out of the loop leave nothing in registers that the
+ * code after it reads.
+ */
+static __always_inline __u32 nt_request_line_end(struct nt_http_peek_buf *pk, __u32 from, __u32 n)
+{
+	volatile __u32 *next = &pk->scratch, *count = &pk->scan_n, *end = &pk->tp;
+	const __u8 *b = pk->buf;
+	__u32 r;
+
+	*next = from;
+	*count = n;
+	*end = (__u32)-1;
+	for (r = 0; r < NT_HTTP_PEEK / 8 + 1; r++) {
+		__u32 j, skip, pos = *next, cnt = *count;
+		__u64 m;
+
+		if (pos >= cnt || cnt < 8 || cnt > NT_HTTP_PEEK)
+			break;
+		j = nt_window_at(pos, cnt, &skip);
+		if (j > NT_HTTP_PEEK - 8 || skip > 7)
+			break;
+		m = nt_ctl_flags(nt_word(b + j)) & NT_FROM_BYTE(skip);
+		if (m) {
+			*end = j + nt_first_flag(m);
+			break;
+		}
+		*next = j + 8;
+	}
+	return *end;
+}
+
+/* 1 + the method (enum nt_http_method) of the @tl-byte token starting @b. */
+static __always_inline int nt_request_method(const __u8 *b, __u32 tl)
+{
+	if (tl >= NT_HTTP_MAX_TOKEN)
+		return 0;
+	return 1 + nt_method_code(b, tl);
+}
+
+/*
+ * Parses the request starting the first @n peeked bytes. One function,
+ * calling none: on the measured host each BPF-to-BPF call costs ~15-20 ns
+ * (BENCHMARKS.md, session 12), and this runs on every request. Its loops
+ * keep verification linear by the rules in bpf/README.md (Verifier): the
+ * values that differ from path to path wait in the peek buffer.
  *
  * The request line (`TOKEN SP target SP HTTP/1.x`) ends at its first control
  * character, which must be the CR or LF right after the version. With
@@ -460,49 +543,52 @@ __noinline int nt_request_headers(__u32 lf, __u32 n)
 __noinline int nt_parse_request(__u32 n, int partial_ok)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
-	__u32 i, tl = NT_HTTP_MAX_TOKEN, hdr;
+	volatile __u32 *method;
+	__u32 i, tl, eol, lf, hdr;
 	const __u8 *b;
-	__u8 method;
-	int eol, lf;
 
 	if (!pk || n < 8 || n > NT_HTTP_PEEK)
 		return 0;
 	b = pk->buf;
+	method = &pk->method;
 	/* Method token: 1..11 uppercase letters then a space. */
 	if (b[0] < 'A' || b[0] > 'Z')
 		return 0;
 	for (i = 1; i < NT_HTTP_MAX_TOKEN; i++) {
-		if (b[i] == ' ') {
-			tl = i;
+		if (b[i] == ' ')
 			break;
-		}
 		if (b[i] < 'A' || b[i] > 'Z')
 			return 0;
 	}
+	tl = nt_opaque(pk, i);
 	if (tl >= NT_HTTP_MAX_TOKEN || b[tl + 1] == ' ')
 		return 0;
-	method = nt_method_code(b, tl);
-	eol = nt_first_ctl(tl + 1, n);
-	if (eol < 0) {
+	/* The token's length waits in the peek buffer, and the method is
+	 * worked out from it at the end: before the scans, each method (and
+	 * each length) would be a state of its own through all their rounds. */
+	*method = tl;
+	eol = nt_request_line_end(pk, tl + 1, n);
+	if ((int)eol < 0) {
 		/* No end within the data: a split or long line. */
 		if (!partial_ok || b[tl + 1] != '/')
 			return 0;
-		return 1 + method;
+		return nt_request_method(b, *method);
 	}
 	/* ` HTTP/1.x` right before it, after a target of at least a byte. */
-	if (eol < (int)tl + 11 || eol > NT_HTTP_PEEK - 1 || nt_word(b + eol - 9) != NT_HTTP1_WORD ||
-	    b[eol - 1] < '0' || b[eol - 1] > '9')
+	if (eol < tl + 11 || eol > NT_HTTP_PEEK - 1 || nt_word(b + eol - 9) != NT_HTTP1_WORD || b[eol - 1] < '0' ||
+	    b[eol - 1] > '9')
 		return 0;
 	lf = eol;
 	if (b[eol] == '\r') {
-		if (eol + 1 >= (int)n)
-			return 1 + method; /* the LF is in the next read */
+		if (eol + 1 >= n)
+			return nt_request_method(b, *method); /* the LF is in the next read */
 		lf = eol + 1;
 	}
 	if (lf > NT_HTTP_PEEK - 1 || b[lf] != '\n')
 		return 0;
-	hdr = (__u32)nt_request_headers(lf, n);
-	return (int)((1 + method) | (hdr & 0x3ff) << 4 | (hdr >> 16 & 0x3ff) << 14);
+	/* Opaque: the scan returns from each of its rounds. */
+	hdr = nt_opaque(pk, nt_request_headers(pk, lf, n));
+	return nt_request_method(b, *method) | (int)((hdr & 0x3ff) << 4 | (pk->tp & 0x3ff) << 14);
 }
 
 /*
