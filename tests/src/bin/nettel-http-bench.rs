@@ -32,13 +32,19 @@
 //!                                      [--hooks floor,sendmsg,socket,syscall] [--loader-args "FLAGS"]
 //! ```
 //! `--hooks` picks the agent-on modes to compare with agent off (default all three; with `--tls`, the
-//! modes are `tls-off,tls-on`). One more mode, `floor`, attaches programs that return at once to
-//! the sendmsg hooks' tracepoints (`bpf/probes/floor.bpf.c`, no loader): what any program there
-//! costs before it does any work. `--pin` runs nginx on CPU 1 and the clients (wrk, the paced
-//! client) on CPU 0, so that the server's CPU bounds the request rate and the scheduler does not
+//! modes are `tls-off,tls-on`). Two reference modes load `bpf/probes/floor.bpf.c` (no loader):
+//! `floor` attaches programs that return at once to the sendmsg hooks' tracepoints, what any program
+//! there costs before it does any work; `bound` adds to it the two user-memory reads any HTTP probe
+//! on these hooks needs (a read's first bytes, a send's status line) and nothing else, so that no
+//! probe that counts requests there can cost less. `--pin` runs nginx on CPU 1 and the clients (wrk,
+//! the paced client) on CPU 0, so that the server's CPU bounds the request rate and the scheduler does not
 //! move the two across CPUs between samples. `--rounds 0` runs only the BPF-time pass. `--loader-args` adds loader
 //! flags to every agent-on mode. `--stop-agent` stops the loader and aggregator (SIGSTOP) during the
 //! timed rounds, the probes still attached: the kernel side's cost alone.
+//! `--alternate CYCLES` adds a pass of short wrk samples (`--sample-seconds`, default 2) in the
+//! order off, on, on, off per cycle and mode, with nginx's CPU from schedstat (nanoseconds): the
+//! host under the development VM changes speed every ten seconds or so, and samples this short
+//! mostly fall within one state (see [`alternate`]).
 //! Run after `cargo build --release --bins` (the loader and aggregator are
 //! taken from the same directory).
 
@@ -71,7 +77,7 @@ struct Sample {
 
 const USAGE: &str =
     "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] [--pin] \
-[--hooks floor,sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent]";
+[--hooks floor,sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent] [--alternate CYCLES] [--sample-seconds S]";
 
 /// `--pin`: nginx on [`SERVER_CPU`], the clients on [`CLIENT_CPU`].
 static PIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -89,34 +95,50 @@ fn client(ns: &str, program: &str) -> Command {
     }
 }
 
-/// The label of the floor mode.
-const FLOOR: &str = "floor";
-/// The floor mode's programs and their tracepoints.
-const FLOOR_PROGRAMS: [(&str, &str); 3] = [
-    ("nt_floor_recv", "sock_recv_length"),
-    ("nt_floor_sendmsg", "tcp_sendmsg_locked"),
-    ("nt_floor_state", "inet_sock_set_state"),
+/// The modes that load `bpf/probes/floor.bpf.c` (no loader), and their
+/// programs and tracepoints. `floor`: programs that return at once, what any
+/// program on the sendmsg hooks' tracepoints costs before it does any work.
+/// `bound`: the floor plus the two user-memory reads any HTTP probe on these
+/// hooks needs (a read's first bytes, a send's status line) and nothing else.
+const REFERENCES: [(&str, &[(&str, &str)]); 2] = [
+    (
+        "floor",
+        &[
+            ("nt_floor_recv", "sock_recv_length"),
+            ("nt_floor_sendmsg", "tcp_sendmsg_locked"),
+            ("nt_floor_state", "inet_sock_set_state"),
+        ],
+    ),
+    (
+        "bound",
+        &[
+            ("nt_bound_recv", "sock_recv_length"),
+            ("nt_bound_sendmsg", "tcp_sendmsg_locked"),
+            ("nt_floor_state", "inet_sock_set_state"),
+        ],
+    ),
 ];
 
 /// What runs in an agent-on mode, until dropped.
 enum Agent {
     /// The loader and aggregator.
     Stack { _stack: Stack },
-    /// The floor object: its links close with it.
-    Floor { _ebpf: aya::Ebpf },
+    /// A reference object ([`REFERENCES`]): its links close with it.
+    Reference { _ebpf: aya::Ebpf },
 }
 
-/// Loads and attaches the floor programs.
-fn attach_floor() -> aya::Ebpf {
+/// Loads and attaches the programs of reference mode `label`, if it is one.
+fn attach_reference(label: &str) -> Option<aya::Ebpf> {
+    let (_, programs) = REFERENCES.iter().find(|(l, _)| *l == label)?;
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
     let mut ebpf = aya::Ebpf::load(nettel_bpf::FLOOR_OBJ).expect("load the floor object");
-    for (name, tracepoint) in FLOOR_PROGRAMS {
+    for (name, tracepoint) in *programs {
         let prog: &mut aya::programs::BtfTracePoint =
             ebpf.program_mut(name).expect(name).try_into().expect("a tp_btf program");
         prog.load(tracepoint, &btf).unwrap_or_else(|e| panic!("load {name}: {e}"));
         prog.attach().unwrap_or_else(|e| panic!("attach {name}: {e}"));
     }
-    ebpf
+    Some(ebpf)
 }
 
 fn main() {
@@ -127,6 +149,8 @@ fn main() {
     let tls = std::env::args().any(|a| a == "--tls");
     let rounds: usize = flag_or("--rounds", 3);
     let seconds: u64 = flag_or("--seconds", 10);
+    let cycles: usize = flag_or("--alternate", 0);
+    let sample_seconds: u64 = flag_or("--sample-seconds", 2);
     let rate: Option<u64> = flag("--rate").map(|r| r.parse().expect("--rate: a number"));
     assert!(rustix::process::geteuid().is_root(), "run as root (network namespaces, BPF)");
 
@@ -163,14 +187,20 @@ fn main() {
         ]
     } else {
         vec![
-            (FLOOR, &[]),
+            ("floor", &[]),
+            ("bound", &[]),
             ("sendmsg", &["--http-hook", "sendmsg", "--tls", "off"]),
             ("socket", &["--http-hook", "socket", "--tls", "off"]),
             ("syscall", &["--http-hook", "syscall", "--tls", "off"]),
         ]
     };
     let labels = all.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(",");
-    let defaults = all.iter().map(|(l, _)| *l).filter(|l| *l != FLOOR).collect::<Vec<_>>().join(",");
+    let defaults = all
+        .iter()
+        .map(|(l, _)| *l)
+        .filter(|l| !REFERENCES.iter().any(|(r, _)| r == l))
+        .collect::<Vec<_>>()
+        .join(",");
     let wanted = flag("--hooks").unwrap_or(defaults);
     // Extra loader flags for every agent-on mode (experiments: ring size, ...).
     let extra = flag("--loader-args").unwrap_or_default();
@@ -185,8 +215,8 @@ fn main() {
     // timed rounds, the probes still attached: what the kernel side alone costs.
     let stop_agent = std::env::args().any(|a| a == "--stop-agent");
     let start = |label: &str, flags: &Vec<&str>| {
-        if label == FLOOR {
-            return Agent::Floor { _ebpf: attach_floor() };
+        if let Some(ebpf) = attach_reference(label) {
+            return Agent::Reference { _ebpf: ebpf };
         }
         let stack = Stack::start_with(&entries, flags);
         if flags.windows(2).any(|w| w == ["--tls", "on"]) {
@@ -218,6 +248,9 @@ fn main() {
             samples[m].push(s);
         }
     }
+
+    let alternated =
+        (cycles > 0).then(|| alternate(&modes, cycles, sample_seconds, &pods.a, &url, &nginx_pids, &start));
 
     // BPF time, with stats enabled for these passes only.
     let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
@@ -294,6 +327,9 @@ fn main() {
         }
         within_round_table(&modes, &samples, tls);
     }
+    if let Some(cycles) = alternated {
+        alternate_table(&modes, &cycles, sample_seconds);
+    }
     println!("\nBPF time (kernel.bpf_stats_enabled, separate pass):\n");
     println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd | IRQ work interrupts (per request) | loader / aggregator CPU per request |");
     println!("|---|---|---|---|---|---|---|");
@@ -306,6 +342,118 @@ fn main() {
     for l in per_program {
         println!("{l}");
     }
+}
+
+/// One wrk sample of an `--alternate` cycle.
+#[derive(Debug, Default, Clone, Copy)]
+struct Short {
+    /// Requests/s as wrk reports it (over its own run time).
+    rps: f64,
+    requests: f64,
+    /// nginx CPU (schedstat) during the sample, ns.
+    cpu_ns: f64,
+}
+
+/// One `--alternate` cycle of a mode: its two agent-off and two agent-on samples.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cycle {
+    off: [Short; 2],
+    on: [Short; 2],
+}
+
+impl Cycle {
+    /// Agent-on requests/s over agent-off requests/s.
+    fn rps_ratio(&self) -> f64 {
+        (self.on[0].rps + self.on[1].rps) / (self.off[0].rps + self.off[1].rps)
+    }
+
+    /// Agent-on nginx CPU per request over agent-off.
+    fn cpu_ratio(&self) -> f64 {
+        let per_request = |s: &[Short; 2]| (s[0].cpu_ns + s[1].cpu_ns) / (s[0].requests + s[1].requests);
+        per_request(&self.on) / per_request(&self.off)
+    }
+}
+
+/// `--alternate CYCLES`: short wrk samples in the order off, on, on, off
+/// (the agent started before the first agent-on sample and stopped after the
+/// second), so that a drift of the host's speed within a cycle cancels out;
+/// cycles run the modes in turn. The host under the development VM flips
+/// between two speed states every ten seconds or so: with samples of a
+/// second or two, most cycles fall within one state, and the median over
+/// cycles is taken. CPU is read from `/proc/PID/task/*/schedstat`
+/// (nanoseconds; utime and stime tick at 10 ms, too coarse for such samples).
+fn alternate(
+    modes: &[(&str, Option<Vec<&str>>)],
+    cycles: usize,
+    seconds: u64,
+    ns: &str,
+    url: &str,
+    nginx: &[u32],
+    start: &dyn Fn(&str, &Vec<&str>) -> Agent,
+) -> Vec<Vec<Cycle>> {
+    let sample = || {
+        let cpu0 = schedstat_ns(nginx);
+        let (requests, rps, _, _) = wrk(ns, url, seconds);
+        Short { rps, requests, cpu_ns: schedstat_ns(nginx) - cpu0 }
+    };
+    let mut out = vec![Vec::new(); modes.len()];
+    for c in 0..cycles {
+        for (m, (label, flags)) in modes.iter().enumerate().skip(1) {
+            let flags = flags.as_ref().expect("an agent-on mode");
+            let mut cycle = Cycle::default();
+            cycle.off[0] = sample();
+            let agent = start(label, flags);
+            cycle.on = [sample(), sample()];
+            drop(agent);
+            cycle.off[1] = sample();
+            eprintln!(
+                "cycle {c} agent {label}: requests/s {:.3}, CPU per request {:.3} ({cycle:?})",
+                cycle.rps_ratio(),
+                cycle.cpu_ratio()
+            );
+            out[m].push(cycle);
+        }
+    }
+    out
+}
+
+/// Prints the `--alternate` figures: the median over cycles of each cycle's
+/// ratio, with the quartiles.
+fn alternate_table(modes: &[(&str, Option<Vec<&str>>)], cycles: &[Vec<Cycle>], seconds: u64) {
+    println!(
+        "\nAlternating samples (--alternate): wrk {seconds} s per sample, off, on, on, off per cycle; median over cycles (quartiles):\n"
+    );
+    println!("| agent | cycles | requests/s, on / off | nginx CPU per request, on / off |");
+    println!("|---|---|---|---|");
+    for (m, (label, _)) in modes.iter().enumerate().skip(1) {
+        let quartiles = |f: fn(&Cycle) -> f64| {
+            let mut v: Vec<f64> = cycles[m].iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            format!("{:.3} ({:.3} to {:.3})", median(v.clone()), at(0.25), at(0.75))
+        };
+        println!(
+            "| {label} | {} | {} | {} |",
+            cycles[m].len(),
+            quartiles(Cycle::rps_ratio),
+            quartiles(Cycle::cpu_ratio)
+        );
+    }
+}
+
+/// CPU time so far of every thread of `pids`, in nanoseconds
+/// (`/proc/PID/task/TID/schedstat`, first field).
+fn schedstat_ns(pids: &[u32]) -> f64 {
+    let mut total = 0u64;
+    for pid in pids {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+        for task in tasks {
+            let path = task.expect("a task entry").path().join("schedstat");
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).expect("schedstat");
+        }
+    }
+    total as f64
 }
 
 fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bool) -> Sample {
@@ -553,7 +701,7 @@ fn irq_work_interrupts() -> u64 {
 }
 
 /// (run_time_ns, run_cnt) of each of nettel's HTTP and TLS programs (and the
-/// floor's), by name.
+/// reference modes'), by name.
 fn http_prog_stats() -> BTreeMap<String, (u64, u64)> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
@@ -563,7 +711,10 @@ fn http_prog_stats() -> BTreeMap<String, (u64, u64)> {
         .iter()
         .filter_map(|p| {
             let name = p["name"].as_str().filter(|n| {
-                n.starts_with("nt_http") || n.starts_with("nt_tls") || n.starts_with("nt_floor")
+                n.starts_with("nt_http")
+                    || n.starts_with("nt_tls")
+                    || n.starts_with("nt_floor")
+                    || n.starts_with("nt_bound")
             })?;
             Some((
                 name.to_owned(),
