@@ -150,13 +150,7 @@ pub struct Loader {
 impl Loader {
     /// Starts a loader whose socket belongs to group `socket_gid` and admits `allow_uids`.
     pub fn start(socket_gid: u32, allow_uids: &[u32], extra: &[&str]) -> Self {
-        static REAPED: std::sync::Once = std::sync::Once::new();
-        REAPED.call_once(|| {
-            remove_stale_test_pins();
-        });
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-{n}", std::process::id()));
-        Self::start_at(&pin_dir, socket_gid, allow_uids, extra)
+        Self::start_at(&fresh_pin_dir(), socket_gid, allow_uids, extra)
     }
 
     /// Like [`Loader::start`] with an explicit pin dir.
@@ -259,6 +253,18 @@ impl Loader {
 
 /// The prefix of test loaders' pin dirs under /sys/fs/bpf: `nettel-test-<pid>-<n>`.
 pub const TEST_PIN_PREFIX: &str = "nettel-test-";
+
+/// A pin dir of this test process no loader has used yet. The first call
+/// removes the pins of test processes that have exited
+/// ([`remove_stale_test_pins`]).
+fn fresh_pin_dir() -> PathBuf {
+    static REAPED: std::sync::Once = std::sync::Once::new();
+    REAPED.call_once(|| {
+        remove_stale_test_pins();
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-{n}", std::process::id()))
+}
 
 /// Removes the pins (`nettel-loader cleanup`) of test loaders whose test
 /// process is gone: a test binary killed mid-run (a timeout, SIGKILL) never
@@ -433,8 +439,14 @@ impl Stack {
 
     /// Starts the stack with extra loader flags.
     pub fn start_with(pods: &[(&str, &str, &str, &str)], loader_args: &[&str]) -> Self {
+        Self::start_wrapped(&[], pods, loader_args)
+    }
+
+    /// Like [`Stack::start_with`], the loader run through `prefix` as for
+    /// [`Loader::start_wrapped`].
+    pub fn start_wrapped(prefix: &[String], pods: &[(&str, &str, &str, &str)], loader_args: &[&str]) -> Self {
         const NOBODY: u32 = 65534;
-        let loader = Loader::start(NOBODY, &[NOBODY], loader_args);
+        let loader = Loader::start_wrapped(prefix, &fresh_pin_dir(), NOBODY, &[NOBODY], loader_args);
         let pods_file = pods_file(&scratch_dir("pods"), pods);
         let mut agg = Aggregator::start(&loader.socket, Some(&pods_file), NOBODY, NOBODY);
         agg.wait_connected();

@@ -44,7 +44,9 @@
 //! `--alternate CYCLES` adds a pass of short wrk samples (`--sample-seconds`, default 2) in the
 //! order off, on, on, off per cycle and mode, with nginx's CPU from schedstat (nanoseconds): the
 //! host under the development VM changes speed every ten seconds or so, and samples this short
-//! mostly fall within one state (see [`alternate`]).
+//! mostly fall within one state (see [`alternate`]). `--compare-loader PATH` adds a mode
+//! `compare` (add it to `--hooks`): the sendmsg hooks of the loader at PATH, another build, side by
+//! side with this one's.
 //! Run after `cargo build --release --bins` (the loader and aggregator are
 //! taken from the same directory).
 
@@ -77,7 +79,7 @@ struct Sample {
 
 const USAGE: &str =
     "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] [--pin] \
-[--hooks floor,sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent] [--alternate CYCLES] [--sample-seconds S]";
+[--hooks floor,sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent] [--alternate CYCLES] [--sample-seconds S] [--compare-loader PATH]";
 
 /// `--pin`: nginx on [`SERVER_CPU`], the clients on [`CLIENT_CPU`].
 static PIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -118,6 +120,9 @@ const REFERENCES: [(&str, &[(&str, &str)]); 2] = [
         ],
     ),
 ];
+
+/// The label of the `--compare-loader` mode.
+const COMPARE: &str = "compare";
 
 /// What runs in an agent-on mode, until dropped.
 enum Agent {
@@ -176,11 +181,16 @@ fn main() {
     let entries = [(pods.b_v4.as_str(), "bench-0", "bench", "bench")];
     // Warm-up; then the fixed rate: half of what nginx serves with the agent off.
     wrk(&pods.a, &url, 2);
-    let rate =
-        rate.unwrap_or_else(|| if tls || rounds == 0 { 0 } else { (wrk(&pods.a, &url, 5).1 / 2.0) as u64 });
+    let rate = rate.unwrap_or_else(|| {
+        if tls || (rounds == 0 && cycles == 0) {
+            0
+        } else {
+            (wrk(&pods.a, &url, 5).1 / 2.0) as u64
+        }
+    });
 
     // (label, loader flags); `None` is the agent off, always first.
-    let all: Vec<(&str, &[&str])> = if tls {
+    let mut all: Vec<(&str, &[&str])> = if tls {
         vec![
             ("tls-off", &["--http-hook", "auto", "--tls", "off"]),
             ("tls-on", &["--http-hook", "auto", "--tls", "on"]),
@@ -194,6 +204,12 @@ fn main() {
             ("syscall", &["--http-hook", "syscall", "--tls", "off"]),
         ]
     };
+    // `--compare-loader PATH`: the sendmsg hooks of another loader build, side
+    // by side with this one's (an A/B of a probe change).
+    let compare = flag("--compare-loader");
+    if compare.is_some() {
+        all.push((COMPARE, &["--http-hook", "sendmsg", "--tls", "off"]));
+    }
     let labels = all.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(",");
     let defaults = all
         .iter()
@@ -218,7 +234,16 @@ fn main() {
         if let Some(ebpf) = attach_reference(label) {
             return Agent::Reference { _ebpf: ebpf };
         }
-        let stack = Stack::start_with(&entries, flags);
+        let stack = match (&compare, label == COMPARE) {
+            (Some(path), true) => {
+                // The harness execs `prefix NEW-LOADER run ...`; the prefix drops
+                // NEW-LOADER and execs the other build with the same arguments.
+                let prefix: Vec<String> =
+                    ["sh", "-c", "shift; exec \"$0\" \"$@\"", path].iter().map(|s| (*s).to_owned()).collect();
+                Stack::start_wrapped(&prefix, &entries, flags)
+            }
+            _ => Stack::start_with(&entries, flags),
+        };
         if flags.windows(2).any(|w| w == ["--tls", "on"]) {
             // The attacher instruments nginx's libssl on its next /proc scan.
             nettel_integration::wait_for(std::time::Duration::from_secs(20), "libssl instrumented", || {
@@ -249,8 +274,17 @@ fn main() {
         }
     }
 
-    let alternated =
-        (cycles > 0).then(|| alternate(&modes, cycles, sample_seconds, &pods.a, &url, &nginx_pids, &start));
+    let paced_rate = if tls { 0 } else { rate };
+    // One `--alternate` sample: wrk, then (plain HTTP) the fixed rate, as long.
+    let short = || {
+        let cpu0 = schedstat_ns(&nginx_pids);
+        let (requests, rps, _, _) = wrk(&pods.a, &url, sample_seconds);
+        let cpu_ns = schedstat_ns(&nginx_pids) - cpu0;
+        let (p50_us, p99_us) =
+            if paced_rate > 0 { paced(&pods.a, &url, paced_rate, sample_seconds) } else { (0.0, 0.0) };
+        Short { rps, requests, cpu_ns, p50_us, p99_us }
+    };
+    let alternated = (cycles > 0).then(|| alternate(&modes, cycles, &short, &start));
 
     // BPF time, with stats enabled for these passes only.
     let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
@@ -328,7 +362,7 @@ fn main() {
         within_round_table(&modes, &samples, tls);
     }
     if let Some(cycles) = alternated {
-        alternate_table(&modes, &cycles, sample_seconds);
+        alternate_table(&modes, &cycles, sample_seconds, paced_rate);
     }
     println!("\nBPF time (kernel.bpf_stats_enabled, separate pass):\n");
     println!("| agent | BPF time per request | program runs per request | BPF time per dd syscall | program runs during dd | IRQ work interrupts (per request) | loader / aggregator CPU per request |");
@@ -344,14 +378,18 @@ fn main() {
     }
 }
 
-/// One wrk sample of an `--alternate` cycle.
+/// One sample of an `--alternate` cycle: a wrk run, then (plain HTTP) a
+/// paced run at the fixed rate, as long.
 #[derive(Debug, Default, Clone, Copy)]
 struct Short {
     /// Requests/s as wrk reports it (over its own run time).
     rps: f64,
     requests: f64,
-    /// nginx CPU (schedstat) during the sample, ns.
+    /// nginx CPU (schedstat) during the wrk run, ns.
     cpu_ns: f64,
+    /// Latency percentiles at the fixed rate, us (0 when not measured).
+    p50_us: f64,
+    p99_us: f64,
 }
 
 /// One `--alternate` cycle of a mode: its two agent-off and two agent-on samples.
@@ -372,6 +410,16 @@ impl Cycle {
         let per_request = |s: &[Short; 2]| (s[0].cpu_ns + s[1].cpu_ns) / (s[0].requests + s[1].requests);
         per_request(&self.on) / per_request(&self.off)
     }
+
+    /// Added p50 latency at the fixed rate, us.
+    fn added_p50(&self) -> f64 {
+        (self.on[0].p50_us + self.on[1].p50_us - self.off[0].p50_us - self.off[1].p50_us) / 2.0
+    }
+
+    /// Added p99 latency at the fixed rate, us.
+    fn added_p99(&self) -> f64 {
+        (self.on[0].p99_us + self.on[1].p99_us - self.off[0].p99_us - self.off[1].p99_us) / 2.0
+    }
 }
 
 /// `--alternate CYCLES`: short wrk samples in the order off, on, on, off
@@ -385,17 +433,9 @@ impl Cycle {
 fn alternate(
     modes: &[(&str, Option<Vec<&str>>)],
     cycles: usize,
-    seconds: u64,
-    ns: &str,
-    url: &str,
-    nginx: &[u32],
+    sample: &dyn Fn() -> Short,
     start: &dyn Fn(&str, &Vec<&str>) -> Agent,
 ) -> Vec<Vec<Cycle>> {
-    let sample = || {
-        let cpu0 = schedstat_ns(nginx);
-        let (requests, rps, _, _) = wrk(ns, url, seconds);
-        Short { rps, requests, cpu_ns: schedstat_ns(nginx) - cpu0 }
-    };
     let mut out = vec![Vec::new(); modes.len()];
     for c in 0..cycles {
         for (m, (label, flags)) in modes.iter().enumerate().skip(1) {
@@ -419,24 +459,27 @@ fn alternate(
 
 /// Prints the `--alternate` figures: the median over cycles of each cycle's
 /// ratio, with the quartiles.
-fn alternate_table(modes: &[(&str, Option<Vec<&str>>)], cycles: &[Vec<Cycle>], seconds: u64) {
+fn alternate_table(modes: &[(&str, Option<Vec<&str>>)], cycles: &[Vec<Cycle>], seconds: u64, rate: u64) {
     println!(
-        "\nAlternating samples (--alternate): wrk {seconds} s per sample, off, on, on, off per cycle; median over cycles (quartiles):\n"
+        "\nAlternating samples (--alternate): {seconds} s of wrk, then {seconds} s at {rate} req/s, per sample; off, on, on, off per cycle; median over cycles (quartiles):\n"
     );
-    println!("| agent | cycles | requests/s, on / off | nginx CPU per request, on / off |");
-    println!("|---|---|---|---|");
+    println!("| agent | cycles | requests/s, on / off | nginx CPU per request, on / off | added p50 at the fixed rate | added p99 at the fixed rate |");
+    println!("|---|---|---|---|---|---|");
     for (m, (label, _)) in modes.iter().enumerate().skip(1) {
-        let quartiles = |f: fn(&Cycle) -> f64| {
+        let quartiles = |f: fn(&Cycle) -> f64, prec: usize, unit: &str| {
             let mut v: Vec<f64> = cycles[m].iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-            format!("{:.3} ({:.3} to {:.3})", median(v.clone()), at(0.25), at(0.75))
+            format!("{:.prec$}{unit} ({:.prec$} to {:.prec$})", median(v.clone()), at(0.25), at(0.75))
         };
+        let latency = |f: fn(&Cycle) -> f64| if rate > 0 { quartiles(f, 1, " us") } else { "-".to_owned() };
         println!(
-            "| {label} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} |",
             cycles[m].len(),
-            quartiles(Cycle::rps_ratio),
-            quartiles(Cycle::cpu_ratio)
+            quartiles(Cycle::rps_ratio, 3, ""),
+            quartiles(Cycle::cpu_ratio, 3, ""),
+            latency(Cycle::added_p50),
+            latency(Cycle::added_p99)
         );
     }
 }
@@ -464,7 +507,7 @@ fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bo
         return Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, ..Sample::default() };
     }
     let busy0 = cpu_ticks();
-    let (rate_p50_us, rate_p99_us) = paced(ns, url, rate);
+    let (rate_p50_us, rate_p99_us) = paced(ns, url, rate, 5);
     let busy = cpu_ticks();
     let rate_busy = [0, 1].map(|c| {
         let (b, t) = (busy[c].0 - busy0[c].0, busy[c].1 - busy0[c].1);
@@ -616,11 +659,11 @@ fn duration_us(s: &str) -> f64 {
 
 /// Sends GETs at a fixed total rate for 5 s over 16 keep-alive connections
 /// (`nettel-traffic paced`, open loop); returns (p50 us, p99 us).
-fn paced(ns: &str, url: &str, rate: u64) -> (f64, f64) {
+fn paced(ns: &str, url: &str, rate: u64, seconds: u64) -> (f64, f64) {
     let rest = url.strip_prefix("http://").expect("plain HTTP url");
     let (addr, path) = rest.split_once('/').expect("url with a path");
     let out = client(ns, nettel_integration::process::bin("nettel-traffic").to_str().unwrap())
-        .args(["paced", addr, &format!("/{path}"), &rate.to_string(), "5", "16"])
+        .args(["paced", addr, &format!("/{path}"), &rate.to_string(), &seconds.to_string(), "16"])
         .output()
         .expect("nettel-traffic");
     let text = String::from_utf8_lossy(&out.stdout);
