@@ -72,6 +72,18 @@ static __always_inline int nt_file_shared(struct file *f)
 	return BPF_CORE_READ(f, f_count.counter) > 1;
 }
 
+/*
+ * Whether @sk is the server end of a connection: a socket accept() returned
+ * inherits its listener's backlog (sk_max_ack_backlog, copied when the
+ * kernel clones the listener), where a socket that connect()ed has 0. A
+ * listener created with backlog 0 is the exception: its connections look
+ * like clients and are not traced (README, limits).
+ */
+static __always_inline int nt_accepted(struct sock *sk)
+{
+	return sk->sk_max_ack_backlog != 0;
+}
+
 /* Whether the @len-byte token @t equals the literal @s (no libc in BPF). */
 static __always_inline int nt_tok_eq(const __u8 *t, __u32 len, const char *s, __u32 slen)
 {

@@ -54,10 +54,10 @@ struct {
 	__type(value, struct nt_bound_buf);
 } nt_bound_peek SEC(".maps");
 
-/* The server end of a TCP connection, as http.bpf.c tells it (nt_accepted). */
+/* The server end of a TCP connection, as http.bpf.c tells it. */
 static __always_inline int nt_bound_server(struct sock *sk)
 {
-	return sk->sk_protocol == NT_IPPROTO_TCP && sk->sk_type == NT_SOCK_STREAM && sk->sk_max_ack_backlog != 0;
+	return sk->sk_protocol == NT_IPPROTO_TCP && sk->sk_type == NT_SOCK_STREAM && nt_accepted(sk);
 }
 
 SEC("tp_btf/sock_recv_length")

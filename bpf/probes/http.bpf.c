@@ -117,7 +117,7 @@ struct nt_http_peek_buf {
 	__u32 scratch;
 	__u32 scan_n;
 	__u32 tp;
-	__u32 method;
+	__u32 token_len;
 };
 
 struct {
@@ -335,6 +335,8 @@ static __always_inline __u32 nt_window_at(__u32 pos, __u32 n, __u32 *skip)
  * The word-sized window @i of the peeked bytes [@from, @n): its offset, and
  * in @skip how many of its first bytes an earlier window already covered
  * (the last window is moved back to end at @n). Returns -1 past the end.
+ * It keeps its branch: with nt_window_at() the response matcher's scans
+ * (nt_next_lf()) no longer verify within the 1M-instruction budget.
  */
 static __always_inline int nt_window(__u32 from, __u32 n, __u32 i, __u32 *skip)
 {
@@ -428,10 +430,10 @@ static __always_inline __u64 nt_below(__u64 a, __u64 b)
  * offset (`traceparent:`, any case, its 36-byte value within the peek,
  * optional space skipped) is left in pk->tp (0: none).
  *
- * Verified in one pass per round: a round has no branch whose two sides
- * go on (only exits), and where the next round starts, and the byte count,
- * live in the peek buffer rather than in registers, so that every round
- * begins in the same state but for its counter.
+ * Verified in one pass per round: a round's branches leave the loop, but
+ * for the skip of a word with no stop, and where the next round starts,
+ * and the byte count, live in the peek buffer rather than in registers, so
+ * that every round begins in the same state but for its counter.
  */
 static __always_inline __u32 nt_request_headers(struct nt_http_peek_buf *pk, __u32 lf, __u32 n)
 {
@@ -543,14 +545,14 @@ static __always_inline int nt_request_method(const __u8 *b, __u32 tl)
 __noinline int nt_parse_request(__u32 n, int partial_ok)
 {
 	struct nt_http_peek_buf *pk = nt_peek();
-	volatile __u32 *method;
+	volatile __u32 *token_len;
 	__u32 i, tl, eol, lf, hdr;
 	const __u8 *b;
 
 	if (!pk || n < 8 || n > NT_HTTP_PEEK)
 		return 0;
 	b = pk->buf;
-	method = &pk->method;
+	token_len = &pk->token_len;
 	/* Method token: 1..11 uppercase letters then a space. */
 	if (b[0] < 'A' || b[0] > 'Z')
 		return 0;
@@ -566,13 +568,13 @@ __noinline int nt_parse_request(__u32 n, int partial_ok)
 	/* The token's length waits in the peek buffer, and the method is
 	 * worked out from it at the end: before the scans, each method (and
 	 * each length) would be a state of its own through all their rounds. */
-	*method = tl;
+	*token_len = tl;
 	eol = nt_request_line_end(pk, tl + 1, n);
 	if ((int)eol < 0) {
 		/* No end within the data: a split or long line. */
 		if (!partial_ok || b[tl + 1] != '/')
 			return 0;
-		return nt_request_method(b, *method);
+		return nt_request_method(b, *token_len);
 	}
 	/* ` HTTP/1.x` right before it, after a target of at least a byte. */
 	if (eol < tl + 11 || eol > NT_HTTP_PEEK - 1 || nt_word(b + eol - 9) != NT_HTTP1_WORD || b[eol - 1] < '0' ||
@@ -581,14 +583,14 @@ __noinline int nt_parse_request(__u32 n, int partial_ok)
 	lf = eol;
 	if (b[eol] == '\r') {
 		if (eol + 1 >= n)
-			return nt_request_method(b, *method); /* the LF is in the next read */
+			return nt_request_method(b, *token_len); /* the LF is in the next read */
 		lf = eol + 1;
 	}
 	if (lf > NT_HTTP_PEEK - 1 || b[lf] != '\n')
 		return 0;
 	/* Opaque: the scan returns from each of its rounds. */
 	hdr = nt_opaque(pk, nt_request_headers(pk, lf, n));
-	return nt_request_method(b, *method) | (int)((hdr & 0x3ff) << 4 | (pk->tp & 0x3ff) << 14);
+	return nt_request_method(b, *token_len) | (int)((hdr & 0x3ff) << 4 | (pk->tp & 0x3ff) << 14);
 }
 
 /*
@@ -1260,18 +1262,6 @@ static __always_inline int nt_conn_end(__u64 key)
 		nt_stat_inc(NT_STAT_HTTP_CLOSED);
 	bpf_map_delete_elem(&nt_http_conns, &key);
 	return 0;
-}
-
-/*
- * Whether @sk is the server end of a connection: a socket accept() returned
- * inherits its listener's backlog (sk_max_ack_backlog, copied when the
- * kernel clones the listener), where a socket that connect()ed has 0. A
- * listener created with backlog 0 is the exception: its connections look
- * like clients and are not traced (README, limits).
- */
-static __always_inline int nt_accepted(struct sock *sk)
-{
-	return sk->sk_max_ack_backlog != 0;
 }
 
 /*

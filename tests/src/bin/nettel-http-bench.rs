@@ -29,7 +29,7 @@
 //!
 //! ```text
 //! sudo target/release/nettel-http-bench [--rounds 3] [--seconds 10] [--rate REQ_PER_S] [--tls] [--pin]
-//!                                      [--hooks floor,sendmsg,socket,syscall] [--loader-args "FLAGS"]
+//!                                      [--hooks floor,bound,sendmsg,socket,syscall] [--loader-args "FLAGS"]
 //! ```
 //! `--hooks` picks the agent-on modes to compare with agent off (default all three; with `--tls`, the
 //! modes are `tls-off,tls-on`). Two reference modes load `bpf/probes/floor.bpf.c` (no loader):
@@ -79,7 +79,7 @@ struct Sample {
 
 const USAGE: &str =
     "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] [--pin] \
-[--hooks floor,sendmsg,socket,syscall | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent] [--alternate CYCLES] [--sample-seconds S] [--compare-loader PATH]";
+[--hooks floor,bound,sendmsg,socket,syscall,compare | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent] [--alternate CYCLES] [--sample-seconds S] [--compare-loader PATH]";
 
 /// `--pin`: nginx on [`SERVER_CPU`], the clients on [`CLIENT_CPU`].
 static PIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -413,12 +413,17 @@ impl Cycle {
 
     /// Added p50 latency at the fixed rate, us.
     fn added_p50(&self) -> f64 {
-        (self.on[0].p50_us + self.on[1].p50_us - self.off[0].p50_us - self.off[1].p50_us) / 2.0
+        self.added(|s| s.p50_us)
     }
 
     /// Added p99 latency at the fixed rate, us.
     fn added_p99(&self) -> f64 {
-        (self.on[0].p99_us + self.on[1].p99_us - self.off[0].p99_us - self.off[1].p99_us) / 2.0
+        self.added(|s| s.p99_us)
+    }
+
+    /// The mean of `f` over the agent-on samples minus its mean over the agent-off ones.
+    fn added(&self, f: fn(&Short) -> f64) -> f64 {
+        (f(&self.on[0]) + f(&self.on[1]) - f(&self.off[0]) - f(&self.off[1])) / 2.0
     }
 }
 
