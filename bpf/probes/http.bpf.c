@@ -107,8 +107,10 @@ struct nt_http_conn {
 
 struct nt_http_peek_buf {
 	__u8 buf[NT_HTTP_PEEK];
-	/* Slack for the header scan's look-ahead word (nt_request_headers()). */
-	__u8 _slack[8];
+	/* Room for the request scans' padding: nt_parse_request() zeroes the 8
+	 * bytes after the peeked ones, so that the scans read whole words to
+	 * the end (nt_request_line_end(), nt_request_headers()). */
+	__u8 _pad[8];
 	/* nt_parse_request()'s working values, kept here rather than in
 	 * registers so that the verifier knows nothing of them (nt_opaque()):
 	 * a value passed through nt_opaque(), then the scans' next position;
@@ -317,26 +319,11 @@ static __always_inline __u32 nt_first_flag(__u64 m)
 #define NT_FROM_BYTE(skip) (~0ULL << (8 * (skip)))
 
 /*
- * The word-sized window at peeked offset @pos (< @n, 8 <= @n): @pos itself,
- * or, where fewer than 8 bytes are left, the window ending at @n, with in
- * @skip how many of its first bytes come before @pos (an earlier window
- * covered them). Chosen without a branch: a branch would be two states the
- * verifier walks through the rest of a scan's round.
- */
-static __always_inline __u32 nt_window_at(__u32 pos, __u32 n, __u32 *skip)
-{
-	__u64 back = ((__u64)pos - (n - 8)) & -((__u64)((__s64)(n - 8) - (__s64)pos) >> 63);
-
-	*skip = (__u32)back;
-	return pos - (__u32)back;
-}
-
-/*
  * The word-sized window @i of the peeked bytes [@from, @n): its offset, and
  * in @skip how many of its first bytes an earlier window already covered
  * (the last window is moved back to end at @n). Returns -1 past the end.
- * It keeps its branch: with nt_window_at() the response matcher's scans
- * (nt_next_lf()) no longer verify within the 1M-instruction budget.
+ * The response matcher's scans (nt_next_lf()) use it; the request scans
+ * read zero padding instead (nt_parse_request()).
  */
 static __always_inline int nt_window(__u32 from, __u32 n, __u32 i, __u32 *skip)
 {
@@ -428,7 +415,9 @@ static __always_inline __u64 nt_below(__u64 a, __u64 b)
  * dozen other lines cost no stop. Returns the offset just past the blank
  * line (0 when it is not within the peek); a traceparent header's value
  * offset (`traceparent:`, any case, its 36-byte value within the peek,
- * optional space skipped) is left in pk->tp (0: none).
+ * optional space skipped) is left in pk->tp (0: none). The bytes after the
+ * peeked ones are zero (nt_parse_request()): no newline, no stop, so the
+ * last word is read whole and needs no mask.
  *
  * Verified in one pass per round: a round's branches leave the loop, but
  * for the skip of a word with no stop, and where the next round starts,
@@ -445,23 +434,20 @@ static __always_inline __u32 nt_request_headers(struct nt_http_peek_buf *pk, __u
 	*next = lf;
 	*count = n;
 	for (r = 0; r < NT_HTTP_SCAN_ROUNDS; r++) {
-		__u32 j, skip, k, pos = *next;
+		__u32 k, pos = *next;
 		__u64 m, is_tp;
 
 		n = *count;
-		if (pos >= n || n < 8 || n > NT_HTTP_PEEK)
+		if (pos >= n || pos > NT_HTTP_PEEK - 1)
 			return 0;
-		j = nt_window_at(pos, n, &skip);
-		if (j > NT_HTTP_PEEK - 8 || skip > 7)
-			return 0;
-		m = nt_lf_flags(nt_word(b + j)) & nt_line_start_flags(nt_word(b + j + 1)) & NT_FROM_BYTE(skip);
+		m = nt_lf_flags(nt_word(b + pos)) & nt_line_start_flags(nt_word(b + pos + 1));
 		if (!m) {
 			/* Most words: on to the next. */
-			*next = j + 8;
+			*next = pos + 8;
 			continue;
 		}
 		/* The newline the scan stops at. */
-		k = j + nt_first_flag(m);
+		k = pos + nt_first_flag(m);
 		/* No room for the stop line's first two bytes: as if the
 		 * headers ran on. */
 		if (k + 2 >= n || k > NT_HTTP_PEEK - 1)
@@ -484,10 +470,12 @@ static __always_inline __u32 nt_request_headers(struct nt_http_peek_buf *pk, __u
 
 /*
  * The offset of the first control character in peeked bytes [@from, @n)
- * (where the request line ends), else (__u32)-1. Verified as the header
- * scan is (nt_request_headers()): each round starts from the peek buffer,
- * and the three ways out of the loop leave nothing in registers that the
- * code after it reads.
+ * (where the request line ends), else (__u32)-1. The zeroed bytes after
+ * the peeked ones (nt_parse_request()) are control characters: a first one
+ * among them is no end within the data. Verified as the header scan is
+ * (nt_request_headers()): each round starts from the peek buffer, and the
+ * three ways out of the loop leave nothing in registers that the code after
+ * it reads.
  */
 static __always_inline __u32 nt_request_line_end(struct nt_http_peek_buf *pk, __u32 from, __u32 n)
 {
@@ -499,20 +487,19 @@ static __always_inline __u32 nt_request_line_end(struct nt_http_peek_buf *pk, __
 	*count = n;
 	*end = (__u32)-1;
 	for (r = 0; r < NT_HTTP_PEEK / 8 + 1; r++) {
-		__u32 j, skip, pos = *next, cnt = *count;
+		__u32 k, pos = *next, cnt = *count;
 		__u64 m;
 
-		if (pos >= cnt || cnt < 8 || cnt > NT_HTTP_PEEK)
+		if (pos >= cnt || pos > NT_HTTP_PEEK - 1)
 			break;
-		j = nt_window_at(pos, cnt, &skip);
-		if (j > NT_HTTP_PEEK - 8 || skip > 7)
-			break;
-		m = nt_ctl_flags(nt_word(b + j)) & NT_FROM_BYTE(skip);
+		m = nt_ctl_flags(nt_word(b + pos));
 		if (m) {
-			*end = j + nt_first_flag(m);
+			k = pos + nt_first_flag(m);
+			if (k < cnt)
+				*end = k;
 			break;
 		}
-		*next = j + 8;
+		*next = pos + 8;
 	}
 	return *end;
 }
@@ -552,6 +539,8 @@ __noinline int nt_parse_request(__u32 n, int partial_ok)
 	if (!pk || n < 8 || n > NT_HTTP_PEEK)
 		return 0;
 	b = pk->buf;
+	/* The scans read whole words past the end: zero what follows. */
+	*(__u64 *)(pk->buf + n) = 0;
 	token_len = &pk->token_len;
 	/* Method token: 1..11 uppercase letters then a space. */
 	if (b[0] < 'A' || b[0] > 'Z')
