@@ -769,6 +769,26 @@ static __always_inline struct nt_http_conn *nt_conn_of(struct sock *sk, int btf,
 }
 
 /*
+ * The time of a read. With a trusted @sk (tp_btf), the TCP clock the
+ * kernel cached as the read copied the bytes (tcp_recvmsg_locked() refreshes
+ * it through tcp_rcv_space_adjust() after each segment it copies): the same
+ * clock as bpf_ktime_get_ns() (ktime_get_ns()), read a few hundred
+ * nanoseconds earlier, for a pointer cast instead of a clock read (26 ns on
+ * the server's path, BENCHMARKS.md session 13). Otherwise, and on a socket
+ * whose clock was never set, bpf_ktime_get_ns().
+ */
+static __always_inline __u64 nt_read_ns(struct sock *sk, int btf)
+{
+	if (btf) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+		if (tp && tp->tcp_clock_cache)
+			return tp->tcp_clock_cache;
+	}
+	return bpf_ktime_get_ns();
+}
+
+/*
  * A read: the request line at its start, and each further one right after a
  * header block (pipelining), is queued with the read's time, which is when
  * those requests arrived.
@@ -795,7 +815,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len,
 		}
 		if (!bpf_probe_read_user(&c, 1, ubuf) && c >= 'A' && c <= 'Z') {
 			conn->carry = c;
-			conn->carry_ns = bpf_ktime_get_ns();
+			conn->carry_ns = nt_read_ns(sk, btf);
 		}
 		return 0;
 	}
@@ -812,7 +832,7 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len,
 	first = nt_peek_user(pk, ubuf, len, 0, 8);
 	if (!first || !nt_maybe_request(pk->buf))
 		return 0;
-	now = bpf_ktime_get_ns();
+	now = nt_read_ns(sk, btf);
 	conn = nt_conn_of(sk, btf, 0);
 	if (conn && conn->carry) {
 		/* The rest of a request follows its first byte at once; a carry
@@ -1030,6 +1050,12 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 	__u8 tls = (flags & NT_HTTP_F_TLS) != 0;
 	__u32 idx = 0;
 	int i;
+
+	/* A start from the socket's cached clock (ktime_get_ns(), through
+	 * nt_read_ns()) can lead this NMI-safe reading of the same clock by a
+	 * little across a timekeeping update: a negative duration counts as
+	 * zero, without a branch. */
+	ns &= ~(__u64)((__s64)ns >> 63);
 
 	if (conn->slot && conn->slot_method == req->method && conn->slot_status == status &&
 	    conn->slot_tls == tls) {

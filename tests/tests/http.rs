@@ -501,3 +501,38 @@ fn a_request_a_forked_child_serves_is_counted_after_the_parent_closes_its_copy()
         assert_eq!(closed, 0, "{hook} hooks: no request ended by the parent's close");
     }
 }
+
+/// Where a request's time starts: at the read, for every hook set. The
+/// server reads the request 400 ms after it arrived
+/// (`late_reader_http_server.py`) and answers at once. The socket and sendmsg
+/// hooks take the read's time from the connection's cached TCP clock, which
+/// the kernel refreshes as the read copies the bytes; were it still the
+/// arrival's (a kernel that stopped refreshing it there), the requests would
+/// be timed at 400 ms.
+#[test]
+fn a_request_is_timed_from_its_read_under_every_hook_set() {
+    if !require_kernel("a_request_is_timed_from_its_read_under_every_hook_set") {
+        return;
+    }
+    let pods = PodPair::new(16);
+    let _server =
+        start(&pods.b, "python3", &[fixture("late_reader_http_server.py"), pods.b_v4.clone(), "8080".into()]);
+    let url = format!("http://{}:8080/late", pods.b_v4);
+    for hook in ["sendmsg", "socket", "syscall"] {
+        let stack =
+            Stack::start_with(&[(pods.b_v4.as_str(), "late-0", "web", "late")], &["--http-hook", hook]);
+        for _ in 0..2 {
+            curl(&pods.a, &[&url]);
+        }
+        wait_for(Duration::from_secs(10), &format!("{hook} hooks: two requests counted"), || {
+            (count_of(&stack.agg.scrape(), "late-0", "GET", "200") >= 2).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let text = stack.agg.scrape();
+        let bucket = |le: &str| {
+            sum(&text, &format!("{HIST}_bucket"), &[("pod", "late-0"), ("status", "200"), ("le", le)])
+        };
+        assert_eq!(count_of(&text, "late-0", "GET", "200"), 2, "{hook} hooks");
+        assert_eq!(bucket("0.1"), 2, "{hook} hooks: timed from the read, not the 400 ms before it");
+    }
+}

@@ -241,6 +241,7 @@ struct msghdr {
 
 struct tcp_sock {
 	__u32 write_seq;
+	__u64 tcp_clock_cache;
 };
 
 struct request_sock {
