@@ -40,7 +40,7 @@
 //! the paced client) on CPU 0, so that the server's CPU bounds the request rate and the scheduler does not
 //! move the two across CPUs between samples. `--rounds 0` runs only the BPF-time pass. `--loader-args` adds loader
 //! flags to every agent-on mode. `--stop-agent` stops the loader and aggregator (SIGSTOP) during the
-//! timed rounds, the probes still attached: the kernel side's cost alone.
+//! timed rounds (and the `--alternate` samples), the probes still attached: the kernel side's cost alone.
 //! `--alternate CYCLES` adds a pass of short wrk samples (`--sample-seconds`, default 2) in the
 //! order off, on, on, off per cycle and mode, with nginx's CPU from schedstat (nanoseconds): the
 //! host under the development VM changes speed every ten seconds or so, and samples this short
@@ -130,6 +130,17 @@ enum Agent {
     Stack { _stack: Stack },
     /// A reference object ([`REFERENCES`]): its links close with it.
     Reference { _ebpf: aya::Ebpf },
+    /// An agent whose processes `pids` are stopped (`--stop-agent`): they
+    /// continue before it is dropped.
+    Stopped { _agent: Box<Agent>, pids: Vec<u32> },
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Agent::Stopped { pids, .. } = self {
+            signal(pids, "CONT");
+        }
+    }
 }
 
 /// Loads and attaches the programs of reference mode `label`, if it is one.
@@ -280,11 +291,24 @@ fn main() {
         let cpu0 = schedstat_ns(&nginx_pids);
         let (requests, rps, _, _) = wrk(&pods.a, &url, sample_seconds);
         let cpu_ns = schedstat_ns(&nginx_pids) - cpu0;
-        let (p50_us, p99_us) =
-            if paced_rate > 0 { paced(&pods.a, &url, paced_rate, sample_seconds) } else { (0.0, 0.0) };
-        Short { rps, requests, cpu_ns, p50_us, p99_us }
+        let cpu1 = schedstat_ns(&nginx_pids);
+        let (p50_us, p99_us, paced_requests) =
+            if paced_rate > 0 { paced(&pods.a, &url, paced_rate, sample_seconds) } else { (0.0, 0.0, 0.0) };
+        let paced_cpu_ns = schedstat_ns(&nginx_pids) - cpu1;
+        Short { rps, requests, cpu_ns, p50_us, p99_us, paced_requests, paced_cpu_ns }
     };
-    let alternated = (cycles > 0).then(|| alternate(&modes, cycles, &short, &start));
+    // With --stop-agent, an agent-on mode's samples run with the loader and
+    // aggregator stopped, as the rounds above do.
+    let start_sampled = |label: &str, flags: &Vec<&str>| {
+        let agent = start(label, flags);
+        if stop_agent && matches!(agent, Agent::Stack { .. }) {
+            let pids = [agent_pids("nettel-loader"), agent_pids("nettel-aggregat")].concat();
+            signal(&pids, "STOP");
+            return Agent::Stopped { _agent: Box::new(agent), pids };
+        }
+        agent
+    };
+    let alternated = (cycles > 0).then(|| alternate(&modes, cycles, &short, &start_sampled));
 
     // BPF time, with stats enabled for these passes only.
     let previous = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
@@ -390,6 +414,10 @@ struct Short {
     /// Latency percentiles at the fixed rate, us (0 when not measured).
     p50_us: f64,
     p99_us: f64,
+    /// Requests completed at the fixed rate, and nginx CPU (schedstat)
+    /// meanwhile, ns (0 when not measured).
+    paced_requests: f64,
+    paced_cpu_ns: f64,
 }
 
 /// One `--alternate` cycle of a mode: its two agent-off and two agent-on samples.
@@ -408,6 +436,18 @@ impl Cycle {
     /// Agent-on nginx CPU per request over agent-off.
     fn cpu_ratio(&self) -> f64 {
         let per_request = |s: &[Short; 2]| (s[0].cpu_ns + s[1].cpu_ns) / (s[0].requests + s[1].requests);
+        per_request(&self.on) / per_request(&self.off)
+    }
+
+    /// Agent-on nginx CPU per request over agent-off at the fixed rate: the
+    /// same requests per second in both, so the client's wake-ups follow the
+    /// same pattern. At saturation they do not: a server slowed by the probes
+    /// finds its client asleep more often, and each wake-up of the other CPU
+    /// is charged to the server's send (BENCHMARKS.md, session 13).
+    fn paced_cpu_ratio(&self) -> f64 {
+        let per_request = |s: &[Short; 2]| {
+            (s[0].paced_cpu_ns + s[1].paced_cpu_ns) / (s[0].paced_requests + s[1].paced_requests)
+        };
         per_request(&self.on) / per_request(&self.off)
     }
 
@@ -452,9 +492,10 @@ fn alternate(
             drop(agent);
             cycle.off[1] = sample();
             eprintln!(
-                "cycle {c} agent {label}: requests/s {:.3}, CPU per request {:.3} ({cycle:?})",
+                "cycle {c} agent {label}: requests/s {:.3}, CPU per request {:.3}, at the fixed rate {:.3} ({cycle:?})",
                 cycle.rps_ratio(),
-                cycle.cpu_ratio()
+                cycle.cpu_ratio(),
+                cycle.paced_cpu_ratio()
             );
             out[m].push(cycle);
         }
@@ -468,8 +509,8 @@ fn alternate_table(modes: &[(&str, Option<Vec<&str>>)], cycles: &[Vec<Cycle>], s
     println!(
         "\nAlternating samples (--alternate): {seconds} s of wrk, then {seconds} s at {rate} req/s, per sample; off, on, on, off per cycle; median over cycles (quartiles):\n"
     );
-    println!("| agent | cycles | requests/s, on / off | nginx CPU per request, on / off | added p50 at the fixed rate | added p99 at the fixed rate |");
-    println!("|---|---|---|---|---|---|");
+    println!("| agent | cycles | requests/s, on / off | nginx CPU per request, on / off | nginx CPU per request at the fixed rate, on / off | added p50 at the fixed rate | added p99 at the fixed rate |");
+    println!("|---|---|---|---|---|---|---|");
     for (m, (label, _)) in modes.iter().enumerate().skip(1) {
         let quartiles = |f: fn(&Cycle) -> f64, prec: usize, unit: &str| {
             let mut v: Vec<f64> = cycles[m].iter().map(f).collect();
@@ -479,10 +520,11 @@ fn alternate_table(modes: &[(&str, Option<Vec<&str>>)], cycles: &[Vec<Cycle>], s
         };
         let latency = |f: fn(&Cycle) -> f64| if rate > 0 { quartiles(f, 1, " us") } else { "-".to_owned() };
         println!(
-            "| {label} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} |",
             cycles[m].len(),
             quartiles(Cycle::rps_ratio, 3, ""),
             quartiles(Cycle::cpu_ratio, 3, ""),
+            if rate > 0 { quartiles(Cycle::paced_cpu_ratio, 3, "") } else { "-".to_owned() },
             latency(Cycle::added_p50),
             latency(Cycle::added_p99)
         );
@@ -512,7 +554,7 @@ fn measure(ns: &str, url: &str, seconds: u64, rate: u64, nginx: &[u32], full: bo
         return Sample { rps, cpu_us_per_req, wrk_p50_us, wrk_p99_us, ..Sample::default() };
     }
     let busy0 = cpu_ticks();
-    let (rate_p50_us, rate_p99_us) = paced(ns, url, rate, 5);
+    let (rate_p50_us, rate_p99_us, _) = paced(ns, url, rate, 5);
     let busy = cpu_ticks();
     let rate_busy = [0, 1].map(|c| {
         let (b, t) = (busy[c].0 - busy0[c].0, busy[c].1 - busy0[c].1);
@@ -662,9 +704,10 @@ fn duration_us(s: &str) -> f64 {
     num.parse::<f64>().unwrap() * mult
 }
 
-/// Sends GETs at a fixed total rate for 5 s over 16 keep-alive connections
-/// (`nettel-traffic paced`, open loop); returns (p50 us, p99 us).
-fn paced(ns: &str, url: &str, rate: u64, seconds: u64) -> (f64, f64) {
+/// Sends GETs at a fixed total rate for `seconds` over 16 keep-alive
+/// connections from netns `ns` (`nettel-traffic paced`, open loop); returns
+/// (p50 us, p99 us, requests completed).
+fn paced(ns: &str, url: &str, rate: u64, seconds: u64) -> (f64, f64, f64) {
     let rest = url.strip_prefix("http://").expect("plain HTTP url");
     let (addr, path) = rest.split_once('/').expect("url with a path");
     let out = client(ns, nettel_integration::process::bin("nettel-traffic").to_str().unwrap())
@@ -674,7 +717,7 @@ fn paced(ns: &str, url: &str, rate: u64, seconds: u64) -> (f64, f64) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "nettel-traffic paced: {}", String::from_utf8_lossy(&out.stderr));
     let v: Vec<f64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    (v[0], v[1])
+    (v[0], v[1], v[2])
 }
 
 /// CPU seconds (user + system) of `dd bs=64` through a pipe, both ends.
