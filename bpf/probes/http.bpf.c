@@ -22,7 +22,9 @@
  * and a traceparent header; no URL or body leaves the kernel.
  *
  * Everything else (non-sockets, UDP, non-HTTP TCP) exits after at most a few
- * kernel reads. Limits: requests and responses beyond the first NT_HTTP_PEEK
+ * kernel reads; with the socket and sendmsg hooks, a server connection whose
+ * first read rules out HTTP/1.x exits before any user read from then on
+ * (nt_sk_conn()). Limits: requests and responses beyond the first NT_HTTP_PEEK
  * bytes of a read or write (or beyond iov[0] of a vectored one) are not
  * seen, so their responses count as unmatched; a request line split across
  * reads is recognised when the first read holds the method and the start of
@@ -103,6 +105,16 @@ struct nt_http_conn {
 	__u16 slot_gen;
 	__u32 slot;
 	__u32 resp_seq;
+	/* What the connection's first read showed (enum nt_conn_kind; socket
+	 * and sendmsg hooks only): a connection that is not HTTP/1.x skips
+	 * every later read and send before any user memory is read. */
+	__u8 kind;
+};
+
+enum nt_conn_kind {
+	NT_CONN_UNSEEN = 0, /* no read yet */
+	NT_CONN_SEEN = 1,   /* its first read did not rule HTTP/1.x out */
+	NT_CONN_OTHER = 2,  /* its first read did (nt_not_http1()) */
 };
 
 struct nt_http_peek_buf {
@@ -788,15 +800,53 @@ static __always_inline __u64 nt_read_ns(struct sock *sk, int btf)
 	return bpf_ktime_get_ns();
 }
 
+/* "PRI * HT", the HTTP/2 connection preface's first word, as nt_word()
+ * loads it. */
+#define NT_H2_PREFACE_WORD                                                                                \
+	((__u64)'P' | (__u64)'R' << 8 | (__u64)'I' << 16 | (__u64)' ' << 24 | (__u64)'*' << 32 | (__u64)' ' << 40 | \
+	 (__u64)'H' << 48 | (__u64)'T' << 56)
+
+/*
+ * Whether a connection's first bytes @b (8 or more peeked) rule out HTTP/1.x:
+ * they are the HTTP/2 preface, or they cannot start a request line
+ * (nt_maybe_request()). A CR or LF first does not: a server skips empty
+ * lines before a request (RFC 9112, 2.2), and the PROXY protocol v2 header a
+ * load balancer puts before the request starts with CR LF.
+ */
+static __always_inline int nt_not_http1(const __u8 *b)
+{
+	if (nt_word(b) == NT_H2_PREFACE_WORD)
+		return 1;
+	return b[0] != '\r' && b[0] != '\n' && !nt_maybe_request(b);
+}
+
+/*
+ * Whether the read of @len bytes on @sk that just returned began at the
+ * connection's first byte: what the application has read so far (the bytes
+ * received less those still queued) is this read. Not for a connection that
+ * predates the probe's attach, whose first read seen can be the middle of a
+ * body or of a request.
+ */
+static __always_inline int nt_stream_start(struct sock *sk, __u64 len)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	return tp && tp->bytes_received - (__u32)(tp->rcv_nxt - tp->copied_seq) == len;
+}
+
 /*
  * A read: the request line at its start, and each further one right after a
  * header block (pipelining), is queued with the read's time, which is when
- * those requests arrived.
+ * those requests arrived. @conn: the connection's state in the socket,
+ * already looked up (socket and sendmsg hooks: @btf), else NULL; @first_read:
+ * this is the first read of @conn (which then says so, NT_CONN_SEEN): unless
+ * it began mid-stream, a first read that rules out HTTP/1.x marks the
+ * connection NT_CONN_OTHER.
  */
-static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len, int btf)
+static __always_inline int nt_on_request(struct sock *sk, struct nt_http_conn *conn, int first_read, void *ubuf,
+					 __u64 len, int btf)
 {
 	struct nt_http_peek_buf *pk;
-	struct nt_http_conn *conn;
 	__u64 now = 0, off = 0;
 	__u32 first;
 	__u8 carry = 0;
@@ -805,7 +855,8 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len,
 	if (len == 1) {
 		__u8 c = 0;
 
-		conn = nt_conn_of(sk, btf, 0);
+		if (!conn)
+			conn = nt_conn_of(sk, btf, 0);
 		if (!conn)
 			return 0;
 		/* A second 1-byte read: the carried byte was not a request's. */
@@ -830,10 +881,15 @@ static __always_inline int nt_on_request(struct sock *sk, void *ubuf, __u64 len,
 	if (!pk)
 		return 0;
 	first = nt_peek_user(pk, ubuf, len, 0, 8);
+	if (btf && first_read && first && nt_not_http1(pk->buf) && nt_stream_start(sk, len)) {
+		conn->kind = NT_CONN_OTHER;
+		return 0;
+	}
 	if (!first || !nt_maybe_request(pk->buf))
 		return 0;
 	now = nt_read_ns(sk, btf);
-	conn = nt_conn_of(sk, btf, 0);
+	if (!conn)
+		conn = nt_conn_of(sk, btf, 0);
 	if (conn && conn->carry) {
 		/* The rest of a request follows its first byte at once; a carry
 		 * older than that belongs to no request this read continues. */
@@ -1116,13 +1172,14 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
  * the previous one's Content-Length body, then right after its headers
  * (HEAD, 204 and 304 responses carry none). @flags (NT_HTTP_F_*) go into
  * the events. @btf: @sk is a trusted BTF pointer (a tp_btf argument), whose
- * fields are loaded directly instead of through probe reads.
+ * fields are loaded directly instead of through probe reads, and @conn its
+ * state in the socket, which the caller looked up (NULL: none); otherwise
+ * the state is looked up here.
  */
-static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len, __u32 flags, int btf,
-					  int seq_check)
+static __always_inline int nt_on_response(struct sock *sk, struct nt_http_conn *conn, void *ubuf, __u64 len,
+					  __u32 flags, int btf, int seq_check)
 {
 	struct nt_http_peek_buf *pk;
-	struct nt_http_conn *conn;
 	struct nt_http_pending req;
 	__u64 off = 0;
 	__u32 first = 0;
@@ -1140,7 +1197,9 @@ static __always_inline int nt_on_response(struct sock *sk, void *ubuf, __u64 len
 	status = nt_status_of(line);
 	if (!status)
 		return 0;
-	conn = nt_conn_of(sk, btf, 0);
+	/* @btf: the caller looked the socket's state up (NULL: none). */
+	if (!btf)
+		conn = nt_conn_of(sk, btf, 0);
 	/* @seq_check (the send hook): the same status line again, not a new one. */
 	if (seq_check && conn) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
@@ -1253,15 +1312,18 @@ static __always_inline int nt_syscall_io(__u64 nr, int *dir, int *kind)
 	return 0;
 }
 
-static __always_inline int nt_io(struct sock *sk, int dir, int kind, __u64 arg1, __u64 len, int btf)
+/* A read or write of a syscall on TCP sock @sk. @btf (the socket hooks):
+ * the caller did the TLS check and looked up @conn (nt_sock_io()). */
+static __always_inline int nt_io(struct sock *sk, struct nt_http_conn *conn, int first_read, int dir, int kind,
+				 __u64 arg1, __u64 len, int btf)
 {
 	void *ubuf = nt_user_buf(arg1, kind, &len);
 
-	if (!ubuf || nt_tls_sock_io((__u64)sk, dir == NT_DIR_IN))
+	if (!ubuf || (!btf && nt_tls_sock_io((__u64)sk, dir == NT_DIR_IN)))
 		return 0;
 	if (dir == NT_DIR_IN)
-		return nt_on_request(sk, ubuf, len, btf);
-	return nt_on_response(sk, ubuf, len, 0, btf, 0);
+		return nt_on_request(sk, conn, first_read, ubuf, len, btf);
+	return nt_on_response(sk, conn, ubuf, len, 0, btf, 0);
 }
 
 /* Drops the state of connection @key, counting requests left unanswered. */
@@ -1280,6 +1342,35 @@ static __always_inline int nt_conn_end(__u64 key)
 }
 
 /*
+ * The state of the server end @sk of a TCP connection for a read (@in:
+ * created if missing) or a send, with the socket and sendmsg hooks; NULL
+ * when it has none (a send before any read) or it could not be created (the
+ * request that needed it counts that). In @first_read, whether this is the
+ * connection's first read, which the state then records. A connection whose
+ * first read ruled out HTTP/1.x (NT_CONN_OTHER) returns NULL with @skip set:
+ * its reads and sends cost this lookup and no user memory read.
+ */
+static __always_inline struct nt_http_conn *nt_sk_conn(struct sock *sk, int in, int *first_read, int *skip)
+{
+	struct nt_http_conn *conn =
+		bpf_sk_storage_get(&nt_http_sk_conns, sk, 0, in ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+
+	*first_read = 0;
+	*skip = 0;
+	if (!conn)
+		return NULL;
+	if (conn->kind == NT_CONN_OTHER) {
+		*skip = 1;
+		return NULL;
+	}
+	if (in && conn->kind == NT_CONN_UNSEEN) {
+		conn->kind = NT_CONN_SEEN;
+		*first_read = 1;
+	}
+	return conn;
+}
+
+/*
  * Socket hooks (kernel >= 6.3, the default where available): the
  * sock_recv_length/sock_send_length tracepoints fire only for socket I/O and
  * hand over the sock itself, so no other syscall on the node pays anything and
@@ -1290,9 +1381,10 @@ static __always_inline int nt_conn_end(__u64 key)
  */
 static __always_inline int nt_sock_io(struct sock *sk, int ret, int want)
 {
+	struct nt_http_conn *conn;
 	struct pt_regs *regs;
+	int dir, kind, first_read, skip;
 	__u64 nr, arg1;
-	int dir, kind;
 
 	if (ret <= 0 || sk->sk_protocol != NT_IPPROTO_TCP || sk->sk_type != NT_SOCK_STREAM)
 		return 0;
@@ -1305,6 +1397,11 @@ static __always_inline int nt_sock_io(struct sock *sk, int ret, int want)
 		nt_tls_sock_io((__u64)sk, want == NT_DIR_IN);
 		return 0;
 	}
+	if (nt_tls_sock_io((__u64)sk, want == NT_DIR_IN))
+		return 0;
+	conn = nt_sk_conn(sk, want == NT_DIR_IN, &first_read, &skip);
+	if (skip)
+		return 0;
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 #if defined(__TARGET_ARCH_x86)
 	nr = regs->orig_ax;
@@ -1315,7 +1412,7 @@ static __always_inline int nt_sock_io(struct sock *sk, int ret, int want)
 #endif
 	if (!nt_syscall_io(nr, &dir, &kind) || dir != want)
 		return 0;
-	return nt_io(sk, dir, kind, arg1, (__u64)ret, 1);
+	return nt_io(sk, conn, first_read, dir, kind, arg1, (__u64)ret, 1);
 }
 
 SEC("tp_btf/sock_recv_length")
@@ -1354,6 +1451,8 @@ int BPF_PROG(nt_http_sendmsg, struct sock *sk, struct msghdr *msg, struct sk_buf
 {
 	struct iov_iter *it = &msg->msg_iter;
 	__u64 off, left, seg, base, d;
+	struct nt_http_conn *conn;
+	int first_read, skip;
 
 	if (!nt_accepted(sk)) {
 		nt_tls_sock_io((__u64)sk, 0);
@@ -1384,7 +1483,10 @@ int BPF_PROG(nt_http_sendmsg, struct sock *sk, struct msghdr *msg, struct sk_buf
 	left ^= (left ^ d) & -((d - left) >> 63);
 	if (!left || nt_tls_sock_io((__u64)sk, 0))
 		return 0;
-	return nt_on_response(sk, (void *)(base + off), left, 0, 1, 1);
+	conn = nt_sk_conn(sk, 0, &first_read, &skip);
+	if (skip)
+		return 0;
+	return nt_on_response(sk, conn, (void *)(base + off), left, 0, 1, 1);
 }
 
 /*
@@ -1464,7 +1566,7 @@ int BPF_PROG(nt_http_exit, struct pt_regs *regs, long ret)
 		nt_tls_sock_io((__u64)sk, dir == NT_DIR_IN);
 		return 0;
 	}
-	return nt_io(sk, dir, kind, arg1, (__u64)ret, 0);
+	return nt_io(sk, NULL, 0, dir, kind, arg1, (__u64)ret, 0);
 }
 
 /*

@@ -258,8 +258,8 @@ static __always_inline int nt_tls_exit(struct pt_regs *ctx, int in)
 		return 0;
 	}
 	if (in)
-		return nt_on_request((struct sock *)sk, (void *)buf, len, 0);
-	return nt_on_response((struct sock *)sk, (void *)buf, len, NT_HTTP_F_TLS, 0, 0);
+		return nt_on_request((struct sock *)sk, NULL, 0, (void *)buf, len, 0);
+	return nt_on_response((struct sock *)sk, NULL, (void *)buf, len, NT_HTTP_F_TLS, 0, 0);
 }
 
 /* int SSL_read(SSL *ssl, void *buf, int num) and

@@ -536,3 +536,103 @@ fn a_request_is_timed_from_its_read_under_every_hook_set() {
         assert_eq!(bucket("0.1"), 2, "{hook} hooks: timed from the read, not the 400 ms before it");
     }
 }
+
+/// Hex of `s`, for preamble_client.py.
+fn hex(s: &[u8]) -> String {
+    s.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `preamble_client.py` from `ns` against `addr`:8080 with `preamble`,
+/// and with `later` after a line on its stdin that `between` is run before;
+/// returns what it prints last (the two statuses).
+fn preamble_client(ns: &str, addr: &str, preamble: &[u8], later: Option<(&[u8], &dyn Fn())>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut args = vec![fixture("preamble_client.py"), addr.to_owned(), "8080".into(), hex(preamble)];
+    if let Some((bytes, _)) = later {
+        args.push(hex(bytes));
+    }
+    let mut child = exec(ns, "python3")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 preamble_client.py");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    if let Some((_, between)) = later {
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "held", "preamble_client.py");
+        between();
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        line.clear();
+    }
+    out.read_line(&mut line).unwrap();
+    assert!(child.wait().unwrap().success(), "preamble_client.py failed");
+    line.trim().to_owned()
+}
+
+/// A server connection whose first read rules out HTTP/1.x is skipped from
+/// then on (its reads and sends read no user memory): requests sent on it
+/// later are not counted. A first read that does not rule it out (a PROXY
+/// protocol v2 header, which starts with CR LF) leaves the connection
+/// watched, and so does a connection older than the probe, whose first read
+/// seen is not the first of the stream. Checked with the socket and sendmsg
+/// hooks, which keep the connection's state in the socket; a plain curl
+/// request after each case shows the counts are current.
+#[test]
+fn a_connection_whose_first_read_is_not_http1_is_skipped_and_others_are_not() {
+    if !require_kernel("a_connection_whose_first_read_is_not_http1_is_skipped_and_others_are_not") {
+        return;
+    }
+    let pods = PodPair::new(17);
+    let addr = pods.b_v4.clone();
+    let _server =
+        start(&pods.b, "python3", &[fixture("preamble_http_server.py"), addr.clone(), "8080".into()]);
+    let url = format!("http://{addr}:8080/ok");
+    let entries = [(addr.as_str(), "pre-0", "web", "pre")];
+    // PROXY protocol v2: the signature, version 2 / LOCAL, UNSPEC, no addresses.
+    let proxy_v2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    for hook in ["sendmsg", "socket"] {
+        let stack = Stack::start_with(&entries, &["--http-hook", hook]);
+        let mut want = 0;
+        // Each case's requests, then a curl request: counted once both are.
+        let case = |preamble: &[u8], counted: u64, want: &mut u64, what: &str| {
+            assert_eq!(preamble_client(&pods.a, &addr, preamble, None), "200 200", "{hook}: {what}");
+            curl(&pods.a, &[&url]);
+            *want += counted + 1;
+            wait_for(Duration::from_secs(10), &format!("{hook}: {what}: the curl request counted"), || {
+                (count_of(&stack.agg.scrape(), "pre-0", "GET", "200") >= *want).then_some(())
+            });
+            std::thread::sleep(Duration::from_millis(1000));
+            assert_eq!(count_of(&stack.agg.scrape(), "pre-0", "GET", "200"), *want, "{hook}: {what}");
+        };
+        case(b"hello, not http\n", 0, &mut want, "another protocol first: skipped");
+        case(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0, &mut want, "the HTTP/2 preface first: skipped");
+        case(proxy_v2, 2, &mut want, "a PROXY v2 header first: watched");
+        drop(stack);
+
+        // The connection and its first bytes predate the agent, which starts
+        // while the client holds.
+        let started = std::cell::RefCell::new(None);
+        let statuses = preamble_client(
+            &pods.a,
+            &addr,
+            b"sent before the agent\n",
+            Some((b"and after it, still not http\n", &|| {
+                *started.borrow_mut() = Some(Stack::start_with(&entries, &["--http-hook", hook]));
+            })),
+        );
+        assert_eq!(statuses, "200 200", "{hook}: mid-stream");
+        let stack: Stack = started.into_inner().expect("the agent started");
+        curl(&pods.a, &[&url]);
+        wait_for(Duration::from_secs(10), &format!("{hook}: mid-stream: three requests counted"), || {
+            (count_of(&stack.agg.scrape(), "pre-0", "GET", "200") >= 3).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(
+            count_of(&stack.agg.scrape(), "pre-0", "GET", "200"),
+            3,
+            "{hook}: a connection older than the probe is watched, whatever its first read seen"
+        );
+    }
+}

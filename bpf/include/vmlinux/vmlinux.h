@@ -241,6 +241,9 @@ struct msghdr {
 
 struct tcp_sock {
 	__u32 write_seq;
+	__u32 rcv_nxt;
+	__u32 copied_seq;
+	__u64 bytes_received;
 	__u64 tcp_clock_cache;
 };
 
