@@ -132,6 +132,9 @@ struct nt_http_peek_buf {
 	__u32 scan_n;
 	__u32 tp;
 	__u32 token_len;
+	/* A sock pointer on its way to a global function as a number
+	 * (nt_record()): what comes back from map memory is a scalar. */
+	__u64 sk;
 };
 
 struct {
@@ -744,6 +747,27 @@ static __always_inline int nt_trace_id(const __u8 *p, __u8 *id)
 	return p[35] == '-';
 }
 
+/*
+ * The trace id of the traceparent value at peeked offset @tp, parsed into
+ * @req (has_trace, trace_id). A global function, verified once: inlined in
+ * nt_on_request()'s loop, its sixteen unrolled digit pairs were walked for
+ * every request of a read.
+ */
+__noinline int nt_trace_id_at(__u32 tp, struct nt_http_pending *req)
+{
+	struct nt_http_peek_buf *pk = nt_peek();
+	__u8 val[36];
+
+	if (!pk || !req || !tp || tp >= NT_HTTP_PEEK - 40)
+		return 0;
+	/* To the stack first: the parse's loads stay within a buffer the
+	 * verifier knows whole. */
+	if (bpf_probe_read_kernel(val, sizeof(val), pk->buf + tp))
+		return 0;
+	req->has_trace = nt_trace_id(val, req->trace_id);
+	return req->has_trace;
+}
+
 static __always_inline struct nt_http_conn *nt_conn(__u64 key)
 {
 	struct nt_http_conn *conn = bpf_map_lookup_elem(&nt_http_conns, &key);
@@ -930,12 +954,8 @@ static __always_inline int nt_on_request(struct sock *sk, struct nt_http_conn *c
 		tp = (parsed >> 14) & 0x3ff;
 		req.method = (__u8)((parsed & 0xf) - 1);
 		req.start_ns = now;
-		if (tp > 0 && tp < NT_HTTP_PEEK - 40) {
-			__u8 val[36];
-
-			if (!bpf_probe_read_kernel(val, sizeof(val), pk->buf + tp))
-				req.has_trace = nt_trace_id(val, req.trace_id);
-		}
+		if (tp > 0)
+			nt_trace_id_at((__u32)tp, &req);
 		if (conn->tail - conn->head >= NT_HTTP_PIPELINE) {
 			nt_stat_inc(NT_STAT_HTTP_PIPELINE_FULL);
 			return 0;
@@ -1091,30 +1111,37 @@ __noinline int nt_http_free_slots(__u64 cgroup_id, __u32 from)
 }
 
 /*
- * One request answered with @status: added to its slot's totals. It also
- * goes out as an event when it carries a trace id (flagged
- * NT_HTTP_F_COUNTED: the aggregator takes its exemplar and does not count it
- * again) or when it has no slot (counted, NT_STAT_HTTP_TABLE_FULL, and sent
- * whole, so that it is not lost).
+ * One request answered with @status, taking @ns, on the connection at @sk
+ * (state @conn), the full way: its slot found or claimed for its key
+ * (cgroup, local address, method, status, TLS) and cached in @conn, the
+ * request added to the slot's totals; and it goes out as an event when it
+ * carries a trace id (flagged NT_HTTP_F_COUNTED: the aggregator takes its
+ * exemplar and does not count it again) or when it has no slot (counted,
+ * NT_STAT_HTTP_TABLE_FULL, and sent whole, so that it is not lost).
+ * @status_flags: the status in bits 0-15, NT_HTTP_F_* above them.
+ *
+ * A global function, verified once, not at each of nt_on_response()'s
+ * inlined calls: it made nt_http_sendmsg the slowest program to load (186k
+ * instructions, 308 ms here). So @sk is a number here, and its fields are
+ * read with probe reads (BPF_CORE_READ), never loaded through a trusted
+ * pointer; nt_record() handles the common case inline.
  */
-static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn,
-				      const struct nt_http_pending *req, __u16 status, __u32 flags, int btf)
+__noinline int nt_record_slow(__u64 sk, struct nt_http_conn *conn, const struct nt_http_pending *req,
+			      __u32 status_flags, __u64 ns)
 {
+	struct sock *s = (struct sock *)sk;
 	struct nt_http_key key = {};
 	struct nt_http_slot *slot = NULL;
-	__u64 ns = bpf_ktime_get_ns() - req->start_ns;
+	__u16 status = (__u16)status_flags;
+	__u32 flags = status_flags >> 16, idx = 0;
 	__u8 tls = (flags & NT_HTTP_F_TLS) != 0;
-	__u32 idx = 0;
+	struct nt_http_pending r;
 	int i;
 
-	/* A start from the socket's cached clock (ktime_get_ns(), through
-	 * nt_read_ns()) can lead this NMI-safe reading of the same clock by a
-	 * little across a timekeeping update: a negative duration counts as
-	 * zero, without a branch. */
-	ns &= ~(__u64)((__s64)ns >> 63);
-
-	if (conn->slot && conn->slot_method == req->method && conn->slot_status == status &&
-	    conn->slot_tls == tls) {
+	if (!conn || !req)
+		return 0;
+	r = *req;
+	if (conn->slot && conn->slot_method == r.method && conn->slot_status == status && conn->slot_tls == tls) {
 		idx = conn->slot - 1;
 		slot = bpf_map_lookup_elem(&nt_http_slots, &idx);
 		if (slot && (__u16)slot->generation != conn->slot_gen)
@@ -1122,20 +1149,12 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 	}
 	if (!slot) {
 		key.cgroup_id = bpf_get_current_cgroup_id();
-		if (btf) {
-			key.family = (__u8)sk->__sk_common.skc_family;
-			if (key.family == NT_AF_INET6)
-				__builtin_memcpy(key.addr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
-			else
-				__builtin_memcpy(key.addr, &sk->__sk_common.skc_rcv_saddr, 4);
-		} else {
-			key.family = (__u8)BPF_CORE_READ(sk, __sk_common.skc_family);
-			if (key.family == NT_AF_INET6)
-				bpf_core_read(key.addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-			else
-				bpf_core_read(key.addr, 4, &sk->__sk_common.skc_rcv_saddr);
-		}
-		key.method = req->method;
+		key.family = (__u8)BPF_CORE_READ(s, __sk_common.skc_family);
+		if (key.family == NT_AF_INET6)
+			bpf_core_read(key.addr, 16, &s->__sk_common.skc_v6_rcv_saddr);
+		else
+			bpf_core_read(key.addr, 4, &s->__sk_common.skc_rcv_saddr);
+		key.method = r.method;
 		key.status = status;
 		key.flags = flags & NT_HTTP_F_TLS;
 		i = nt_http_slot_of(&key);
@@ -1145,7 +1164,7 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 		}
 		if (slot) {
 			conn->slot = idx + 1;
-			conn->slot_method = req->method;
+			conn->slot_method = r.method;
 			conn->slot_status = status;
 			conn->slot_tls = tls;
 			conn->slot_gen = (__u16)slot->generation;
@@ -1154,15 +1173,55 @@ static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn
 	if (slot) {
 		__sync_fetch_and_add(&slot->totals.buckets[nt_http_bucket(ns)], 1);
 		__sync_fetch_and_add(&slot->totals.sum_ns, ns);
-		if (!req->has_trace)
-			return;
+		if (!r.has_trace)
+			return 0;
 		flags |= NT_HTTP_F_COUNTED;
 	} else {
 		nt_stat_inc(NT_STAT_HTTP_TABLE_FULL);
 	}
 	/* The key was built (its cgroup read) unless the cached slot served;
 	 * a cgroup id is never 0. */
-	nt_emit(sk, req, status, flags, btf, ns, key.cgroup_id ? key.cgroup_id : bpf_get_current_cgroup_id());
+	nt_emit(s, &r, status, flags, 0, ns, key.cgroup_id ? key.cgroup_id : bpf_get_current_cgroup_id());
+	return 0;
+}
+
+/*
+ * One request answered with @status: the common case inline, a request with
+ * no trace id whose key is the connection's cached slot (the same method,
+ * status and TLS as the last one, the slot not freed since), added to the
+ * slot's totals; anything else by nt_record_slow().
+ */
+static __always_inline void nt_record(struct sock *sk, struct nt_http_conn *conn,
+				      const struct nt_http_pending *req, __u16 status, __u32 flags, int btf)
+{
+	__u64 ns = bpf_ktime_get_ns() - req->start_ns;
+	__u8 tls = (flags & NT_HTTP_F_TLS) != 0;
+	struct nt_http_peek_buf *pk;
+
+	/* A start from the socket's cached clock (ktime_get_ns(), through
+	 * nt_read_ns()) can lead this NMI-safe reading of the same clock by a
+	 * little across a timekeeping update: a negative duration counts as
+	 * zero, without a branch. */
+	ns &= ~(__u64)((__s64)ns >> 63);
+	if (conn->slot && !req->has_trace && conn->slot_method == req->method && conn->slot_status == status &&
+	    conn->slot_tls == tls) {
+		__u32 idx = conn->slot - 1;
+		struct nt_http_slot *slot = bpf_map_lookup_elem(&nt_http_slots, &idx);
+
+		if (slot && (__u16)slot->generation == conn->slot_gen) {
+			__sync_fetch_and_add(&slot->totals.buckets[nt_http_bucket(ns)], 1);
+			__sync_fetch_and_add(&slot->totals.sum_ns, ns);
+			return;
+		}
+	}
+	/* The sock as a number: a global function takes no trusted pointer.
+	 * (Storing a pointer into a map needs CAP_PERFMON, which loading
+	 * these programs needs anyway.) */
+	pk = nt_peek();
+	if (!pk)
+		return;
+	*(volatile __u64 *)&pk->sk = (__u64)sk;
+	nt_record_slow(*(volatile __u64 *)&pk->sk, conn, req, (__u32)status | flags << 16, ns);
 }
 
 /*
