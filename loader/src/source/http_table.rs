@@ -37,6 +37,14 @@ use crate::sys::MappedWords;
 /// Every key is sent at least once per this many reads.
 pub const FULL_EVERY: u64 = 20;
 
+/// Slots past the last one in use that a read between full reads looks at.
+/// The programs claim slots upward from the first free one, so the table's
+/// keys sit below its last used slot and new keys right after it: a read
+/// finds up to this many new keys at once, and a full read finds the rest.
+/// A read of the whole default table (8192 slots) touches a cache line per
+/// slot, which is most of the loader's CPU at a few keys.
+pub const SCAN_AHEAD: usize = 256;
+
 /// Words (u64) per slot: `struct nt_http_slot` is a multiple of 8 bytes.
 const SLOT_WORDS: usize = size_of::<abi::nt_http_slot>() / 8;
 const _: () = assert!(size_of::<abi::nt_http_slot>().is_multiple_of(8));
@@ -104,11 +112,22 @@ struct SlotReader {
     /// The last full read missed a key sent before (a second slot of it, or
     /// a slot freed during the read): the next is full too.
     full_again: bool,
+    /// One past the last slot holding a key at the previous read (0: none).
+    used_end: usize,
+    /// Slots the previous read looked at: `last_keys` past them is stale.
+    scanned: usize,
 }
 
 impl SlotReader {
     fn new(entries: usize) -> Self {
-        Self { last_keys: vec![None; entries], sent: HashMap::new(), reads: 0, full_again: false }
+        Self {
+            last_keys: vec![None; entries],
+            sent: HashMap::new(),
+            reads: 0,
+            full_again: false,
+            used_end: 0,
+            scanned: 0,
+        }
     }
 
     fn changes(&mut self, words: &[AtomicU64]) -> Changes {
@@ -120,11 +139,20 @@ impl SlotReader {
         // torn, or being freed. A key read but not sent for the first time is
         // new: a batch without it makes a subscriber forget nothing.
         let mut unconfirmed_known = 0;
-        for (slot, last) in words.chunks_exact(SLOT_WORDS).zip(self.last_keys.iter_mut()) {
+        // A full read looks at every slot; the others up to SCAN_AHEAD past
+        // the last key (all keys a subscriber knows are below it).
+        let scan =
+            if full { self.last_keys.len() } else { (self.used_end + SCAN_AHEAD).min(self.last_keys.len()) };
+        let (scanned, mut used_end) = (self.scanned, 0);
+        for (i, (slot, last)) in
+            words.chunks_exact(SLOT_WORDS).zip(self.last_keys.iter_mut()).take(scan).enumerate()
+        {
             let key = read_key(slot);
-            let confirmed = key.is_some() && key == *last;
+            // A slot the previous read skipped: what it held then is unknown.
+            let confirmed = key.is_some() && i < scanned && key == *last;
             *last = key;
             let Some(key) = key else { continue };
+            used_end = i + 1;
             if !confirmed {
                 unconfirmed_known += usize::from(self.sent.contains_key(&key));
                 continue;
@@ -151,6 +179,7 @@ impl SlotReader {
         // Keys gone from the table were freed (or read torn, and then go out
         // again once confirmed): their last totals need not be kept.
         self.sent.retain(|key, _| now.contains_key(key));
+        (self.used_end, self.scanned) = (used_end, scan);
         let mut totals = Vec::new();
         for (key, t) in now {
             if !full && self.sent.get(&key) == Some(&t) {
@@ -338,6 +367,48 @@ mod tests {
         let mut got: Vec<_> = again.totals.iter().map(|p| (p.cgroup_id, p.sum_ns)).collect();
         got.sort_unstable();
         assert_eq!(got, [(7, 5000), (8, 1000)]);
+    }
+
+    /// Between full reads, a read looks at the slots up to SCAN_AHEAD past
+    /// the last key: a key claimed within them is sent at once (after its
+    /// confirming read), one claimed further out at the next full read.
+    #[test]
+    fn reads_between_full_reads_look_only_just_past_the_last_key() {
+        let entries = 2 * SCAN_AHEAD + 100;
+        let mut slots = vec![abi::nt_http_slot::default(); entries];
+        slots[0] = slot(7, 200, 0, 1);
+        let mem = memory(&slots);
+        let mut r = SlotReader::new(entries);
+        r.changes(&mem);
+        assert_eq!(r.changes(&mem).totals.len(), 1);
+        let claim = |i: usize, s: abi::nt_http_slot| {
+            for (w, v) in mem[i * SLOT_WORDS..].iter().zip(memory(&[s])) {
+                w.store(v.into_inner(), Relaxed);
+            }
+        };
+        // The last slot within reach of a read (key at 0: slots 0..=SCAN_AHEAD),
+        // and the first past it.
+        claim(SCAN_AHEAD, slot(8, 200, 0, 1));
+        claim(SCAN_AHEAD + 1, slot(9, 200, 0, 1));
+        assert!(r.changes(&mem).totals.is_empty(), "read once: not confirmed");
+        // Key 8 moved the reach: slot SCAN_AHEAD + 1 is read from now on, and
+        // its first sight confirms nothing (the slot was skipped before).
+        assert_eq!(r.changes(&mem).totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [8]);
+        assert_eq!(r.changes(&mem).totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [9]);
+        // Far past the reach: only the full read sees it.
+        claim(entries - 1, slot(10, 200, 0, 1));
+        while !r.reads.is_multiple_of(FULL_EVERY) {
+            assert!(
+                r.changes(&mem).totals.is_empty(),
+                "read {}: slot {} is out of reach",
+                r.reads,
+                entries - 1
+            );
+        }
+        let full = r.changes(&mem);
+        assert_eq!(full.totals.len(), 3, "the full read sends every confirmed key");
+        assert!(full.complete, "key 10 is new: it does not make the read incomplete");
+        assert_eq!(r.changes(&mem).totals.iter().map(|p| p.cgroup_id).collect::<Vec<_>>(), [10]);
     }
 
     #[test]
