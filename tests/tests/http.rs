@@ -40,6 +40,24 @@ fn count_of(text: &str, pod: &str, method: &str, status: &str) -> u64 {
     sum(text, &format!("{HIST}_count"), &[("pod", pod), ("method", method), ("status", status)])
 }
 
+/// Waits until `pod` has `want` GET 200 requests counted, then a second for
+/// any extra one, and returns the scrape, asserting exactly `want` (`what`
+/// names the case in the failure).
+fn scrape_counted(stack: &Stack, pod: &str, want: u64, what: &str) -> String {
+    wait_for(Duration::from_secs(10), &format!("{what}: {want} requests counted"), || {
+        (count_of(&stack.agg.scrape(), pod, "GET", "200") >= want).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let text = stack.agg.scrape();
+    assert_eq!(count_of(&text, pod, "GET", "200"), want, "{what}");
+    text
+}
+
+/// `pod`'s 200 responses in histogram bucket `le`.
+fn ok_bucket(text: &str, pod: &str, le: &str) -> u64 {
+    sum(text, &format!("{HIST}_bucket"), &[("pod", pod), ("status", "200"), ("le", le)])
+}
+
 /// Sends the mix; returns the expected (method, status) -> count.
 fn drive(ns: &str, addr: &str) -> BTreeMap<(&'static str, &'static str), u64> {
     let base = format!("http://{addr}:8080");
@@ -487,24 +505,17 @@ fn a_request_a_forked_child_serves_is_counted_after_the_parent_closes_its_copy()
         for _ in 0..3 {
             curl(&pods.a, &[&url]);
         }
-        let slow = |text: &str, le: &str| {
-            sum(text, &format!("{HIST}_bucket"), &[("pod", "forking-0"), ("status", "200"), ("le", le)])
-        };
-        wait_for(Duration::from_secs(10), &format!("{hook} hooks: three requests counted"), || {
-            (count_of(&stack.agg.scrape(), "forking-0", "GET", "200") >= 3).then_some(())
-        });
-        std::thread::sleep(Duration::from_millis(1000));
-        let text = stack.agg.scrape();
-        assert_eq!(count_of(&text, "forking-0", "GET", "200"), 3, "{hook} hooks");
-        assert_eq!((slow(&text, "0.25"), slow(&text, "0.5")), (0, 3), "{hook} hooks: timed 400 ms");
+        let text = scrape_counted(&stack, "forking-0", 3, &format!("{hook} hooks"));
+        let slow = |le: &str| ok_bucket(&text, "forking-0", le);
+        assert_eq!((slow("0.25"), slow("0.5")), (0, 3), "{hook} hooks: timed 400 ms");
         let closed = sum(&text, "nettel_http_unmatched_total", &[("reason", "closed_with_pending")]);
         assert_eq!(closed, 0, "{hook} hooks: no request ended by the parent's close");
     }
 }
 
 /// Where a request's time starts: at the read, for every hook set. The
-/// server reads the request 400 ms after it arrived
-/// (`late_reader_http_server.py`) and answers at once. The socket and sendmsg
+/// server reads the request 400 ms after it arrived (`preamble_http_server.py`
+/// with a first-read delay) and answers at once. The socket and sendmsg
 /// hooks take the read's time from the connection's cached TCP clock, which
 /// the kernel refreshes as the read copies the bytes; were it still the
 /// arrival's (a kernel that stopped refreshing it there), the requests would
@@ -515,8 +526,8 @@ fn a_request_is_timed_from_its_read_under_every_hook_set() {
         return;
     }
     let pods = PodPair::new(16);
-    let _server =
-        start(&pods.b, "python3", &[fixture("late_reader_http_server.py"), pods.b_v4.clone(), "8080".into()]);
+    let args = [fixture("preamble_http_server.py"), pods.b_v4.clone(), "8080".into(), "400".into()];
+    let _server = start(&pods.b, "python3", &args);
     let url = format!("http://{}:8080/late", pods.b_v4);
     for hook in ["sendmsg", "socket", "syscall"] {
         let stack =
@@ -524,16 +535,12 @@ fn a_request_is_timed_from_its_read_under_every_hook_set() {
         for _ in 0..2 {
             curl(&pods.a, &[&url]);
         }
-        wait_for(Duration::from_secs(10), &format!("{hook} hooks: two requests counted"), || {
-            (count_of(&stack.agg.scrape(), "late-0", "GET", "200") >= 2).then_some(())
-        });
-        std::thread::sleep(Duration::from_millis(1000));
-        let text = stack.agg.scrape();
-        let bucket = |le: &str| {
-            sum(&text, &format!("{HIST}_bucket"), &[("pod", "late-0"), ("status", "200"), ("le", le)])
-        };
-        assert_eq!(count_of(&text, "late-0", "GET", "200"), 2, "{hook} hooks");
-        assert_eq!(bucket("0.1"), 2, "{hook} hooks: timed from the read, not the 400 ms before it");
+        let text = scrape_counted(&stack, "late-0", 2, &format!("{hook} hooks"));
+        assert_eq!(
+            ok_bucket(&text, "late-0", "0.1"),
+            2,
+            "{hook} hooks: timed from the read, not the 400 ms before it"
+        );
     }
 }
 
@@ -600,11 +607,7 @@ fn a_connection_whose_first_read_is_not_http1_is_skipped_and_others_are_not() {
             assert_eq!(preamble_client(&pods.a, &addr, preamble, None), "200 200", "{hook}: {what}");
             curl(&pods.a, &[&url]);
             *want += counted + 1;
-            wait_for(Duration::from_secs(10), &format!("{hook}: {what}: the curl request counted"), || {
-                (count_of(&stack.agg.scrape(), "pre-0", "GET", "200") >= *want).then_some(())
-            });
-            std::thread::sleep(Duration::from_millis(1000));
-            assert_eq!(count_of(&stack.agg.scrape(), "pre-0", "GET", "200"), *want, "{hook}: {what}");
+            scrape_counted(&stack, "pre-0", *want, &format!("{hook}: {what}"));
         };
         case(b"hello, not http\n", 0, &mut want, "another protocol first: skipped");
         case(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0, &mut want, "the HTTP/2 preface first: skipped");
@@ -625,14 +628,8 @@ fn a_connection_whose_first_read_is_not_http1_is_skipped_and_others_are_not() {
         assert_eq!(statuses, "200 200", "{hook}: mid-stream");
         let stack: Stack = started.into_inner().expect("the agent started");
         curl(&pods.a, &[&url]);
-        wait_for(Duration::from_secs(10), &format!("{hook}: mid-stream: three requests counted"), || {
-            (count_of(&stack.agg.scrape(), "pre-0", "GET", "200") >= 3).then_some(())
-        });
-        std::thread::sleep(Duration::from_millis(1000));
-        assert_eq!(
-            count_of(&stack.agg.scrape(), "pre-0", "GET", "200"),
-            3,
-            "{hook}: a connection older than the probe is watched, whatever its first read seen"
-        );
+        let what =
+            format!("{hook}: a connection older than the probe is watched, whatever its first read seen");
+        scrape_counted(&stack, "pre-0", 3, &what);
     }
 }
