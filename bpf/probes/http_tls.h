@@ -271,7 +271,11 @@ int nt_tls_ent(struct pt_regs *ctx)
 }
 
 /* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes) and
- * int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written) */
+ * int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written);
+ * also OpenSSL 1.1.1-3.1's ssl_read_internal() and ssl_write_internal(),
+ * which take the same arguments and return 1 on success, where the loader
+ * probes them instead of the four exported functions
+ * (loader/src/tls/internal.rs). */
 SEC("uprobe")
 int nt_tls_entx(struct pt_regs *ctx)
 {

@@ -62,7 +62,18 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
 
 /// The links of one file: return probes first, so an entry probe never runs
 /// without its return probe (a thread would otherwise stay "in an SSL call").
+/// Where the internal read and write functions were found, one pair each
+/// there (they take the `_ex` variants' arguments) instead of the four
+/// exported functions (`internal`).
 fn hooks(off: &Offsets) -> Vec<(&'static str, u64)> {
+    if let Some(i) = off.internal {
+        return vec![
+            (names::PROG_TLS_RD_RET, i.read),
+            (names::PROG_TLS_WR_RET, i.write),
+            (names::PROG_TLS_ENTX, i.read),
+            (names::PROG_TLS_ENTX, i.write),
+        ];
+    }
     let mut v = vec![
         (names::PROG_TLS_RD_RET, off.read),
         (names::PROG_TLS_WR_RET, off.write),
@@ -223,14 +234,24 @@ mod tests {
 
     #[test]
     fn return_probes_come_before_entry_probes() {
-        let off = Offsets { read: 1, write: 2, read_ex: Some(3), write_ex: Some(4) };
+        let mut off = Offsets { read: 1, write: 2, read_ex: Some(3), write_ex: Some(4), internal: None };
         let h = hooks(&off);
         assert_eq!(h.len(), 8);
         let first_entry = h.iter().position(|(p, _)| p.starts_with("nt_tls_ent")).unwrap();
         assert!(h[..first_entry].iter().all(|(p, _)| p.ends_with("_ret")));
         assert_eq!(first_entry, 4);
-        let plain = hooks(&Offsets { read: 1, write: 2, read_ex: None, write_ex: None });
+        let plain = hooks(&Offsets { read: 1, write: 2, read_ex: None, write_ex: None, internal: None });
         assert_eq!(plain.len(), 4);
+        off.internal = Some(super::super::internal::Internal { read: 5, write: 6 });
+        assert_eq!(
+            hooks(&off),
+            [
+                (names::PROG_TLS_RD_RET, 5),
+                (names::PROG_TLS_WR_RET, 6),
+                (names::PROG_TLS_ENTX, 5),
+                (names::PROG_TLS_ENTX, 6)
+            ]
+        );
     }
 
     #[test]

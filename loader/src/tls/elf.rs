@@ -12,8 +12,11 @@
 
 use std::{fs::File, io, os::unix::fs::FileExt};
 
-/// The functions hooked, in the order of [`Offsets`].
-pub const SYMBOLS: [&str; 4] = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"];
+use super::internal::{self, Internal, Wrappers, WRAPPER_BYTES};
+
+/// The functions hooked, in the order of [`Offsets`], then `SSL_write_ex2`,
+/// which only says that the library is OpenSSL >= 3.2 (see [`internal`]).
+pub const SYMBOLS: [&str; 5] = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_write_ex2"];
 
 /// Largest string table read into memory (bigger `.strtab`s are skipped).
 const MAX_STRTAB: u64 = 64 << 20;
@@ -28,6 +31,9 @@ pub struct Offsets {
     pub write: u64,
     pub read_ex: Option<u64>,
     pub write_ex: Option<u64>,
+    /// OpenSSL's internal read and write functions, probed instead of the
+    /// four above where [`internal::find`] finds them.
+    pub internal: Option<Internal>,
 }
 
 /// What a file is, for TLS.
@@ -59,6 +65,7 @@ const SHT_SYMTAB: u32 = 2;
 const SHT_DYNSYM: u32 = 11;
 const SHT_NOBITS: u32 = 8;
 const STT_FUNC: u8 = 2;
+const EM_X86_64: u16 = 62;
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
@@ -81,14 +88,29 @@ fn read_exact_at(f: &File, len: u64, off: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Reads the section headers; `None` for anything but a 64-bit LE ELF.
-fn sections(f: &File) -> io::Result<Option<(Vec<Section>, Vec<u8>)>> {
+/// What [`sections`] reads of an ELF file.
+struct Headers {
+    secs: Vec<Section>,
+    /// The section names' string table.
+    names: Vec<u8>,
+    /// `e_machine`.
+    machine: u16,
+}
+
+/// Reads the section headers and the section names; `None` for anything but
+/// a 64-bit LE ELF.
+fn sections(f: &File) -> io::Result<Option<Headers>> {
     let mut h = [0u8; 64];
     if f.read_exact_at(&mut h, 0).is_err() || &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
         return Ok(None);
     }
-    let (shoff, shentsize, shnum, shstrndx) =
-        (u64_at(&h, 0x28), u16_at(&h, 0x3a) as usize, u16_at(&h, 0x3c) as usize, u16_at(&h, 0x3e) as usize);
+    let (machine, shoff, shentsize, shnum, shstrndx) = (
+        u16_at(&h, 0x12),
+        u64_at(&h, 0x28),
+        u16_at(&h, 0x3a) as usize,
+        u16_at(&h, 0x3c) as usize,
+        u16_at(&h, 0x3e) as usize,
+    );
     if shentsize != 64 || shnum == 0 || shstrndx >= shnum {
         return Ok(None);
     }
@@ -107,7 +129,7 @@ fn sections(f: &File) -> io::Result<Option<(Vec<Section>, Vec<u8>)>> {
     let names = &secs[shstrndx];
     let names =
         if names.size <= MAX_STRTAB { read_exact_at(f, names.size, names.offset)? } else { Vec::new() };
-    Ok(Some((secs, names)))
+    Ok(Some(Headers { secs, names, machine }))
 }
 
 fn name_at(strtab: &[u8], off: u32) -> &[u8] {
@@ -117,8 +139,8 @@ fn name_at(strtab: &[u8], off: u32) -> &[u8] {
 
 /// Finds the hook offsets, or classifies what is there instead.
 pub fn inspect(f: &File) -> io::Result<Kind> {
-    let Some((secs, names)) = sections(f)? else { return Ok(Kind::None) };
-    let mut found = [None; 4];
+    let Some(Headers { secs, names, machine }) = sections(f)? else { return Ok(Kind::None) };
+    let mut found = [None; SYMBOLS.len()];
     for table in secs.iter().filter(|s| s.kind == SHT_DYNSYM || s.kind == SHT_SYMTAB) {
         scan_symbols(f, &secs, table, &mut found)?;
         if found.iter().all(Option::is_some) {
@@ -126,7 +148,11 @@ pub fn inspect(f: &File) -> io::Result<Kind> {
         }
     }
     if let (Some(read), Some(write)) = (found[0], found[1]) {
-        return Ok(Kind::OpenSsl(Offsets { read, write, read_ex: found[2], write_ex: found[3] }));
+        let mut off = Offsets { read, write, read_ex: found[2], write_ex: found[3], internal: None };
+        if machine == EM_X86_64 && found[4].is_none() {
+            off.internal = internal_functions(f, &secs, &off)?;
+        }
+        return Ok(Kind::OpenSsl(off));
     }
     let section =
         |n: &str| secs.iter().find(|s| name_at(&names, s.name) == n.as_bytes() && s.kind != SHT_NOBITS);
@@ -148,8 +174,38 @@ pub fn inspect(f: &File) -> io::Result<Kind> {
     Ok(Kind::None)
 }
 
+/// [`internal::find`] over the wrappers' code, read from the file section
+/// that holds `SSL_read` (the internal functions must lie in it too).
+fn internal_functions(f: &File, secs: &[Section], off: &Offsets) -> io::Result<Option<Internal>> {
+    let (Some(read_ex), Some(write_ex)) = (off.read_ex, off.write_ex) else { return Ok(None) };
+    let holds = |s: &Section, at: u64| at.checked_sub(s.offset).is_some_and(|d| d < s.size);
+    let Some(text) = secs.iter().find(|s| s.kind != SHT_NOBITS && holds(s, off.read)) else {
+        return Ok(None);
+    };
+    let end = text.offset.saturating_add(text.size);
+    let read_at = |at: u64, len: usize| -> io::Result<Option<Vec<u8>>> {
+        if !holds(text, at) {
+            return Ok(None);
+        }
+        read_exact_at(f, (end - at).min(len as u64), at).map(Some)
+    };
+    let mut code: Vec<(u64, Vec<u8>)> = Vec::with_capacity(4);
+    for at in [off.read, read_ex, off.write, write_ex] {
+        let Some(bytes) = read_at(at, WRAPPER_BYTES)? else { return Ok(None) };
+        code.push((at, bytes));
+    }
+    let w = Wrappers { code: [0, 1, 2, 3].map(|i| (code[i].0, code[i].1.as_slice())) };
+    // A target that cannot be read counts as not found: the wrappers stay.
+    Ok(internal::find(&w, |t| read_at(t, 2).ok().flatten().and_then(|b| b.try_into().ok())))
+}
+
 /// Looks for defined functions named in [`SYMBOLS`] in one symbol table.
-fn scan_symbols(f: &File, secs: &[Section], table: &Section, found: &mut [Option<u64>; 4]) -> io::Result<()> {
+fn scan_symbols(
+    f: &File,
+    secs: &[Section],
+    table: &Section,
+    found: &mut [Option<u64>; SYMBOLS.len()],
+) -> io::Result<()> {
     let Some(strs) = secs.get(table.link as usize) else { return Ok(()) };
     if strs.size > MAX_STRTAB {
         return Ok(());
@@ -216,11 +272,38 @@ mod tests {
         let Kind::OpenSsl(off) = inspect(&f).unwrap() else { panic!("libssl has SSL_read") };
         assert!(off.read_ex.is_some() && off.write_ex.is_some(), "OpenSSL 3 has the _ex variants");
         assert_ne!(off.read, off.write);
+        // Debian's OpenSSL 3.0: thin wrappers around two internal functions
+        // that open with push (internal.rs has their bytes).
+        let inner = off.internal.expect("the internal read and write functions of OpenSSL 3.0");
+        for (at, wrapper) in [(inner.read, off.read), (inner.write, off.write)] {
+            let mut entry = [0u8; 2];
+            f.read_exact_at(&mut entry, at).unwrap();
+            assert!(matches!(entry, [0x41, 0x50..=0x57] | [0x50..=0x57, _]), "{at:#x}: {entry:x?}");
+            assert_ne!(at, wrapper);
+        }
         // The offset is where the function's code is in the file: an ENDBR64
         // (f3 0f 1e fa) on CET-enabled Debian builds, or at least not zeros.
         let mut code = [0u8; 4];
         f.read_exact_at(&mut code, off.read).unwrap();
         assert_ne!(code, [0; 4]);
+    }
+
+    /// OpenSSL 1.1.1 (scripts/setup fetches it) has the same thin wrappers as
+    /// 3.0; Node's statically linked OpenSSL inlines the internal functions
+    /// and opens its wrappers with `push %rbp`, so they are probed as they are.
+    #[test]
+    fn openssl_1_1_probes_its_internal_functions_and_node_its_exported_ones() {
+        let cases =
+            [("/opt/nettel-tools/openssl-1.1/libssl-3a880ada.so.1.1", true), ("/usr/bin/node", false)];
+        for (path, internal) in cases {
+            let Ok(f) = File::open(path) else {
+                assert!(std::env::var_os("CI").is_none(), "{path} is missing: scripts/setup installs it");
+                eprintln!("SKIPPED: {path} is missing (run scripts/setup)");
+                continue;
+            };
+            let Kind::OpenSsl(off) = inspect(&f).unwrap() else { panic!("{path} exports SSL_read") };
+            assert_eq!(off.internal.is_some(), internal, "{path}: {off:x?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod attach;
 mod discover;
 mod elf;
+mod internal;
 mod maps;
 mod open;
 
@@ -206,7 +207,13 @@ fn run(ebpf: SharedEbpf, cfg: Config, shared: std::sync::Arc<Shared>, stopped: m
                     Ok(kind) => {
                         scanner.remember(*id, kind);
                         failed.remove(id);
-                        info!(source = ?target.source, dev = id.dev, ino = id.ino, "TLS uprobes attached.");
+                        // `internal`: on OpenSSL's internal read/write functions,
+                        // `exported`: on SSL_read/SSL_write and their _ex variants.
+                        let at = match kind {
+                            elf::Kind::OpenSsl(elf::Offsets { internal: Some(_), .. }) => "internal",
+                            _ => "exported",
+                        };
+                        info!(source = ?target.source, dev = id.dev, ino = id.ino, functions = at, "TLS uprobes attached.");
                     }
                     Err(f) => {
                         if failed.insert(*id, f.reason).is_none() {

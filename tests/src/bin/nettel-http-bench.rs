@@ -215,11 +215,19 @@ fn main() {
             ("syscall", &["--http-hook", "syscall", "--tls", "off"]),
         ]
     };
-    // `--compare-loader PATH`: the sendmsg hooks of another loader build, side
-    // by side with this one's (an A/B of a probe change).
+    // `--compare-loader PATH`: the sendmsg hooks (with `--tls`, the TLS
+    // uprobes) of another loader build, side by side with this one's (an A/B
+    // of a probe change).
     let compare = flag("--compare-loader");
     if compare.is_some() {
-        all.push((COMPARE, &["--http-hook", "sendmsg", "--tls", "off"]));
+        all.push((
+            COMPARE,
+            if tls {
+                &["--http-hook", "auto", "--tls", "on"]
+            } else {
+                &["--http-hook", "sendmsg", "--tls", "off"]
+            },
+        ));
     }
     let labels = all.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(",");
     let defaults = all
