@@ -230,8 +230,13 @@ static __always_inline int nt_tls_exit(struct pt_regs *ctx, int in)
 	nbytes = t->nbytes;
 	sk = t->sk;
 	t->ssl = 0;
-	if (sk)
-		nt_tls_remember(&key, sk);
+	if (sk) {
+		/* Two LRU updates cost more than the lookup that spares them on
+		 * every call of a known connection but its first. */
+		known = bpf_map_lookup_elem(&nt_tls_socks, &key);
+		if (!known || *known != sk)
+			nt_tls_remember(&key, sk);
+	}
 	if (nbytes) {
 		if (ret != 1 || bpf_probe_read_user(&len, sizeof(len), (void *)nbytes))
 			return 0;
