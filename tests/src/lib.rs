@@ -41,6 +41,44 @@ pub fn require_kernel(name: &str) -> bool {
     false
 }
 
+/// Checks this process's command line against the flags a benchmark binary
+/// takes: `--help` or `-h` prints `usage` and exits 0; an argument it does
+/// not take, or a flag of `valued` without its value, is named with the usage
+/// on stderr and exits 2 (a mistyped `--rate` would otherwise run a long
+/// benchmark with the default).
+pub fn check_args(usage: &str, valued: &[&str], switches: &[&str]) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args, valued, switches) {
+        Ok(false) => {}
+        Ok(true) => {
+            println!("usage: {usage}");
+            std::process::exit(0);
+        }
+        Err(problem) => {
+            eprintln!("{problem}\nusage: {usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// [`check_args`] without the exits: `Ok(true)` when help is asked for.
+pub fn parse_args(args: &[String], valued: &[&str], switches: &[&str]) -> Result<bool, String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--help" | "-h" => return Ok(true),
+            f if valued.contains(&f) => {
+                if it.next().is_none() {
+                    return Err(format!("{f} needs a value"));
+                }
+            }
+            f if switches.contains(&f) => {}
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(false)
+}
+
 /// The value after `name` (e.g. `--rounds`) on this process's command line.
 pub fn flag(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -63,5 +101,27 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_args;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn benchmark_command_lines_take_only_their_flags() {
+        let (valued, switches) = (&["--rounds", "--hooks"][..], &["--tls"][..]);
+        assert_eq!(parse_args(&args(&["--rounds", "3", "--tls"]), valued, switches), Ok(false));
+        assert_eq!(parse_args(&args(&["--tls", "-h"]), valued, switches), Ok(true));
+        assert_eq!(
+            parse_args(&args(&["--round", "3"]), valued, switches),
+            Err("unknown argument `--round`".into())
+        );
+        assert_eq!(parse_args(&args(&["--hooks"]), valued, switches), Err("--hooks needs a value".into()));
+        assert_eq!(parse_args(&args(&["3"]), valued, switches), Err("unknown argument `3`".into()));
     }
 }

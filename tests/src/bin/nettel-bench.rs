@@ -25,6 +25,11 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("gen") {
         return generator();
     }
+    nettel_integration::check_args(
+        "sudo nettel-bench [--rates 250000,500000,...] [--seconds 3] [--ring-buffer-bytes N]",
+        &["--rates", "--seconds", "--ring-buffer-bytes"],
+        &[],
+    );
     let flag = nettel_integration::flag;
     let rates: Vec<u64> = flag("--rates")
         .unwrap_or_else(|| "250000,500000,1000000,1500000,2000000,0".into())

@@ -131,6 +131,11 @@ fn alternate_pass(pods: &PodPair, cycles: u64, seconds: u64) {
 }
 
 fn main() {
+    nettel_integration::check_args(
+        "sudo nettel-bulk-bench [--rounds 5] [--seconds 5] [--alternate CYCLES] [--sample-seconds S]",
+        &["--rounds", "--seconds", "--alternate", "--sample-seconds"],
+        &[],
+    );
     let (rounds, seconds): (u64, u64) = (flag_or("--rounds", 5), flag_or("--seconds", 5));
     let (cycles, sample_seconds): (u64, u64) = (flag_or("--alternate", 0), flag_or("--sample-seconds", 1));
     let pods = PodPair::new(45);

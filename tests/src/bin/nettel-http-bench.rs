@@ -78,7 +78,7 @@ struct Sample {
 }
 
 const USAGE: &str =
-    "usage: sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] [--pin] \
+    "sudo nettel-http-bench [--rounds N] [--seconds S] [--rate REQ_PER_S] [--tls] [--pin] \
 [--hooks floor,bound,sendmsg,socket,syscall,compare | tls-off,tls-on] [--loader-args \"FLAGS\"] [--stop-agent] [--alternate CYCLES] [--sample-seconds S] [--compare-loader PATH]";
 
 /// `--pin`: nginx on [`SERVER_CPU`], the clients on [`CLIENT_CPU`].
@@ -158,10 +158,20 @@ fn attach_reference(label: &str) -> Option<aya::Ebpf> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return;
-    }
+    nettel_integration::check_args(
+        USAGE,
+        &[
+            "--rounds",
+            "--seconds",
+            "--rate",
+            "--hooks",
+            "--loader-args",
+            "--alternate",
+            "--sample-seconds",
+            "--compare-loader",
+        ],
+        &["--tls", "--pin", "--stop-agent"],
+    );
     let tls = std::env::args().any(|a| a == "--tls");
     let rounds: usize = flag_or("--rounds", 3);
     let seconds: u64 = flag_or("--seconds", 10);

@@ -58,7 +58,23 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).map_or(10_000, |a| a.parse().expect("PODS"));
+    let usage = "usage: nettel-kube-bench [PODS] (default 10000)";
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = match args.as_slice() {
+        [] => 10_000,
+        [h] if h == "--help" || h == "-h" => {
+            println!("{usage}");
+            return;
+        }
+        [pods] => pods.parse().unwrap_or_else(|_| {
+            eprintln!("PODS: `{pods}` is not a number\n{usage}");
+            std::process::exit(2)
+        }),
+        _ => {
+            eprintln!("one argument at most\n{usage}");
+            std::process::exit(2)
+        }
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt.block_on(TestApiServer::start());
     let mut pods = Vec::with_capacity(n);

@@ -53,6 +53,11 @@ fn progs() -> BTreeMap<u64, (String, u64, u64)> {
 }
 
 fn main() {
+    nettel_integration::check_args(
+        "sudo nettel-probe-bench [--seconds 5] [--rounds 3]",
+        &["--seconds", "--rounds"],
+        &[],
+    );
     let (seconds, rounds): (u64, u64) = (flag_or("--seconds", 5), flag_or("--rounds", 3));
     let pods = PodPair::new(46);
     let _server = start_iperf3(&pods.b, &pods.b_v4);

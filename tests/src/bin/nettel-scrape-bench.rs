@@ -72,6 +72,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
+    nettel_integration::check_args(
+        "nettel-scrape-bench [--series 10000,100000] [--pods 10000] [--scrapes 30]",
+        &["--series", "--pods", "--scrapes"],
+        &[],
+    );
     let counts: Vec<usize> = flag("--series")
         .unwrap_or_else(|| "10000,100000".into())
         .split(',')

@@ -82,6 +82,11 @@ struct Row {
 }
 
 fn main() {
+    nettel_integration::check_args(
+        "sudo nettel-soak [--minutes 30] [--interval 60] [--rate 500] [--synthetic 2000]",
+        &["--minutes", "--interval", "--rate", "--synthetic"],
+        &[],
+    );
     let minutes: u64 = flag_or("--minutes", 30);
     let interval: u64 = flag_or::<u64>("--interval", 60).max(1);
     let rate: u64 = flag_or::<u64>("--rate", 500).max(10);

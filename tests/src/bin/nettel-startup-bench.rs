@@ -71,6 +71,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    nettel_integration::check_args("sudo nettel-startup-bench [--rounds 5]", &["--rounds"], &[]);
     let rounds: usize = nettel_integration::flag_or("--rounds", 5);
     println!(
         "| loader flags | start | time to serving (median of {rounds}) | min / max | VmHWM then (median) |"
