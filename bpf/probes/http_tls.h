@@ -39,12 +39,14 @@
 #define NT_ARG2(c) ((c)->si)
 #define NT_ARG3(c) ((c)->dx)
 #define NT_ARG4(c) ((c)->cx)
+#define NT_ARG5(c) ((c)->r8)
 #define NT_RET(c) ((c)->ax)
 #elif defined(__TARGET_ARCH_arm64)
 #define NT_ARG1(c) ((c)->user_regs.regs[0])
 #define NT_ARG2(c) ((c)->user_regs.regs[1])
 #define NT_ARG3(c) ((c)->user_regs.regs[2])
 #define NT_ARG4(c) ((c)->user_regs.regs[3])
+#define NT_ARG5(c) ((c)->user_regs.regs[4])
 #define NT_RET(c) ((c)->user_regs.regs[0])
 #endif
 
@@ -277,7 +279,7 @@ int nt_tls_ent(struct pt_regs *ctx)
 
 /* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes) and
  * int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written);
- * also OpenSSL 1.1.1-3.1's ssl_read_internal() and ssl_write_internal(),
+ * also OpenSSL's ssl_read_internal() and, in 1.1.1-3.1, ssl_write_internal(),
  * which take the same arguments and return 1 on success, where the loader
  * probes them instead of the four exported functions
  * (loader/src/tls/internal.rs). */
@@ -285,6 +287,15 @@ SEC("uprobe")
 int nt_tls_entx(struct pt_regs *ctx)
 {
 	return nt_tls_enter(NT_ARG1(ctx), NT_ARG2(ctx), NT_ARG4(ctx));
+}
+
+/* OpenSSL >= 3.2's ssl_write_internal(SSL *s, const void *buf, size_t num,
+ * uint64_t flags, size_t *written), under SSL_write and SSL_write_ex2 (which
+ * SSL_write_ex jumps to), where the loader probes it. */
+SEC("uprobe")
+int nt_tls_entx5(struct pt_regs *ctx)
+{
+	return nt_tls_enter(NT_ARG1(ctx), NT_ARG2(ctx), NT_ARG5(ctx));
 }
 
 /* Returns of SSL_read and SSL_read_ex. */

@@ -63,6 +63,9 @@ pub mod names {
     pub const PROG_TLS_ENT: &str = "nt_tls_ent";
     /// HTTPS uprobe on `SSL_read_ex` and `SSL_write_ex`.
     pub const PROG_TLS_ENTX: &str = "nt_tls_entx";
+    /// HTTPS uprobe on OpenSSL >= 3.2's `ssl_write_internal` (byte count
+    /// through its fifth argument).
+    pub const PROG_TLS_ENTX5: &str = "nt_tls_entx5";
     /// HTTPS uretprobe on `SSL_read` and `SSL_read_ex`.
     pub const PROG_TLS_RD_RET: &str = "nt_tls_rd_ret";
     /// HTTPS uretprobe on `SSL_write` and `SSL_write_ex`.

@@ -207,6 +207,7 @@ struct user_msghdr {
 
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
+	unsigned long r8;
 	unsigned long cx;
 	unsigned long dx;
 	unsigned long si;

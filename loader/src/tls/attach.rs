@@ -42,8 +42,13 @@ use crate::{
 pub type SharedEbpf = Arc<Mutex<Ebpf>>;
 
 /// The uprobe programs, as (program, uretprobe?) loaded once at start.
-pub const PROGRAMS: [&str; 4] =
-    [names::PROG_TLS_ENT, names::PROG_TLS_ENTX, names::PROG_TLS_RD_RET, names::PROG_TLS_WR_RET];
+pub const PROGRAMS: [&str; 5] = [
+    names::PROG_TLS_ENT,
+    names::PROG_TLS_ENTX,
+    names::PROG_TLS_ENTX5,
+    names::PROG_TLS_RD_RET,
+    names::PROG_TLS_WR_RET,
+];
 
 /// Loads the uprobe programs into the kernel (BPF_PROG_LOAD, verifier).
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
@@ -67,11 +72,12 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
 /// exported functions (`internal`).
 fn hooks(off: &Offsets) -> Vec<(&'static str, u64)> {
     if let Some(i) = off.internal {
+        let write_entry = if i.write_flags { names::PROG_TLS_ENTX5 } else { names::PROG_TLS_ENTX };
         return vec![
             (names::PROG_TLS_RD_RET, i.read),
             (names::PROG_TLS_WR_RET, i.write),
             (names::PROG_TLS_ENTX, i.read),
-            (names::PROG_TLS_ENTX, i.write),
+            (write_entry, i.write),
         ];
     }
     let mut v = vec![
@@ -242,16 +248,17 @@ mod tests {
         assert_eq!(first_entry, 4);
         let plain = hooks(&Offsets { read: 1, write: 2, read_ex: None, write_ex: None, internal: None });
         assert_eq!(plain.len(), 4);
-        off.internal = Some(super::super::internal::Internal { read: 5, write: 6 });
-        assert_eq!(
-            hooks(&off),
-            [
-                (names::PROG_TLS_RD_RET, 5),
-                (names::PROG_TLS_WR_RET, 6),
-                (names::PROG_TLS_ENTX, 5),
-                (names::PROG_TLS_ENTX, 6)
-            ]
-        );
+        off.internal = Some(super::super::internal::Internal { read: 5, write: 6, write_flags: false });
+        let internal = [
+            (names::PROG_TLS_RD_RET, 5),
+            (names::PROG_TLS_WR_RET, 6),
+            (names::PROG_TLS_ENTX, 5),
+            (names::PROG_TLS_ENTX, 6),
+        ];
+        assert_eq!(hooks(&off), internal);
+        // OpenSSL >= 3.2: the write's byte count is the fifth argument.
+        off.internal = Some(super::super::internal::Internal { read: 5, write: 6, write_flags: true });
+        assert_eq!(hooks(&off)[3], (names::PROG_TLS_ENTX5, 6));
     }
 
     #[test]

@@ -149,8 +149,8 @@ pub fn inspect(f: &File) -> io::Result<Kind> {
     }
     if let (Some(read), Some(write)) = (found[0], found[1]) {
         let mut off = Offsets { read, write, read_ex: found[2], write_ex: found[3], internal: None };
-        if machine == EM_X86_64 && found[4].is_none() {
-            off.internal = internal_functions(f, &secs, &off)?;
+        if machine == EM_X86_64 {
+            off.internal = internal_functions(f, &secs, &off, found[4])?;
         }
         return Ok(Kind::OpenSsl(off));
     }
@@ -176,8 +176,15 @@ pub fn inspect(f: &File) -> io::Result<Kind> {
 
 /// [`internal::find`] over the wrappers' code, read from the file section
 /// that holds `SSL_read` (the internal functions must lie in it too).
-fn internal_functions(f: &File, secs: &[Section], off: &Offsets) -> io::Result<Option<Internal>> {
-    let (Some(read_ex), Some(write_ex)) = (off.read_ex, off.write_ex) else { return Ok(None) };
+/// `write_ex2`: the offset of `SSL_write_ex2` (OpenSSL >= 3.2), which then
+/// stands for `SSL_write_ex`.
+fn internal_functions(
+    f: &File,
+    secs: &[Section],
+    off: &Offsets,
+    write_ex2: Option<u64>,
+) -> io::Result<Option<Internal>> {
+    let (Some(read_ex), Some(write_ex)) = (off.read_ex, write_ex2.or(off.write_ex)) else { return Ok(None) };
     let holds = |s: &Section, at: u64| at.checked_sub(s.offset).is_some_and(|d| d < s.size);
     let Some(text) = secs.iter().find(|s| s.kind != SHT_NOBITS && holds(s, off.read)) else {
         return Ok(None);
@@ -194,7 +201,10 @@ fn internal_functions(f: &File, secs: &[Section], off: &Offsets) -> io::Result<O
         let Some(bytes) = read_at(at, WRAPPER_BYTES)? else { return Ok(None) };
         code.push((at, bytes));
     }
-    let w = Wrappers { code: [0, 1, 2, 3].map(|i| (code[i].0, code[i].1.as_slice())) };
+    let w = Wrappers {
+        code: [0, 1, 2, 3].map(|i| (code[i].0, code[i].1.as_slice())),
+        write_flags: write_ex2.is_some(),
+    };
     // A target that cannot be read counts as not found: the wrappers stay.
     Ok(internal::find(&w, |t| read_at(t, 2).ok().flatten().and_then(|b| b.try_into().ok())))
 }
@@ -288,21 +298,25 @@ mod tests {
         assert_ne!(code, [0; 4]);
     }
 
-    /// OpenSSL 1.1.1 (scripts/setup fetches it) has the same thin wrappers as
-    /// 3.0; Node's statically linked OpenSSL inlines the internal functions
-    /// and opens its wrappers with `push %rbp`, so they are probed as they are.
+    /// OpenSSL 1.1.1 and 3.5 (scripts/setup fetches them) have the same thin
+    /// wrappers as 3.0, 3.5 with the flags argument of `ssl_write_internal`;
+    /// Node's statically linked OpenSSL inlines the internal functions and
+    /// opens its wrappers with `push %rbp`, so they are probed as they are.
     #[test]
-    fn openssl_1_1_probes_its_internal_functions_and_node_its_exported_ones() {
-        let cases =
-            [("/opt/nettel-tools/openssl-1.1/libssl-3a880ada.so.1.1", true), ("/usr/bin/node", false)];
-        for (path, internal) in cases {
+    fn openssl_1_1_and_3_5_probe_their_internal_functions_and_node_its_exported_ones() {
+        let cases = [
+            ("/opt/nettel-tools/openssl-1.1/libssl-3a880ada.so.1.1", Some(false)),
+            ("/opt/nettel-tools/openssl-3.5/libssl-6a9b88ec.so.3", Some(true)),
+            ("/usr/bin/node", None),
+        ];
+        for (path, write_flags) in cases {
             let Ok(f) = File::open(path) else {
                 assert!(std::env::var_os("CI").is_none(), "{path} is missing: scripts/setup installs it");
                 eprintln!("SKIPPED: {path} is missing (run scripts/setup)");
                 continue;
             };
             let Kind::OpenSsl(off) = inspect(&f).unwrap() else { panic!("{path} exports SSL_read") };
-            assert_eq!(off.internal.is_some(), internal, "{path}: {off:x?}");
+            assert_eq!(off.internal.map(|i| i.write_flags), write_flags, "{path}: {off:x?}");
         }
     }
 

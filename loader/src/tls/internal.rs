@@ -4,28 +4,35 @@
 //! does not single-step.
 //!
 //! A uprobe replaces the probed instruction with `int3` and must then run
-//! the original instruction. x86 uprobes emulate branches, calls, `nop` and,
-//! on recent kernels (6.18 here, measured below), `push`; any other instruction is copied out of line
-//! and single-stepped, which takes a second trap (`#DB`). OpenSSL 1.1.1 to
-//! 3.1 build `SSL_read`, `SSL_read_ex`, `SSL_write` and `SSL_write_ex` as
-//! thin wrappers that open with `sub $N,%rsp` and call
-//! `ssl_read_internal(s, buf, num, &bytes)` or
-//! `ssl_write_internal(s, buf, num, &bytes)`, each of which opens with
-//! `push`. Measured here (Linux 6.18, this VM, a loop of `SSL_write` with a
-//! tracefs uprobe): 5.3 µs per call with the probe on `SSL_write`'s `sub`,
-//! 0.9 µs on the internal function's `push`; with a return probe, 5.9 against
-//! 1.6 µs. The internal functions have the `_ex` calling convention (1 on
-//! success, the byte count through the fourth argument), so the `_ex`
-//! programs serve them unchanged, and one pair of probes covers both wrappers.
+//! the original instruction. x86 uprobes emulate branches, calls, `nop`
+//! and, on recent kernels (6.18 here, measured below), `push`; any other
+//! instruction is copied out of line and single-stepped, which takes a
+//! second trap (`#DB`). OpenSSL 1.1.1 to 3.5 build `SSL_read`,
+//! `SSL_read_ex`, `SSL_write` and `SSL_write_ex` as thin wrappers that open
+//! with `sub $N,%rsp` and call `ssl_read_internal(s, buf, num, &bytes)` or
+//! (1.1.1 to 3.1) `ssl_write_internal(s, buf, num, &bytes)`, each of which
+//! opens with `push`. Measured here (Linux 6.18, this VM, a loop of
+//! `SSL_write` with a tracefs uprobe): 5.3 µs per call with the probe on
+//! `SSL_write`'s `sub`, 0.9 µs on the internal function's `push`; with a
+//! return probe, 5.9 against 1.6 µs. The internal functions have the `_ex`
+//! calling convention (1 on success, the byte count through the fourth
+//! argument), so the `_ex` programs serve them unchanged, and one pair of
+//! probes covers both wrappers.
+//!
+//! OpenSSL >= 3.2 exports `SSL_write_ex2`: `SSL_write_ex` jumps to it, it
+//! and `SSL_write` call `ssl_write_internal(s, buf, num, flags, &bytes)`,
+//! whose byte count is the fifth argument ([`Internal::write_flags`], served
+//! by `nt_tls_entx5`); there the write pair is `SSL_write` and
+//! `SSL_write_ex2`. OpenSSL 3.5's wrappers have the same shape as 3.0's.
 //!
 //! The internal functions are not exported; they are found by decoding each
 //! wrapper up to its first call. The decoder knows only the instructions
 //! such a wrapper is made of and gives up at anything else, and every
 //! condition of [`find`] must hold, or the exported functions are probed as
-//! before. Not taken: OpenSSL >= 3.2 (it exports `SSL_write_ex2`, and its
-//! `ssl_write_internal` takes a flags argument before the byte count), and
-//! builds whose wrappers already open with an instruction the kernel
-//! emulates (Node's statically linked OpenSSL opens with `push %rbp`).
+//! before. Not taken: builds whose wrappers already open with an
+//! instruction the kernel emulates (Node's statically linked OpenSSL opens
+//! with `push %rbp`). A kernel that does not emulate `push` single-steps the
+//! internal functions as it did the wrappers: no worse.
 
 /// How far into a wrapper its call to the internal function may be.
 pub const WRAPPER_BYTES: usize = 64;
@@ -35,14 +42,19 @@ pub const WRAPPER_BYTES: usize = 64;
 pub struct Internal {
     pub read: u64,
     pub write: u64,
+    /// `ssl_write_internal` takes a flags argument before the byte count
+    /// (OpenSSL >= 3.2).
+    pub write_flags: bool,
 }
 
 /// The code of the four wrappers and where it is, for [`find`].
 pub struct Wrappers<'a> {
     /// (file offset, the first [`WRAPPER_BYTES`] bytes there or fewer at
     /// the end of the section) of `SSL_read`, `SSL_read_ex`, `SSL_write`,
-    /// `SSL_write_ex`.
+    /// and `SSL_write_ex` or, with `write_flags`, `SSL_write_ex2`.
     pub code: [(u64, &'a [u8]); 4],
+    /// The library exports `SSL_write_ex2` (OpenSSL >= 3.2).
+    pub write_flags: bool,
 }
 
 /// The internal functions the wrappers call, when all of these hold: the
@@ -67,7 +79,11 @@ pub fn find(w: &Wrappers, entry_of: impl Fn(u64) -> Option<[u8; 2]>) -> Option<I
         return None;
     }
     let opens_with_push = |off| entry_of(off).is_some_and(|b| opens_emulated(&b));
-    (opens_with_push(read) && opens_with_push(write)).then_some(Internal { read, write })
+    (opens_with_push(read) && opens_with_push(write)).then_some(Internal {
+        read,
+        write,
+        write_flags: w.write_flags,
+    })
 }
 
 /// Whether `code` opens with `push` of a general register (`50+r`, or
@@ -284,7 +300,7 @@ mod tests {
         offsets: [u64; 4],
         entry: impl Fn(u64) -> Option<[u8; 2]>,
     ) -> Option<Internal> {
-        let w = Wrappers { code: [0, 1, 2, 3].map(|i| (offsets[i], code[i].as_slice())) };
+        let w = Wrappers { code: [0, 1, 2, 3].map(|i| (offsets[i], code[i].as_slice())), write_flags: false };
         find(&w, entry)
     }
 
@@ -293,7 +309,13 @@ mod tests {
         let offsets = [0x5000, 0x5100, 0x5200, 0x5300];
         let push = |_| Some([0x41, 0x55]);
         let good = wrappers(offsets, [0x4000, 0x4000, 0x4800, 0x4800]);
-        assert_eq!(find_in(&good, offsets, push), Some(Internal { read: 0x4000, write: 0x4800 }));
+        assert_eq!(
+            find_in(&good, offsets, push),
+            Some(Internal { read: 0x4000, write: 0x4800, write_flags: false })
+        );
+        // OpenSSL >= 3.2 (the caller passes SSL_write_ex2 for SSL_write_ex).
+        let w = Wrappers { code: [0, 1, 2, 3].map(|i| (offsets[i], good[i].as_slice())), write_flags: true };
+        assert_eq!(find(&w, push).map(|i| i.write_flags), Some(true));
         // The read wrappers disagree.
         let split = wrappers(offsets, [0x4000, 0x4100, 0x4800, 0x4800]);
         assert_eq!(find_in(&split, offsets, push), None);
