@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Drains the kernel ring buffer into batches for the hub.
 //!
-//! The drain wakes on the ring buffer's epoll readiness (the probes submit with
-//! adaptive wakeup, so a busy ring wakes us once per drain, not per event) and
-//! on a periodic tick that refreshes the kernel counters and sends heartbeats.
+//! The drain wakes on the ring buffer's epoll readiness (the probes wake the
+//! loader only when the unread data crosses a mark, 32 KiB or an eighth of the
+//! ring: `nt_submit()` in `bpf/lib/maps.h`) and on a periodic tick (100 ms)
+//! that drains what arrived below the mark, refreshes the kernel counters and
+//! sends heartbeats.
 //!
 //! While no subscriber is connected the drain leaves records in the ring: the
 //! ring buffer is the bounded buffer that carries events across an aggregator
