@@ -222,7 +222,9 @@ static __always_inline int nt_tls_exit(struct pt_regs *ctx, int in)
 	long ret = (int)NT_RET(ctx);
 
 	if (!t || !t->ssl) {
-		/* Entry state lost (thread table evicted it). */
+		/* Entry state lost: the thread table evicted it, or the call
+		 * entered while the file's entry probe was not attached (the
+		 * attacher attaches return probes first and detaches them last). */
 		nt_stat_inc(NT_STAT_TLS_CALL_LOST);
 		return 0;
 	}

@@ -521,9 +521,14 @@ fn served_through_library(
         pairs.iter().zip(servers).map(|(p, (_, pod, _))| (p.b_v4.as_str(), *pod, "web", *pod)).collect();
     let stack = Stack::start_with(&entries, LOADER_ARGS);
     for (pods, (_, pod, ex)) in pairs.iter().zip(servers) {
-        let mut args =
-            vec![crypto.to_owned(), ssl.to_owned(), pods.b_v4.clone(), "8080".into(), cert.clone()];
-        args.push(key.clone());
+        let mut args = vec![
+            crypto.to_owned(),
+            ssl.to_owned(),
+            pods.b_v4.clone(),
+            "8080".into(),
+            cert.clone(),
+            key.clone(),
+        ];
         if *ex {
             args.push("ex".into());
         }
