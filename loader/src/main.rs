@@ -113,6 +113,12 @@ struct Prepared {
 /// `run`: the privileged steps on the main thread, then the capability drop,
 /// then the runtime. Capability sets are per thread, so dropping them before
 /// the tokio runtime starts leaves no thread holding any.
+///
+/// The runtime has one thread. The drain publishes a batch and the gRPC
+/// stream encodes and writes it; on one thread that hand-off is a task switch,
+/// where on a worker pool it was a futex wake of another thread per batch
+/// (4,200 context switches a second at 250k events/s). The loader's CPU per
+/// event fell by a third at 250k-500k events/s (BENCHMARKS.md, "pipeline").
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let prepared = prepare(&args)?;
     let dropped = caps::drop_after_attach().map_err(Error::DropCapabilities)?;
@@ -121,8 +127,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         kept = ?caps::names(dropped.kept),
         "Dropped capabilities after attach."
     );
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?
