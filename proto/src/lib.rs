@@ -6,6 +6,8 @@
 //! and loss-accounting invariants a consumer can rely on.
 #![forbid(unsafe_code)]
 
+pub mod codec;
+
 /// `nettel.telemetry.v1`.
 pub mod v1 {
     #![allow(
