@@ -5,10 +5,12 @@
 //! probe (`--bench-tgid`) turns each call into a 72-byte ring-buffer event. For
 //! each rate step the benchmark checks that every event reached the aggregator
 //! (zero loss: received == sent, no kernel or queue drops) and reports CPU time
-//! per million events of loader and aggregator, and their peak RSS.
+//! per million events of loader and aggregator, and their peak RSS. First it
+//! measures both processes idle (connected, no events) for `--idle-seconds`:
+//! what the agent costs a node where nothing happens.
 //!
 //! ```text
-//! sudo target/release/nettel-bench [--rates 250000,500000,...] [--seconds 3] [--ring-buffer-bytes N]
+//! sudo target/release/nettel-bench [--rates 250000,500000,...] [--seconds 3] [--ring-buffer-bytes N] [--idle-seconds 10]
 //! ```
 //! Run from the workspace root after `cargo build --release --bins`.
 
@@ -26,8 +28,8 @@ fn main() {
         return generator();
     }
     nettel_integration::check_args(
-        "sudo nettel-bench [--rates 250000,500000,...] [--seconds 3] [--ring-buffer-bytes N]",
-        &["--rates", "--seconds", "--ring-buffer-bytes"],
+        "sudo nettel-bench [--rates 250000,500000,...] [--seconds 3] [--ring-buffer-bytes N] [--idle-seconds 10]",
+        &["--rates", "--seconds", "--ring-buffer-bytes", "--idle-seconds"],
         &[],
     );
     let flag = nettel_integration::flag;
@@ -38,7 +40,9 @@ fn main() {
         .collect();
     let seconds: f64 = flag("--seconds").map_or(3.0, |s| s.parse().expect("--seconds"));
     let ring = flag("--ring-buffer-bytes").unwrap_or_else(|| (1u64 << 20).to_string());
-    run(&rates, seconds, &ring);
+    let idle: f64 =
+        flag("--idle-seconds").map_or(10.0, |s| s.parse().expect("--idle-seconds: seconds, 0 = skip"));
+    run(&rates, seconds, &ring, idle);
 }
 
 // === generator (child process) ===
@@ -115,7 +119,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-fn run(rates: &[u64], seconds: f64, ring: &str) {
+fn run(rates: &[u64], seconds: f64, ring: &str, idle: f64) {
     let bin = std::env::current_exe().unwrap().parent().unwrap().to_owned();
     let dir = nettel_integration::process::scratch_dir("bench");
     let socket = dir.join("loader.sock");
@@ -175,6 +179,19 @@ fn run(rates: &[u64], seconds: f64, ring: &str) {
         )
     };
 
+    if idle > 0.0 {
+        // Connected and ready, no events: the loader's 100 ms tick and
+        // heartbeats, the aggregator's stream and timers. USER_HZ ticks, so
+        // the resolution is 10 ms over the window.
+        let (c_l0, c_a0) = (cpu_seconds(loader.0.id()), cpu_seconds(agg.0.id()));
+        std::thread::sleep(Duration::from_secs_f64(idle));
+        let (c_l1, c_a1) = (cpu_seconds(loader.0.id()), cpu_seconds(agg.0.id()));
+        println!(
+            "idle, no events, {idle:.0} s: loader {:.2} ms CPU per second, aggregator {:.2} ms per second\n",
+            (c_l1 - c_l0) * 1000.0 / idle,
+            (c_a1 - c_a0) * 1000.0 / idle,
+        );
+    }
     println!("| target ev/s | sent | achieved ev/s | received | lost (kernel / queue) | loader CPU s/M ev | aggregator CPU s/M ev | zero loss |");
     println!("|---|---|---|---|---|---|---|---|");
     for &rate in rates {
