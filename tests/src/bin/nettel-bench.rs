@@ -108,6 +108,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0 // USER_HZ is 100 on Linux
 }
 
+/// CPU time of every thread of `pid` so far, in seconds, from
+/// `/proc/PID/task/*/schedstat` (nanoseconds; threads that exited are not
+/// counted, so only for processes whose threads live throughout).
+fn thread_cpu_seconds(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
@@ -181,11 +193,11 @@ fn run(rates: &[u64], seconds: f64, ring: &str, idle: f64) {
 
     if idle > 0.0 {
         // Connected and ready, no events: the loader's 100 ms tick and
-        // heartbeats, the aggregator's stream and timers. USER_HZ ticks, so
-        // the resolution is 10 ms over the window.
-        let (c_l0, c_a0) = (cpu_seconds(loader.0.id()), cpu_seconds(agg.0.id()));
+        // heartbeats, the TLS attacher's scans, the aggregator's stream and
+        // timers. From schedstat: a USER_HZ tick (10 ms) is too coarse here.
+        let (c_l0, c_a0) = (thread_cpu_seconds(loader.0.id()), thread_cpu_seconds(agg.0.id()));
         std::thread::sleep(Duration::from_secs_f64(idle));
-        let (c_l1, c_a1) = (cpu_seconds(loader.0.id()), cpu_seconds(agg.0.id()));
+        let (c_l1, c_a1) = (thread_cpu_seconds(loader.0.id()), thread_cpu_seconds(agg.0.id()));
         println!(
             "idle, no events, {idle:.0} s: loader {:.2} ms CPU per second, aggregator {:.2} ms per second\n",
             (c_l1 - c_l0) * 1000.0 / idle,
