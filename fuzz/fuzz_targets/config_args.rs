@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(cli) = nettel_loader::config::Cli::try_parse_from(&args) {
         if let nettel_loader::config::Command::Run(run) = cli.command {
             if let Ok(c) = run.validate() {
-                assert!(c.ring_bytes.is_power_of_two() && c.queue_batches >= 1);
+                assert!(c.ring_bytes.is_none_or(|r| nettel_loader::pin::valid_ring_bytes(r.into())));
+                assert!(c.queue_batches >= 1);
             }
         }
     }

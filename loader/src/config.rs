@@ -84,8 +84,12 @@ pub struct RunArgs {
     #[arg(long, env = "NETTEL_IDLE_TIMEOUT_MS", default_value_t = 120_000)]
     pub idle_timeout_ms: u64,
     /// Ring buffer size in bytes: a power of two, at least 4096 (one page).
-    #[arg(long, env = "NETTEL_RING_BUFFER_BYTES", default_value_t = 1 << 20)]
-    pub ring_buffer_bytes: u64,
+    /// Unset: the size of the ring already pinned in the pin dir, so that a
+    /// loader whose default changed still adopts it, or 4 MiB for a new one
+    /// (`pin::DEFAULT_RING_BYTES`). Set: a pinned ring of another size is
+    /// refused (it holds unread events).
+    #[arg(long, env = "NETTEL_RING_BUFFER_BYTES")]
+    pub ring_buffer_bytes: Option<u64>,
     /// Slots of the kernel's HTTP totals table: one per (serving cgroup, local
     /// address, method, status, TLS), 160 bytes each plus two hash entries.
     /// Requests of a key without a slot go to the ring buffer as events and
@@ -151,7 +155,8 @@ pub enum HttpHook {
 /// Validated `run` settings.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub ring_bytes: u32,
+    /// `--ring-buffer-bytes`, if set (see `pin::MapSizes::ring_bytes`).
+    pub ring_bytes: Option<u32>,
     pub http_table_entries: u32,
     pub queue_batches: usize,
     pub max_batch: usize,
@@ -168,11 +173,16 @@ impl RunArgs {
     /// Validates every flag, reporting all problems at once.
     pub fn validate(&self) -> Result<RunConfig, Error> {
         let mut problems = Vec::new();
-        let r = self.ring_buffer_bytes;
-        if !(4096..=(1 << 30)).contains(&r) || !r.is_power_of_two() {
-            problems
-                .push(format!("--ring-buffer-bytes {r} must be a power of two between 4096 and 1073741824"));
-        }
+        let ring_bytes = match self.ring_buffer_bytes {
+            Some(r) if crate::pin::valid_ring_bytes(r) => Some(r as u32),
+            Some(r) => {
+                problems.push(format!(
+                    "--ring-buffer-bytes {r} must be a power of two between 4096 and 1073741824"
+                ));
+                None
+            }
+            None => None,
+        };
         if !(16..=65536).contains(&self.http_table_entries) {
             problems.push(format!(
                 "--http-table-entries {} must be between 16 and 65536",
@@ -217,7 +227,7 @@ impl RunArgs {
             return Err(Error::Config(problems.join("; ")));
         }
         Ok(RunConfig {
-            ring_bytes: r as u32,
+            ring_bytes,
             http_table_entries: self.http_table_entries,
             queue_batches: self.subscriber_queue_events.div_ceil(self.max_batch),
             max_batch: self.max_batch,
@@ -241,7 +251,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse(&[]).validate().unwrap();
-        assert_eq!(c.ring_bytes, 1 << 20);
+        assert_eq!(c.ring_bytes, None, "unset: the pinned ring's size or pin::DEFAULT_RING_BYTES");
         assert_eq!(c.queue_batches, 256);
     }
 
@@ -257,7 +267,7 @@ mod tests {
             let e = parse(&["--ring-buffer-bytes", bad]).validate().unwrap_err().to_string();
             assert!(e.contains("--ring-buffer-bytes"), "{e}");
         }
-        assert!(parse(&["--ring-buffer-bytes", "65536"]).validate().is_ok());
+        assert_eq!(parse(&["--ring-buffer-bytes", "65536"]).validate().unwrap().ring_bytes, Some(65536));
     }
 
     #[test]

@@ -204,7 +204,7 @@ async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
             .iter()
             .map(|(n, p)| v1::PinnedMap { name: (*n).into(), path: p.display().to_string() })
             .collect(),
-        ring_buffer_bytes: cfg.ring_bytes.into(),
+        ring_buffer_bytes: probes.ring_bytes.into(),
         heartbeat,
     };
 

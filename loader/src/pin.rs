@@ -14,11 +14,11 @@ use std::{
 };
 
 use aya::{
-    maps::{MapError, MapInfo},
+    maps::{MapError, MapInfo, MapType},
     sys::SyscallError,
 };
 use nettel_bpf::names;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{sys, Error};
 
@@ -47,18 +47,53 @@ pub const DURABLE: [&str; 3] = [names::EVENTS_MAP, names::STATS_MAP, names::CURS
 pub const DEPENDENTS: [(&[&str], &[&str]); 2] =
     [(&names::HTTP_TABLE_MAPS, &names::HTTP_TABLE_MAPS), (&names::HTTP_TABLE_MAPS, &[names::HTTP_CONNS_MAP])];
 
+/// The ring buffer's size when `--ring-buffer-bytes` is unset and no ring is
+/// pinned yet. At 2 M events/s on two vCPUs a 1 MiB ring lost events in 3 of
+/// 8 runs and a 4 MiB ring in none (BENCHMARKS.md, "pipeline"); 4 MiB is also
+/// ~26 ms of that rate for a loader restart to carry.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// Whether `n` bytes is a ring buffer size the loader accepts: a power of two
+/// from one page (4096) to 1 GiB.
+pub fn valid_ring_bytes(n: u64) -> bool {
+    (4096..=(1 << 30)).contains(&n) && n.is_power_of_two()
+}
+
 /// Map sizes set at run time (`--ring-buffer-bytes`, `--http-table-entries`)
 /// instead of the objects' defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
-    pub ring_bytes: u32,
+    /// `None` until [`MapSizes::resolve`]: the flag was not set.
+    pub ring_bytes: Option<u32>,
     pub http_table_entries: u32,
 }
 
 impl MapSizes {
+    /// Fills in an unset ring size: the size of the ring buffer pinned in
+    /// `dir`, so that a loader whose default differs from the one that
+    /// created it adopts it (its unread events included) instead of refusing
+    /// it, or else [`DEFAULT_RING_BYTES`]. A pinned `nt_events` that is not a
+    /// ring buffer of a valid size leaves the default, and
+    /// [`verify_existing`] then refuses it as a mismatch.
+    pub fn resolve(self, dir: &Path) -> Self {
+        if self.ring_bytes.is_some() {
+            return self;
+        }
+        let pinned = pinned_ring_bytes(&dir.join(names::EVENTS_MAP));
+        if let Some(n) = pinned {
+            info!(bytes = n, "Adopting the pinned ring buffer's size (--ring-buffer-bytes unset).");
+        }
+        Self { ring_bytes: Some(pinned.unwrap_or(DEFAULT_RING_BYTES)), ..self }
+    }
+
+    /// The ring buffer's size: the one set or resolved, else the default.
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_bytes.unwrap_or(DEFAULT_RING_BYTES)
+    }
+
     /// `(map, max_entries)` of every map whose size is set at run time.
     pub fn overrides(&self) -> Vec<(&'static str, u32)> {
-        let mut v = vec![(names::EVENTS_MAP, self.ring_bytes)];
+        let mut v = vec![(names::EVENTS_MAP, self.ring_bytes())];
         v.extend(names::HTTP_TABLE_SIZED_MAPS.map(|m| (m, self.http_table_entries)));
         v
     }
@@ -191,6 +226,13 @@ fn unpin(path: PathBuf) -> Result<(), Error> {
     fs::remove_file(&path).map_err(|source| Error::Io { what: "failed to remove pinned map", path, source })
 }
 
+/// The size of the ring buffer pinned at `path`, if one of a valid size is.
+fn pinned_ring_bytes(path: &Path) -> Option<u32> {
+    let info = MapInfo::from_pin(path).ok()?;
+    let n = info.max_entries();
+    (matches!(info.map_type(), Ok(MapType::RingBuf)) && valid_ring_bytes(n.into())).then_some(n)
+}
+
 /// Why the map pinned at `path` does not match `spec` (`None`: it matches).
 /// A refused `BPF_OBJ_GET` (EPERM: a missing capability, an LSM) is an error,
 /// not a mismatch: it says nothing about the map, which must not be replaced.
@@ -273,6 +315,27 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_from_a_page_to_a_gib() {
+        for ok in [4096, 65536, 1 << 20, u64::from(DEFAULT_RING_BYTES), 1 << 30] {
+            assert!(valid_ring_bytes(ok), "{ok}");
+        }
+        for bad in [0, 2048, 3000, 4097, 3 << 20, 1 << 31] {
+            assert!(!valid_ring_bytes(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_unset_ring_size_without_a_pin_is_the_default_and_a_set_one_stays() {
+        let dir = std::env::temp_dir().join(format!("nettel-pin-test-{}", std::process::id()));
+        let unset = MapSizes { ring_bytes: None, http_table_entries: 16 };
+        assert_eq!(unset.ring_bytes(), DEFAULT_RING_BYTES);
+        assert_eq!(unset.resolve(&dir).ring_bytes, Some(DEFAULT_RING_BYTES));
+        let set = MapSizes { ring_bytes: Some(65536), ..unset };
+        assert_eq!(set.resolve(&dir), set);
+        assert_eq!(set.overrides()[0], (names::EVENTS_MAP, 65536));
+    }
 
     #[test]
     fn a_new_http_table_map_replaces_the_rest_of_the_table_and_the_connections() {

@@ -23,6 +23,12 @@ pub fn pinned_map_id(path: &Path) -> u64 {
     v["id"].as_u64().unwrap()
 }
 
+/// `max_entries` of the map pinned at `path` (a ring buffer's size in bytes).
+pub fn pinned_map_max_entries(path: &Path) -> u64 {
+    let v = json(&["map", "show", "pinned", path.to_str().unwrap()]).expect("pinned map");
+    v["max_entries"].as_u64().unwrap()
+}
+
 /// Whether a link with this id exists.
 pub fn link_exists(id: u64) -> bool {
     json(&["link", "show", "id", &id.to_string()]).is_some()

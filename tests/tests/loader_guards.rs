@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The loader's and aggregator's refusals, run for real: an unsafe pin dir, a
-//! pinned map that does not match, a `check` without capabilities, an
-//! aggregator started as root.
+//! pinned map that does not match (and the ring's default size when none is
+//! pinned), a `check` without capabilities, an aggregator started as root.
 
 use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
@@ -29,6 +29,28 @@ fn loader_refuses(pin_dir: &str, extra: &[&str]) -> String {
     text(&out)
 }
 
+/// Runs `nettel-loader run` on `pin_dir` until its ring buffer is pinned,
+/// kills it (the pins stay) and returns the pinned ring's size in bytes.
+fn pin_ring(pin_dir: &str, extra: &[&str]) -> u64 {
+    let dir = scratch_dir("guard");
+    let ring = std::path::Path::new(pin_dir).join("nt_events");
+    let mut child = Command::new(bin("nettel-loader"))
+        .arg("run")
+        .arg("--socket")
+        .arg(dir.join("loader.sock"))
+        .args(["--pin-dir", pin_dir])
+        .args(extra)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    nettel_integration::wait_for(std::time::Duration::from_secs(20), "pinned maps", || {
+        ring.exists().then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    nettel_integration::bpftool::pinned_map_max_entries(&ring)
+}
+
 #[test]
 fn loader_refuses_unsafe_pin_dirs_and_mismatched_pins() {
     if !require_kernel("loader_refuses_unsafe_pin_dirs_and_mismatched_pins") {
@@ -45,20 +67,7 @@ fn loader_refuses_unsafe_pin_dirs_and_mismatched_pins() {
     std::fs::set_permissions(&pin_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
     // Pin with a 64 KiB ring, then ask for 128 KiB on the same pins.
-    let mut first = Command::new(bin("nettel-loader"));
-    let dir = scratch_dir("guard");
-    first.arg("run").arg("--socket").arg(dir.join("loader.sock")).args([
-        "--pin-dir",
-        &pin_dir,
-        "--ring-buffer-bytes",
-        "65536",
-    ]);
-    let mut child = first.stderr(std::process::Stdio::null()).spawn().unwrap();
-    nettel_integration::wait_for(std::time::Duration::from_secs(20), "pinned maps", || {
-        std::path::Path::new(&pin_dir).join("nt_events").exists().then_some(())
-    });
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(pin_ring(&pin_dir, &["--ring-buffer-bytes", "65536"]), 65536);
     let e = loader_refuses(&pin_dir, &["--ring-buffer-bytes", "131072"]);
     assert!(
         e.contains("pinned map `nt_events`")
@@ -71,6 +80,11 @@ fn loader_refuses_unsafe_pin_dirs_and_mismatched_pins() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("nt_events") && text(&out).contains("nt_stats"), "{}", text(&out));
     assert!(!std::path::Path::new(&pin_dir).exists(), "pin dir left behind");
+
+    // Unset, on a pin dir with no ring (the loader creates the dir): the 4 MiB default.
+    assert_eq!(pin_ring(&pin_dir, &[]), 4 << 20);
+    let out = Command::new(bin("nettel-loader")).args(["cleanup", "--pin-dir", &pin_dir]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
 
     // Invalid flags are refused before anything is loaded, naming the flag.
     let e = loader_refuses(&pin_dir, &["--ring-buffer-bytes", "3000"]);

@@ -120,7 +120,11 @@ fn events_wait_in_the_ring_while_no_aggregator_is_connected() {
     }
     let mut gen = Generator::start();
     let tgid = gen.tgid();
-    let loader = Loader::start(NOBODY, &[NOBODY], &["--http-hook", "off", "--bench-tgid", &tgid]);
+    let loader = Loader::start(
+        NOBODY,
+        &[NOBODY],
+        &["--http-hook", "off", "--bench-tgid", &tgid, "--ring-buffer-bytes", "1048576"],
+    );
 
     // Before any aggregator: 5,000 events of 88 bytes fit the 1 MiB ring.
     let sent = gen.run(5000, 1.0);

@@ -103,9 +103,16 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
     let mut gen = Generator::start();
     let tgid = gen.tgid();
     let args = ["--bench-tgid", tgid.as_str()];
-    let mut loader = Loader::start(NOBODY, &[NOBODY], &args);
+    // The first loader sets a 1 MiB ring (the default before 4 MiB); the
+    // restarted ones leave the flag unset and must adopt it, unread events
+    // included, instead of refusing it or replacing it.
+    let first: Vec<&str> = args.iter().copied().chain(["--ring-buffer-bytes", "1048576"]).collect();
+    let mut loader = Loader::start(NOBODY, &[NOBODY], &first);
     assert!(origins(&loader).iter().all(|(_, o)| o == "attached"), "{:?}", origins(&loader));
     let pin_dir = loader.pin_dir.clone();
+    let ring = pin_dir.join("nt_events");
+    let ring_id = bpftool::pinned_map_id(&ring);
+    assert_eq!(loader.status().ring_buffer_bytes, 1 << 20);
     let links = pinned_links(&pin_dir);
     assert_one_copy_each(&pin_dir);
     let mut agg = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
@@ -115,7 +122,7 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
     assert_runs_reported(&agg, &pin_dir);
 
     // SIGTERM, then kill -9. Each time the generator runs while no loader
-    // does: 5,000 events of 88 bytes fit the default 1 MiB ring.
+    // does: 5,000 events of 88 bytes fit the 1 MiB ring.
     for (signal, restarts) in [(Signal::TERM, 1), (Signal::KILL, 2)] {
         let (pin_dir, socket) = loader.exit(signal);
         assert_eq!(pinned_links(&pin_dir), links, "links survive the loader ({signal:?})");
@@ -129,6 +136,9 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
             loader.proc.log()
         );
         assert_eq!(pinned_links(&pin_dir), links, "the same links, adopted");
+        assert_eq!(bpftool::pinned_map_id(&ring), ring_id, "the same ring buffer, adopted");
+        assert_eq!(bpftool::pinned_map_max_entries(&ring), 1 << 20);
+        assert_eq!(loader.status().ring_buffer_bytes, 1 << 20, "the status reports the adopted size");
         assert_one_copy_each(&pin_dir);
         agg.wait_connected();
         expect_received(&agg, produced);

@@ -152,6 +152,8 @@ pub struct Probes {
     pub pinned: Vec<(&'static str, PathBuf)>,
     /// The running programs' skipped runs.
     pub runs: runs::ProgramRuns,
+    /// The ring buffer's size in bytes (set, adopted from its pin, or the default).
+    pub ring_bytes: u32,
 }
 
 impl std::fmt::Debug for Probes {
@@ -185,6 +187,7 @@ pub fn load(
         return Err(Error::StubObject);
     }
     pin::prepare_dir(pin_dir)?;
+    let sizes = sizes.resolve(pin_dir);
     let links = link::prepare_dir(pin_dir)?;
     // Before anything is loaded: the links of an object whose maps must be
     // (re)created go first, so every pinned link uses the pinned maps.
@@ -271,7 +274,8 @@ pub fn load(
             runs.add(a.name, Arc::clone(fd));
         }
     }
-    Ok((Probes { stats, cursor, http, http_table, attached, pinned, runs }, events))
+    let ring_bytes = sizes.ring_bytes();
+    Ok((Probes { stats, cursor, http, http_table, attached, pinned, runs, ring_bytes }, events))
 }
 
 fn take_map(ebpf: &mut Ebpf, map: &'static str) -> Result<aya::maps::Map, Error> {

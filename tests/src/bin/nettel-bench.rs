@@ -39,10 +39,11 @@ fn main() {
         .map(|r| r.parse().expect("--rates: comma-separated events/s, 0 = unpaced"))
         .collect();
     let seconds: f64 = flag("--seconds").map_or(3.0, |s| s.parse().expect("--seconds"));
-    let ring = flag("--ring-buffer-bytes").unwrap_or_else(|| (1u64 << 20).to_string());
+    // Unset: the loader's default (a fresh pin dir, so no ring to adopt).
+    let ring = flag("--ring-buffer-bytes");
     let idle: f64 =
         flag("--idle-seconds").map_or(10.0, |s| s.parse().expect("--idle-seconds: seconds, 0 = skip"));
-    run(&rates, seconds, &ring, idle);
+    run(&rates, seconds, ring.as_deref(), idle);
 }
 
 // === generator (child process) ===
@@ -131,7 +132,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-fn run(rates: &[u64], seconds: f64, ring: &str, idle: f64) {
+fn run(rates: &[u64], seconds: f64, ring: Option<&str>, idle: f64) {
     let bin = std::env::current_exe().unwrap().parent().unwrap().to_owned();
     let dir = nettel_integration::process::scratch_dir("bench");
     let socket = dir.join("loader.sock");
@@ -156,7 +157,8 @@ fn run(rates: &[u64], seconds: f64, ring: &str, idle: f64) {
             .args(["run", "--socket"])
             .arg(&socket)
             .args(["--pin-dir", &pin_dir, "--socket-gid", "65534", "--allow-uid", "65534"])
-            .args(["--ring-buffer-bytes", ring, "--bench-tgid", &gen_pid.to_string()])
+            .args(ring.map(|r| ["--ring-buffer-bytes", r]).into_iter().flatten())
+            .args(["--bench-tgid", &gen_pid.to_string()])
             .stderr(std::fs::File::create(dir.join("loader.log")).unwrap())
             .spawn()
             .expect("nettel-loader next to nettel-bench (cargo build --release --bins)"),
@@ -237,9 +239,12 @@ fn run(rates: &[u64], seconds: f64, ring: &str, idle: f64) {
         );
     }
     println!(
-        "\npeak RSS: loader {:.1} MiB, aggregator {:.1} MiB (VmHWM); ring buffer {ring} bytes; logs in {}",
+        "\npeak RSS: loader {:.1} MiB, aggregator {:.1} MiB (VmHWM); ring buffer {} bytes; logs in {}",
         peak_rss_mib(loader.0.id()),
         peak_rss_mib(agg.0.id()),
+        nettel_integration::bpftool::pinned_map_max_entries(
+            &std::path::Path::new(&pin_dir).join("nt_events")
+        ),
         dir.display()
     );
     drop(agg);
