@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapError, MapInfo, MapType},
+    maps::{MapData, MapError, MapInfo, MapType, PerCpuArray},
     sys::SyscallError,
 };
 use nettel_bpf::names;
@@ -39,6 +39,44 @@ pub struct MapSpec {
 /// match is an error (removing it loses unread events or totals). Any other
 /// pinned map that does not match is per-program state and is replaced.
 pub const DURABLE: [&str; 3] = [names::EVENTS_MAP, names::STATS_MAP, names::CURSOR_MAP];
+
+/// Durable maps that may grow between versions (a new counter): a pinned copy
+/// with fewer entries, created by an older loader, is replaced by a larger one
+/// and its values are carried over ([`Carried`]) instead of being refused.
+/// Only per-CPU arrays of `u64` counters belong here. A pinned copy with more
+/// entries (a downgrade) is still refused: its extra counters would be lost.
+pub const GROWABLE: [&str; 1] = [names::STATS_MAP];
+
+/// A durable map that grew ([`GROWABLE`]): the old map, unpinned but held
+/// open here, whose values [`Carried::copy_into`] copies into the new one.
+pub struct Carried {
+    pub name: &'static str,
+    old: MapData,
+}
+
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carried").field("name", &self.name).finish()
+    }
+}
+
+impl Carried {
+    /// Copies every entry of the old map, CPU by CPU, into the same index of
+    /// `new`. Call it once no program writes the old map (its links are
+    /// detached) and before any program writes the new one (before attach),
+    /// so that no increment is lost or overwritten. Returns the entries copied.
+    pub fn copy_into(self, new: &mut aya::maps::Map) -> Result<u32, Error> {
+        let map = self.name;
+        let err = |source| Error::Map { map, source };
+        let old: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(self.old)).map_err(err)?;
+        let mut new: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(new).map_err(err)?;
+        for i in 0..old.len() {
+            new.set(i, old.get(&i, 0).map_err(err)?, 0).map_err(err)?;
+        }
+        Ok(old.len())
+    }
+}
 
 /// Maps that depend on others: when any map of the first list is
 /// (re)created, the pinned maps of the second are replaced too. The HTTP
@@ -174,21 +212,41 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
+/// What [`verify_existing`] found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// The maps not pinned now (missing, or just unpinned): the load will
+    /// create them.
+    pub fresh: Vec<String>,
+    /// Durable maps that grew: unpinned, their values to carry into the new
+    /// ones ([`GROWABLE`]).
+    pub carried: Vec<Carried>,
+}
+
 /// Verifies every map of `specs` that is already pinned in `dir`, so that aya
 /// (which reuses a pin by name without checks) reuses only what matches. A
-/// durable map that does not match is an error; any other is unpinned, to be
-/// recreated. Returns the names that are not pinned now (missing, or just
-/// unpinned): the load will create them. A map is also replaced when one it
-/// depends on is new ([`DEPENDENTS`]).
-pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Error> {
+/// durable map that does not match is an error, unless it only grew
+/// ([`GROWABLE`]); any other is unpinned, to be recreated. A map is also
+/// replaced when one it depends on is new ([`DEPENDENTS`]).
+pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Verified, Error> {
     let mut fresh = Vec::new();
+    let mut carried = Vec::new();
     for spec in specs {
         let path = dir.join(&spec.name);
         if !path.exists() {
             fresh.push(spec.name.clone());
             continue;
         }
-        let Some(reason) = check(&path, spec)? else { continue };
+        let Some(Mismatch { reason, grows }) = check(&path, spec)? else { continue };
+        if let Some(name) = GROWABLE.iter().find(|g| **g == spec.name).filter(|_| grows) {
+            // Opened before the pin goes, so the values stay reachable.
+            let old = MapData::from_pin(&path).map_err(|source| Error::Map { map: name, source })?;
+            warn!(map = name, %reason, "A pinned map has fewer entries than this loader's; carrying its values into a larger one.");
+            unpin(path)?;
+            fresh.push(spec.name.clone());
+            carried.push(Carried { name, old });
+            continue;
+        }
         if DURABLE.contains(&spec.name.as_str()) {
             return Err(Error::PinnedMapMismatch { map: spec.name.clone(), path, reason });
         }
@@ -204,7 +262,7 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Err
         }
         fresh.push(name.to_owned());
     }
-    Ok(fresh)
+    Ok(Verified { fresh, carried })
 }
 
 /// The maps to replace because a map they depend on is in `fresh` (and they
@@ -233,16 +291,35 @@ fn pinned_ring_bytes(path: &Path) -> Option<u32> {
     (matches!(info.map_type(), Ok(MapType::RingBuf)) && valid_ring_bytes(n.into())).then_some(n)
 }
 
+/// Why a pinned map does not match its spec.
+#[derive(Debug, PartialEq, Eq)]
+struct Mismatch {
+    reason: String,
+    /// It matches but for fewer entries (an older loader's map of a kind
+    /// that may grow).
+    grows: bool,
+}
+
+impl Mismatch {
+    fn other(reason: String) -> Option<Self> {
+        Some(Self { reason, grows: false })
+    }
+}
+
 /// Why the map pinned at `path` does not match `spec` (`None`: it matches).
 /// A refused `BPF_OBJ_GET` (EPERM: a missing capability, an LSM) is an error,
 /// not a mismatch: it says nothing about the map, which must not be replaced.
-fn check(path: &Path, spec: &MapSpec) -> Result<Option<String>, Error> {
+fn check(path: &Path, spec: &MapSpec) -> Result<Option<Mismatch>, Error> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
-        Err(e) => return Ok(Some(format!("cannot stat: {e}"))),
+        Err(e) => return Ok(Mismatch::other(format!("cannot stat: {e}"))),
     };
     if meta.uid() != sys::euid() || meta.mode() & 0o022 != 0 {
-        return Ok(Some(format!("owner uid {} mode {:o} is not private", meta.uid(), meta.mode() & 0o7777)));
+        return Ok(Mismatch::other(format!(
+            "owner uid {} mode {:o} is not private",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
     }
     let info = match MapInfo::from_pin(path) {
         Ok(info) => info,
@@ -253,22 +330,29 @@ fn check(path: &Path, spec: &MapSpec) -> Result<Option<String>, Error> {
                 source: io_error,
             })
         }
-        Err(e) => return Ok(Some(format!("not a BPF map: {e}"))),
+        Err(e) => return Ok(Mismatch::other(format!("not a BPF map: {e}"))),
     };
     let ty = match info.map_type() {
         Ok(ty) => ty as u32,
-        Err(e) => return Ok(Some(format!("unknown map type: {e}"))),
+        Err(e) => return Ok(Mismatch::other(format!("unknown map type: {e}"))),
     };
     let got = (ty, info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+    Ok(compare(got, spec))
+}
+
+/// `got` (type, key size, value size, max entries, flags) against `spec`.
+fn compare(got: (u32, u32, u32, u32, u32), spec: &MapSpec) -> Option<Mismatch> {
     let want = (spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.map_flags);
-    if got != want {
-        return Ok(Some(format!(
-            "found (type {}, key {}, value {}, max_entries {}, flags {:#x}), \
-             expected (type {}, key {}, value {}, max_entries {}, flags {:#x})",
-            got.0, got.1, got.2, got.3, got.4, want.0, want.1, want.2, want.3, want.4
-        )));
+    if got == want {
+        return None;
     }
-    Ok(None)
+    let grows = (got.0, got.1, got.2, got.4) == (want.0, want.1, want.2, want.4) && got.3 < want.3;
+    let reason = format!(
+        "found (type {}, key {}, value {}, max_entries {}, flags {:#x}), \
+         expected (type {}, key {}, value {}, max_entries {}, flags {:#x})",
+        got.0, got.1, got.2, got.3, got.4, want.0, want.1, want.2, want.3, want.4
+    );
+    Some(Mismatch { reason, grows })
 }
 
 /// Removes what the loader pinned: every `nt_*` entry of `dir/links` and of
@@ -335,6 +419,27 @@ mod tests {
         let set = MapSizes { ring_bytes: Some(65536), ..unset };
         assert_eq!(set.resolve(&dir), set);
         assert_eq!(set.overrides()[0], (names::EVENTS_MAP, 65536));
+    }
+
+    #[test]
+    fn only_fewer_entries_of_the_same_kind_is_growth() {
+        let spec = MapSpec {
+            name: names::STATS_MAP.into(),
+            map_type: 6,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 9,
+            map_flags: 0,
+        };
+        assert_eq!(compare((6, 4, 8, 9, 0), &spec), None);
+        assert!(compare((6, 4, 8, 2, 0), &spec).unwrap().grows, "fewer entries");
+        let refused =
+            [(6, 4, 8, 12, 0), (2, 4, 8, 2, 0), (6, 4, 4, 2, 0), (6, 8, 8, 2, 0), (6, 4, 8, 2, 0x400)];
+        for got in refused {
+            let m = compare(got, &spec).unwrap();
+            assert!(!m.grows, "{got:?} is not growth");
+            assert!(m.reason.contains("expected (type 6, key 4, value 8, max_entries 9"), "{}", m.reason);
+        }
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! buffer; the next loader adopts the same links (bpftool shows the same link
 //! ids and exactly one copy of each probe feeding the ring) and delivers what
 //! accumulated. With no aggregator connected, the loader leaves events in the
-//! ring, and what does not fit is counted.
+//! ring, and what does not fit is counted. An upgrade keeps a pinned ring of
+//! another default size and carries the counters of a statistics map that
+//! grew.
 
-use std::{path::Path, time::Duration};
+use std::{os::unix::fs::DirBuilderExt, path::Path, time::Duration};
 
 use nettel_integration::{
     bpftool,
@@ -157,4 +159,71 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
         assert!(!bpftool::link_exists(*id), "{p}'s link {id} is still attached after cleanup");
     }
     assert!(!pin_dir.exists(), "pin dir left behind");
+}
+
+/// Runs `bpftool` with `args`, which must succeed.
+fn bpftool_ok(args: &[&str]) {
+    let out = std::process::Command::new("bpftool").args(args).output().unwrap();
+    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_upgrade_carries_the_counters_of_a_smaller_pinned_stats_map_and_a_downgrade_is_refused() {
+    if !require_kernel(
+        "an_upgrade_carries_the_counters_of_a_smaller_pinned_stats_map_and_a_downgrade_is_refused",
+    ) {
+        return;
+    }
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let cpus: u64 = cpus
+        .trim()
+        .split(',')
+        .map(|r| {
+            r.split_once('-').map_or(1, |(a, b)| b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1)
+        })
+        .sum();
+    for (entries, upgrade) in [("2", true), ("64", false)] {
+        // What an older (or newer) loader left: a statistics map with 2 (or 64)
+        // counters, 7 reserve failures counted on every CPU.
+        let pin_dir = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/nettel-test-{}-stats{entries}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&pin_dir).unwrap();
+        let stats = pin_dir.join("nt_stats");
+        let stats_path = stats.to_str().unwrap();
+        bpftool_ok(
+            &["map", "create", stats_path, "type", "percpu_array", "key", "4", "value", "8"]
+                .into_iter()
+                .chain(["entries", entries, "name", "nt_stats"])
+                .collect::<Vec<_>>(),
+        );
+        bpftool_ok(&[
+            "map", "update", "pinned", stats_path, "key", "1", "0", "0", "0", "value", "7", "0", "0", "0",
+            "0", "0", "0", "0",
+        ]);
+        let old_id = bpftool::pinned_map_id(&stats);
+        if !upgrade {
+            let out = std::process::Command::new(nettel_integration::process::bin("nettel-loader"))
+                .args(["run", "--socket", "/nonexistent/loader.sock", "--pin-dir", pin_dir.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "a loader started on a larger statistics map: {text}");
+            assert!(text.contains("pinned map `nt_stats`") && text.contains("max_entries 64"), "{text}");
+            assert_eq!(bpftool::pinned_map_id(&stats), old_id, "the larger map is left alone");
+            let out = std::process::Command::new(nettel_integration::process::bin("nettel-loader"))
+                .args(["cleanup", "--pin-dir", pin_dir.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success() && !pin_dir.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+            continue;
+        }
+        let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
+        assert_ne!(bpftool::pinned_map_id(&stats), old_id, "a new, larger map");
+        assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
+        let counters = loader.status().counters.unwrap();
+        assert_eq!(counters.kernel_reserve_failures, 7 * cpus, "the old counters carried over, every CPU's");
+    }
 }

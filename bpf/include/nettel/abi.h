@@ -64,7 +64,7 @@ enum nt_stat {
 	NT_STAT_TLS_NO_SOCK = 6,     /* SSL plaintext whose TCP connection is unknown */
 	NT_STAT_TLS_CALL_LOST = 7,   /* SSL call return without its entry state */
 	NT_STAT_HTTP_TABLE_FULL = 8, /* request sent as an event: no free nt_http_slots slot (not lost) */
-	NT_STAT_MAX = 9,             /* array size; spare slots for growth */
+	NT_STAT_MAX = 9,             /* array size: a new counter raises it; the loader carries an older, smaller pinned array's counters over (loader/src/pin.rs, GROWABLE) */
 };
 
 /*

@@ -23,7 +23,7 @@ use aya::{
 };
 use nettel_bpf::{abi, names};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{config::HttpHook, pin, Error};
 
@@ -191,12 +191,16 @@ pub fn load(
     let links = link::prepare_dir(pin_dir)?;
     // Before anything is loaded: the links of an object whose maps must be
     // (re)created go first, so every pinned link uses the pinned maps.
+    // Grown durable maps are read only after every link of the old programs
+    // is gone (an object sharing the map finds it missing and purges too).
+    let mut carried = Vec::new();
     for obj in pin::object_pins(&OBJECTS, sizes)? {
-        let fresh = pin::verify_existing(pin_dir, &obj.maps)?;
-        if !fresh.is_empty() {
+        let verified = pin::verify_existing(pin_dir, &obj.maps)?;
+        carried.extend(verified.carried);
+        if !verified.fresh.is_empty() {
             let removed = link::purge(&links, &obj.programs)?;
             if !removed.is_empty() {
-                warn!(object = obj.object, maps = ?fresh, links = ?removed,
+                warn!(object = obj.object, maps = ?verified.fresh, links = ?removed,
                     "Pinned maps are missing or replaced; detached the links that used the old ones.");
             }
         }
@@ -220,6 +224,14 @@ pub fn load(
         let bench = bench_tgid.map(|_| load("bench", nettel_bpf::BENCH_OBJ)).transpose()?;
         (tcp, http, bench)
     };
+    // Before any program is attached: the shared maps were created by the
+    // first object, and nothing writes them yet.
+    for c in carried {
+        let name = c.name;
+        let map = tcp.map_mut(name).ok_or(Error::MapMissing { map: name })?;
+        let entries = c.copy_into(map)?;
+        info!(map = name, entries, "Carried the old map's values into the new one.");
+    }
     let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
     let mut attached = tcp_retransmit::PROGRAMS
         .iter()
