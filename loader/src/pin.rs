@@ -48,7 +48,9 @@ pub const DURABLE: [&str; 3] = [names::EVENTS_MAP, names::STATS_MAP, names::CURS
 pub const GROWABLE: [&str; 1] = [names::STATS_MAP];
 
 /// A durable map that grew ([`GROWABLE`]): the old map, unpinned but held
-/// open here, whose values [`Carried::copy_into`] copies into the new one.
+/// open here, whose values [`Carried::copy_into`] copies into the new one. If
+/// the loader fails between the unpin and the copy (an object that does not
+/// load), the old counters go with it; the next loader starts them from zero.
 pub struct Carried {
     pub name: &'static str,
     old: MapData,
