@@ -151,6 +151,9 @@ pub struct Metrics {
     pub tls_instrumented_processes: Gauge,
     /// Processes with TLS nettel cannot instrument, by reason.
     pub tls_uninstrumented: ClientFamily<ReasonLabels, Gauge>,
+    /// The loader's kernel ring buffer: size and high-water mark in bytes.
+    pub ring_buffer_bytes: Gauge,
+    pub ring_buffer_high_water_bytes: Gauge,
     /// Live series of each limited metric (`transform::limit_cardinality`).
     pub series: ClientFamily<MetricLabels, Gauge>,
     /// Events counted into an overflow series.
@@ -292,6 +295,16 @@ impl Metrics {
             "nettel_tls_instrumented_processes",
             "Processes mapping a file with the HTTPS uprobes attached",
             self.tls_instrumented_processes.clone(),
+        );
+        r.register(
+            "nettel_loader_ring_buffer_bytes",
+            "Size of the loader's kernel ring buffer in bytes (--ring-buffer-bytes)",
+            self.ring_buffer_bytes.clone(),
+        );
+        r.register(
+            "nettel_loader_ring_buffer_high_water_bytes",
+            "Most bytes of events found waiting in the loader's ring buffer since the loader started; near nettel_loader_ring_buffer_bytes, bursts will soon be lost in the kernel",
+            self.ring_buffer_high_water_bytes.clone(),
         );
         r.register(
             "nettel_tls_uninstrumented_processes",

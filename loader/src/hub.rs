@@ -45,6 +45,8 @@ pub struct Batch {
     pub http_totals_complete: bool,
     /// The running programs' skipped runs at publish time (running totals).
     pub program_runs: Vec<v1::ProgramRuns>,
+    /// The ring buffer's size and high-water mark at publish time.
+    pub ring: v1::RingBufferStatus,
 }
 
 /// What a subscriber's queue carries.
@@ -243,6 +245,7 @@ mod tests {
             http_totals: Vec::new(),
             http_totals_complete: false,
             program_runs: Vec::new(),
+            ring: v1::RingBufferStatus::default(),
         }
     }
 

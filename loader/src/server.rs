@@ -132,6 +132,7 @@ impl TelemetryService for Service {
                     http_totals: b.http_totals.clone(),
                     http_totals_complete: b.http_totals_complete,
                     program_runs: b.program_runs.clone(),
+                    ring_buffer: Some(b.ring),
                 };
                 last_kernel = last_kernel.max(b.kernel_reserve_failures_total);
                 last_decode = last_decode.max(b.decode_errors_total);

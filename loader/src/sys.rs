@@ -108,7 +108,9 @@ unsafe impl Send for MappedWords {}
 unsafe impl Sync for MappedWords {}
 
 impl MappedWords {
-    /// Maps the first `bytes` bytes (a multiple of 8) of the array map `fd`.
+    /// Maps the first `bytes` bytes (a multiple of 8) of the map `fd`: a
+    /// `BPF_F_MMAPABLE` array's values, or a ring buffer's consumer page and
+    /// then its producer page.
     pub fn map(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<Self> {
         use rustix::mm::{MapFlags, ProtFlags};
         if bytes == 0 || !bytes.is_multiple_of(8) {
@@ -121,8 +123,10 @@ impl MappedWords {
         // SAFETY: a fresh mapping at an address the kernel picks cannot
         // alias any Rust object. The kernel maps a BPF_F_MMAPABLE array's
         // values from offset 0, page-aligned, `round_up(value_size, 8)` bytes
-        // apart, and refuses a length beyond them (EINVAL): on success all
-        // `len` bytes are readable until `munmap` in `Drop`.
+        // apart, and a ring buffer's consumer page, producer page and data
+        // pages from offset 0 (read-only past the first page), and refuses a
+        // length beyond them (EINVAL): on success all `len` bytes are
+        // readable until `munmap` in `Drop`.
         let ptr =
             unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0) }?;
         let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
@@ -134,8 +138,10 @@ impl MappedWords {
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
         // SAFETY: `ptr` is page-aligned (so aligned for AtomicU64) and the
         // first `words * 8 <= len` bytes are mapped readable for `self`'s
-        // lifetime. Other writers (BPF programs) are not Rust code, and this
-        // process only loads, so treating the words as atomics is sound.
+        // lifetime. Other writers (BPF programs, and aya's ring consumer
+        // through its own mapping, with atomic stores) are not Rust borrows,
+        // and this mapping is only loaded, so treating the words as atomics
+        // is sound.
         // Atomic loads from read-only memory are allowed for sizes up to 8
         // bytes on the targets the loader supports (std::sync::atomic docs).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.words) }

@@ -23,6 +23,10 @@ const NOBODY: u32 = 65534;
 
 /// (received synthetic events, kernel lost, loader queue dropped) once their
 /// sum covers `sent`.
+/// Bytes one synthetic event takes in the ring: a 72-byte record and the
+/// kernel's 8-byte record header.
+const RECORD: u64 = 80;
+
 fn terms(agg: &Aggregator, loader: &Loader, sent: u64) -> (u64, u64, u64) {
     let mut last = (0, 0, 0);
     for _ in 0..200 {
@@ -126,11 +130,21 @@ fn events_wait_in_the_ring_while_no_aggregator_is_connected() {
         &["--http-hook", "off", "--bench-tgid", &tgid, "--ring-buffer-bytes", "1048576"],
     );
 
-    // Before any aggregator: 5,000 events of 88 bytes fit the 1 MiB ring.
+    // Before any aggregator: 5,000 events of 80 bytes fit the 1 MiB ring.
     let sent = gen.run(5000, 1.0);
     let mut agg = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
     agg.wait_connected();
     assert_eq!(terms(&agg, &loader, sent), (sent, 0, 0), "everything produced before the aggregator came");
+    // They all waited in the ring at once: its high-water mark holds them
+    // (80 bytes each: a 72-byte record and the kernel's 8-byte header), and
+    // at most a few stray retransmit events of the machine besides.
+    let t = agg.scrape();
+    assert_eq!(sum(&t, "nettel_loader_ring_buffer_bytes", &[]), 1 << 20);
+    let high = sum(&t, "nettel_loader_ring_buffer_high_water_bytes", &[]);
+    assert!(
+        (sent * RECORD..sent * RECORD + 8 * RECORD).contains(&high),
+        "high water {high} for {sent} records"
+    );
 
     // Aggregator restart with far more than the ring holds meanwhile: the
     // excess is counted as kernel loss and reported to the next aggregator.
@@ -146,6 +160,9 @@ fn events_wait_in_the_ring_while_no_aggregator_is_connected() {
     let (received, kernel_lost, queue_dropped) = terms(&agg, &loader, sent);
     assert!(kernel_lost > 0, "{sent} events overflow a 1 MiB ring");
     assert!(received > 10_000, "the ring's worth was kept: {received}");
+    // Full: less than one record's room was left.
+    let high = sum(&agg.scrape(), "nettel_loader_ring_buffer_high_water_bytes", &[]);
+    assert!(((1 << 20) - RECORD..=1 << 20).contains(&high), "high water {high} of a full 1 MiB ring");
     assert_eq!(
         received + kernel_lost + queue_dropped,
         sent,

@@ -124,7 +124,7 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
     assert_runs_reported(&agg, &pin_dir);
 
     // SIGTERM, then kill -9. Each time the generator runs while no loader
-    // does: 5,000 events of 88 bytes fit the 1 MiB ring.
+    // does: 5,000 events of 80 bytes fit the 1 MiB ring.
     for (signal, restarts) in [(Signal::TERM, 1), (Signal::KILL, 2)] {
         let (pin_dir, socket) = loader.exit(signal);
         assert_eq!(pinned_links(&pin_dir), links, "links survive the loader ({signal:?})");

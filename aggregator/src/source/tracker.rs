@@ -121,6 +121,10 @@ impl Tracker {
             }
         }
         self.observe_program_runs(&msg.program_runs, m);
+        if let Some(r) = &msg.ring_buffer {
+            m.ring_buffer_bytes.set(gauge(r.size_bytes));
+            m.ring_buffer_high_water_bytes.set(gauge(r.high_water_bytes));
+        }
         if let Some(s) = &msg.socket_counters {
             let last = self.socket;
             self.mirror(
@@ -232,6 +236,11 @@ impl Tracker {
     }
 }
 
+/// A loader's u64 as a gauge value (prometheus-client gauges are i64).
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// The loader's HTTPS instrumentation gauges (current values, not totals).
 fn set_tls_gauges(m: &Metrics, t: &v1::TlsStatus) {
     m.tls_instrumented_files.set(i64::from(t.files_instrumented));
@@ -268,6 +277,28 @@ mod tests {
             socket_counters: None,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_ring_gauges_follow_the_latest_message() {
+        let m = Metrics::default();
+        let mut t = Tracker::default();
+        t.observe(&msg(7, 1, 0, 0, 0), &m).unwrap();
+        assert_eq!(
+            (m.ring_buffer_bytes.get(), m.ring_buffer_high_water_bytes.get()),
+            (0, 0),
+            "none sent yet"
+        );
+        for (hw, first) in [(440_000, 1), (880_000, 1)] {
+            let ring = v1::RingBufferStatus { size_bytes: 4 << 20, high_water_bytes: hw };
+            t.observe(&v1::StreamEventsResponse { ring_buffer: Some(ring), ..msg(7, first, 0, 0, 0) }, &m)
+                .unwrap();
+            assert_eq!(
+                (m.ring_buffer_bytes.get(), m.ring_buffer_high_water_bytes.get()),
+                (4 << 20, hw as i64)
+            );
+        }
+        assert_eq!(gauge(u64::MAX), i64::MAX, "saturates");
     }
 
     #[test]

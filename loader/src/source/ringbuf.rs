@@ -19,7 +19,11 @@
 //! with a batch in flight) shows up as a sequence gap at the aggregator.
 
 use std::{
-    sync::{atomic::Ordering::Relaxed, Arc},
+    os::fd::AsFd,
+    sync::{
+        atomic::Ordering::{Acquire, Relaxed},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -85,6 +89,7 @@ pub async fn drain(
         path: "nt_events".into(),
         source,
     })?;
+    let fill = RingFill::map(fd.get_ref());
     let mut state = State {
         next_seq: cursor.next_sequence.max(1),
         batch: Vec::with_capacity(cfg.max_batch),
@@ -104,11 +109,14 @@ pub async fn drain(
             // the tick re-evaluates this condition.
             guard = fd.readable_mut(), if !hub.is_empty() => {
                 let mut guard = guard.map_err(|source| Error::Io { what: "ring buffer poll failed", path: "nt_events".into(), source })?;
+                fill.record(&counters);
                 drain_ready(guard.get_inner_mut(), &mut state, &hub, &counters, cfg);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 refresh_kernel_counters(stats, &counters);
+                // Also while nobody listens, when the ring fills up.
+                fill.record(&counters);
                 // Readiness can be missed only in theory; a tick drains anyway.
                 if !hub.is_empty() {
                     drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
@@ -151,6 +159,44 @@ pub async fn drain(
     }
 }
 
+/// How many bytes wait in the ring: producer minus consumer position, read
+/// from a read-only mapping of the ring's first two pages
+/// ([`crate::sys::MappedWords`]), no syscall. Sampled before each drain and
+/// on every tick; the maximum is the high-water mark
+/// (`Counters::ring_high_water`, proto `RingBufferStatus`). Without the
+/// mapping (mmap refused) the mark stays 0 and a warning says why.
+struct RingFill {
+    words: Option<crate::sys::MappedWords>,
+    /// Index of the producer position: the first word of the second page.
+    producer: usize,
+}
+
+impl RingFill {
+    fn map(rb: &RingBuf<MapData>) -> Self {
+        let page = rustix::param::page_size();
+        let words = crate::sys::MappedWords::map(rb.as_fd(), 2 * page)
+            .inspect_err(
+                |e| warn!(error = %e, "Cannot map the ring buffer's positions; its high-water mark stays 0."),
+            )
+            .ok();
+        Self { words, producer: page / 8 }
+    }
+
+    /// Bytes of records (headers included) produced and not yet consumed.
+    fn waiting(&self) -> Option<u64> {
+        let w = self.words.as_ref()?.words();
+        let consumer = w[0].load(Acquire);
+        let producer = w[self.producer].load(Acquire);
+        Some(producer.wrapping_sub(consumer))
+    }
+
+    fn record(&self, counters: &Counters) {
+        if let Some(n) = self.waiting() {
+            counters.ring_high_water.fetch_max(n, Relaxed);
+        }
+    }
+}
+
 struct State<'a> {
     next_seq: u64,
     batch: Vec<v1::Event>,
@@ -189,6 +235,7 @@ impl State<'_> {
             http_totals: std::mem::take(&mut self.http_totals),
             http_totals_complete: std::mem::take(&mut self.http_totals_complete),
             program_runs: std::mem::take(&mut self.program_runs),
+            ring: counters.ring(),
         });
         self.last_publish = Instant::now();
     }
