@@ -39,11 +39,6 @@ pub struct Counters {
     pub http_table_full: AtomicU64,
     /// What the TLS attacher last saw.
     pub tls: std::sync::Arc<crate::tls::Shared>,
-    /// The ring buffer's size in bytes (set once at start).
-    pub ring_bytes: AtomicU64,
-    /// The most bytes found waiting in the ring since start
-    /// (`source::ringbuf::RingFill`).
-    pub ring_high_water: AtomicU64,
 }
 
 impl Counters {
@@ -74,14 +69,6 @@ impl Counters {
             idle_connections: self.idle_connections.load(Relaxed),
             requests_too_large: self.requests_too_large.load(Relaxed),
             requests_invalid: self.requests_invalid.load(Relaxed),
-        }
-    }
-
-    /// The ring buffer's size and high-water mark (gauges).
-    pub fn ring(&self) -> v1::RingBufferStatus {
-        v1::RingBufferStatus {
-            size_bytes: self.ring_bytes.load(Relaxed),
-            high_water_bytes: self.ring_high_water.load(Relaxed),
         }
     }
 

@@ -181,11 +181,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, Error> {
 
 async fn serve(args: RunArgs, prepared: Prepared) -> anyhow::Result<()> {
     let Prepared { cfg, mut probes, events, listener, tls: (attacher, tls_shared) } = prepared;
-    let counters = Arc::new(Counters {
-        tls: tls_shared,
-        ring_bytes: u64::from(probes.ring_bytes).into(),
-        ..Counters::default()
-    });
+    let counters = Arc::new(Counters { tls: tls_shared, ..Counters::default() });
     let cursor = ringbuf::resume(&probes, &counters);
     let hub = Hub::new(cfg.queue_batches, Arc::clone(&counters));
     let heartbeat = Duration::from_millis(args.heartbeat_ms);

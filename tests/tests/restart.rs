@@ -14,7 +14,8 @@ use nettel_integration::{
     bpftool,
     generator::Generator,
     metrics::sum,
-    process::{Aggregator, Loader},
+    netns::run,
+    process::{bin, Aggregator, Loader},
     require_kernel, wait_for,
 };
 use rustix::process::Signal;
@@ -161,10 +162,29 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
     assert!(!pin_dir.exists(), "pin dir left behind");
 }
 
-/// Runs `bpftool` with `args`, which must succeed.
-fn bpftool_ok(args: &[&str]) {
-    let out = std::process::Command::new("bpftool").args(args).output().unwrap();
-    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+/// A pin dir holding only what another loader version could have left: a
+/// statistics map with `entries` counters, 7 reserve failures counted on every
+/// CPU. Returns the pin dir and the map's pin.
+fn stats_pinned_by_another_version(entries: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let pin_dir =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-stats{entries}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&pin_dir).unwrap();
+    let stats = pin_dir.join("nt_stats");
+    let bpftool = |args: &[&str]| run(std::process::Command::new("bpftool").args(args));
+    bpftool(
+        &["map", "create", stats.to_str().unwrap(), "type", "percpu_array", "key", "4", "value", "8"]
+            .into_iter()
+            .chain(["entries", entries, "name", "nt_stats"])
+            .collect::<Vec<_>>(),
+    );
+    bpftool(
+        &["map", "update", "pinned", stats.to_str().unwrap(), "key", "1", "0", "0", "0"]
+            .into_iter()
+            .chain(["value", "7", "0", "0", "0", "0", "0", "0", "0"])
+            .collect::<Vec<_>>(),
+    );
+    (pin_dir, stats)
 }
 
 #[test]
@@ -174,56 +194,30 @@ fn an_upgrade_carries_the_counters_of_a_smaller_pinned_stats_map_and_a_downgrade
     ) {
         return;
     }
-    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
-    let cpus: u64 = cpus
-        .trim()
-        .split(',')
-        .map(|r| {
-            r.split_once('-').map_or(1, |(a, b)| b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1)
-        })
-        .sum();
-    for (entries, upgrade) in [("2", true), ("64", false)] {
-        // What an older (or newer) loader left: a statistics map with 2 (or 64)
-        // counters, 7 reserve failures counted on every CPU.
-        let pin_dir = std::path::PathBuf::from(format!(
-            "/sys/fs/bpf/nettel-test-{}-stats{entries}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&pin_dir);
-        std::fs::DirBuilder::new().mode(0o700).create(&pin_dir).unwrap();
-        let stats = pin_dir.join("nt_stats");
-        let stats_path = stats.to_str().unwrap();
-        bpftool_ok(
-            &["map", "create", stats_path, "type", "percpu_array", "key", "4", "value", "8"]
-                .into_iter()
-                .chain(["entries", entries, "name", "nt_stats"])
-                .collect::<Vec<_>>(),
-        );
-        bpftool_ok(&[
-            "map", "update", "pinned", stats_path, "key", "1", "0", "0", "0", "value", "7", "0", "0", "0",
-            "0", "0", "0", "0",
-        ]);
-        let old_id = bpftool::pinned_map_id(&stats);
-        if !upgrade {
-            let out = std::process::Command::new(nettel_integration::process::bin("nettel-loader"))
-                .args(["run", "--socket", "/nonexistent/loader.sock", "--pin-dir", pin_dir.to_str().unwrap()])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stderr);
-            assert!(!out.status.success(), "a loader started on a larger statistics map: {text}");
-            assert!(text.contains("pinned map `nt_stats`") && text.contains("max_entries 64"), "{text}");
-            assert_eq!(bpftool::pinned_map_id(&stats), old_id, "the larger map is left alone");
-            let out = std::process::Command::new(nettel_integration::process::bin("nettel-loader"))
-                .args(["cleanup", "--pin-dir", pin_dir.to_str().unwrap()])
-                .output()
-                .unwrap();
-            assert!(out.status.success() && !pin_dir.exists(), "{}", String::from_utf8_lossy(&out.stderr));
-            continue;
-        }
-        let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
-        assert_ne!(bpftool::pinned_map_id(&stats), old_id, "a new, larger map");
-        assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
-        let counters = loader.status().counters.unwrap();
-        assert_eq!(counters.kernel_reserve_failures, 7 * cpus, "the old counters carried over, every CPU's");
-    }
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
+
+    // An older loader's map, 2 counters: replaced by a larger one, values kept.
+    let (pin_dir, stats) = stats_pinned_by_another_version("2");
+    let old_id = bpftool::pinned_map_id(&stats);
+    let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
+    assert_ne!(bpftool::pinned_map_id(&stats), old_id, "a new, larger map");
+    assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
+    let counters = loader.status().counters.unwrap();
+    assert_eq!(counters.kernel_reserve_failures, 7 * cpus, "the old counters carried over, every CPU's");
+    drop(loader);
+
+    // A newer loader's map, 64 counters: refused, left alone.
+    let (pin_dir, stats) = stats_pinned_by_another_version("64");
+    let old_id = bpftool::pinned_map_id(&stats);
+    let pin = pin_dir.to_str().unwrap();
+    let out = std::process::Command::new(bin("nettel-loader"))
+        .args(["run", "--socket", "/nonexistent/loader.sock", "--pin-dir", pin])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a loader started on a larger statistics map: {text}");
+    assert!(text.contains("pinned map `nt_stats`") && text.contains("max_entries 64"), "{text}");
+    assert_eq!(bpftool::pinned_map_id(&stats), old_id, "the larger map is left alone");
+    run(std::process::Command::new(bin("nettel-loader")).args(["cleanup", "--pin-dir", pin]));
+    assert!(!pin_dir.exists(), "pin dir left behind");
 }

@@ -82,15 +82,15 @@ pub async fn drain(
     cfg: DrainConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let Probes { stats, cursor: cursor_map, http_table, runs, .. } = probes;
+    let Probes { stats, cursor: cursor_map, http_table, runs, ring_bytes, .. } = probes;
     let mut ticks = 0u64;
     let mut fd = crate::sys::register_ring_buffer(events).map_err(|source| Error::Io {
         what: "failed to register ring buffer with epoll",
         path: "nt_events".into(),
         source,
     })?;
-    let fill = RingFill::map(fd.get_ref());
     let mut state = State {
+        fill: RingFill::map(fd.get_ref(), *ring_bytes),
         next_seq: cursor.next_sequence.max(1),
         batch: Vec::with_capacity(cfg.max_batch),
         http_totals: Vec::new(),
@@ -109,14 +109,14 @@ pub async fn drain(
             // the tick re-evaluates this condition.
             guard = fd.readable_mut(), if !hub.is_empty() => {
                 let mut guard = guard.map_err(|source| Error::Io { what: "ring buffer poll failed", path: "nt_events".into(), source })?;
-                fill.record(&counters);
+                state.fill.record();
                 drain_ready(guard.get_inner_mut(), &mut state, &hub, &counters, cfg);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 refresh_kernel_counters(stats, &counters);
                 // Also while nobody listens, when the ring fills up.
-                fill.record(&counters);
+                state.fill.record();
                 // Readiness can be missed only in theory; a tick drains anyway.
                 if !hub.is_empty() {
                     drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
@@ -162,24 +162,26 @@ pub async fn drain(
 /// How many bytes wait in the ring: producer minus consumer position, read
 /// from a read-only mapping of the ring's first two pages
 /// ([`crate::sys::MappedWords`]), no syscall. Sampled before each drain and
-/// on every tick; the maximum is the high-water mark
-/// (`Counters::ring_high_water`, proto `RingBufferStatus`). Without the
-/// mapping (mmap refused) the mark stays 0 and a warning says why.
+/// on every tick; the maximum since start is the high-water mark published
+/// with every batch (proto `RingBufferStatus`). Without the mapping (mmap
+/// refused) the mark stays 0 and a warning says why.
 struct RingFill {
     words: Option<crate::sys::MappedWords>,
     /// Index of the producer position: the first word of the second page.
     producer: usize,
+    status: v1::RingBufferStatus,
 }
 
 impl RingFill {
-    fn map(rb: &RingBuf<MapData>) -> Self {
+    fn map(rb: &RingBuf<MapData>, size_bytes: u32) -> Self {
         let page = rustix::param::page_size();
         let words = crate::sys::MappedWords::map(rb.as_fd(), 2 * page)
             .inspect_err(
                 |e| warn!(error = %e, "Cannot map the ring buffer's positions; its high-water mark stays 0."),
             )
             .ok();
-        Self { words, producer: page / 8 }
+        let status = v1::RingBufferStatus { size_bytes: size_bytes.into(), high_water_bytes: 0 };
+        Self { words, producer: page / 8, status }
     }
 
     /// Bytes of records (headers included) produced and not yet consumed.
@@ -190,14 +192,15 @@ impl RingFill {
         Some(producer.wrapping_sub(consumer))
     }
 
-    fn record(&self, counters: &Counters) {
+    fn record(&mut self) {
         if let Some(n) = self.waiting() {
-            counters.ring_high_water.fetch_max(n, Relaxed);
+            self.status.high_water_bytes = self.status.high_water_bytes.max(n);
         }
     }
 }
 
 struct State<'a> {
+    fill: RingFill,
     next_seq: u64,
     batch: Vec<v1::Event>,
     /// HTTP totals for the next publish.
@@ -235,7 +238,7 @@ impl State<'_> {
             http_totals: std::mem::take(&mut self.http_totals),
             http_totals_complete: std::mem::take(&mut self.http_totals_complete),
             program_runs: std::mem::take(&mut self.program_runs),
-            ring: counters.ring(),
+            ring: self.fill.status,
         });
         self.last_publish = Instant::now();
     }
