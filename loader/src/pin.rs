@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, MapError, MapInfo, MapType, PerCpuArray},
+    maps::{MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues},
     sys::SyscallError,
 };
 use nettel_bpf::names;
@@ -47,37 +47,132 @@ pub const DURABLE: [&str; 3] = [names::EVENTS_MAP, names::STATS_MAP, names::CURS
 /// entries (a downgrade) is still refused: its extra counters would be lost.
 pub const GROWABLE: [&str; 1] = [names::STATS_MAP];
 
-/// A durable map that grew ([`GROWABLE`]): the old map, unpinned but held
-/// open here, whose values [`Carried::copy_into`] copies into the new one. If
-/// the loader fails between the unpin and the copy (an object that does not
-/// load), the old counters go with it; the next loader starts them from zero.
+/// The infix of a carry pin, `<map>-carry-<n>`: a durable map that grew is
+/// renamed to one rather than unpinned, so that its values outlive a loader
+/// that stops before copying them (an object that does not load); the next
+/// loader finds it and carries it. `nettel-loader cleanup` removes it with
+/// every other `nt_*` pin. (bpffs refuses names with a dot: EPERM.)
+const CARRY_INFIX: &str = "-carry-";
+
+/// The values of a durable map that grew ([`GROWABLE`]), to copy into its new,
+/// larger map: the maps pinned as `<map>-carry-<n>`, each held open with its
+/// pin. There is more than one after an interrupted upgrade was rolled back
+/// to a loader that does not know carry pins and counted into a map of its
+/// own.
 pub struct Carried {
     pub name: &'static str,
-    old: MapData,
+    sources: Vec<(PathBuf, MapData)>,
 }
 
 impl std::fmt::Debug for Carried {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Carried").field("name", &self.name).finish()
+        let pins: Vec<_> = self.sources.iter().map(|(p, _)| p).collect();
+        f.debug_struct("Carried").field("name", &self.name).field("pins", &pins).finish()
     }
 }
 
 impl Carried {
-    /// Copies every entry of the old map, CPU by CPU, into the same index of
-    /// `new`. Call it once no program writes the old map (its links are
-    /// detached) and before any program writes the new one (before attach),
-    /// so that no increment is lost or overwritten. Returns the entries copied.
+    /// Writes into every index of `new` the sum, CPU by CPU, of that index
+    /// over the carried maps, then removes their pins. Call it once no
+    /// program writes the old maps (their links are detached) and before any
+    /// program writes the new one (before attach), so that no increment is
+    /// lost or overwritten. The values are set, not added: a loader stopped
+    /// between the copy and the unpin leaves a new map holding either nothing
+    /// or these same values, and the next one copies them again. Returns the
+    /// entries copied.
     pub fn copy_into(self, new: &mut aya::maps::Map) -> Result<u32, Error> {
         let map = self.name;
         let err = |source| Error::Map { map, source };
-        let old: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(self.old)).map_err(err)?;
         let mut new: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(new).map_err(err)?;
-        for i in 0..old.len() {
-            new.set(i, old.get(&i, 0).map_err(err)?, 0).map_err(err)?;
+        let mut olds = Vec::with_capacity(self.sources.len());
+        for (path, data) in self.sources {
+            let old: PerCpuArray<MapData, u64> =
+                PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(err)?;
+            olds.push((path, old));
         }
-        Ok(old.len())
+        let len = olds.iter().map(|(_, old)| old.len()).max().unwrap_or(0);
+        for i in 0..len {
+            let mut sum: Option<Vec<u64>> = None;
+            for (_, old) in olds.iter().filter(|(_, old)| i < old.len()) {
+                let values = old.get(&i, 0).map_err(err)?;
+                match &mut sum {
+                    None => sum = Some(values.to_vec()),
+                    Some(sum) => {
+                        sum.iter_mut().zip(values.iter()).for_each(|(s, v)| *s = s.saturating_add(*v))
+                    }
+                }
+            }
+            let values = PerCpuValues::try_from(sum.unwrap_or_default()).map_err(|source| Error::Io {
+                what: "failed to sum carried counters",
+                path: olds[0].0.clone(),
+                source,
+            })?;
+            new.set(i, values, 0).map_err(err)?;
+        }
+        for (path, _) in olds {
+            unpin(path)?;
+        }
+        Ok(len)
     }
+}
+
+/// Gathers what [`Carried`] copies for `spec`, a [`GROWABLE`] map: the carry
+/// pins a stopped loader left (each must be `spec` but for fewer or as many
+/// entries), and the pinned map itself if it has fewer entries than `spec`,
+/// which is renamed to a carry pin (the pin is then missing: the load creates
+/// the larger map). A pinned map that matches stays, one that does not match
+/// in another way is left for [`verify_existing`] to refuse. Nothing is
+/// renamed unless every carry pin is valid. `None`: nothing to carry.
+pub fn carry(dir: &Path, spec: &MapSpec) -> Result<Option<Carried>, Error> {
+    let Some(name) = GROWABLE.iter().copied().find(|g| *g == spec.name) else { return Ok(None) };
+    let open = |path: &Path| MapData::from_pin(path).map_err(|source| Error::Map { map: name, source });
+    let mut sources = Vec::new();
+    let mut next = 0;
+    for (n, path) in carry_pins(dir, name)? {
+        if let Some(Mismatch { reason, grows: false }) = check(&path, spec)? {
+            return Err(Error::PinnedMapMismatch { map: name.to_owned(), path, reason });
+        }
+        next = next.max(n + 1);
+        sources.push((path.clone(), open(&path)?));
+    }
+    if !sources.is_empty() {
+        warn!(map = name, pins = sources.len(), "Found the values of an interrupted upgrade; carrying them.");
+    }
+    let path = dir.join(name);
+    if path.exists() {
+        if let Some(Mismatch { reason, grows: true }) = check(&path, spec)? {
+            // Opened before the rename, so the values stay reachable either way.
+            let old = open(&path)?;
+            let to = dir.join(format!("{name}{CARRY_INFIX}{next}"));
+            warn!(map = name, %reason, carry = %to.display(),
+                "A pinned map has fewer entries than this loader's; carrying its values into a larger one.");
+            fs::rename(&path, &to).map_err(|source| Error::Io {
+                what: "failed to rename pinned map",
+                path,
+                source,
+            })?;
+            sources.push((to, old));
+        }
+    }
+    Ok((!sources.is_empty()).then_some(Carried { name, sources }))
+}
+
+/// The carry pins of `name` in `dir`, `(n, path)` for each `<name>-carry-<n>`.
+/// A name with that prefix and no number is not one of ours: ignored.
+fn carry_pins(dir: &Path, name: &str) -> Result<Vec<(u32, PathBuf)>, Error> {
+    let prefix = format!("{name}{CARRY_INFIX}");
+    let io = |source| Error::Io { what: "failed to list pin dir", path: dir.to_owned(), source };
+    let mut pins = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let file = entry.file_name();
+        let Some(n) = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        pins.push((n, entry.path()));
+    }
+    pins.sort();
+    Ok(pins)
 }
 
 /// Maps that depend on others: when any map of the first list is
@@ -214,41 +309,22 @@ pub fn prepare_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
-/// What [`verify_existing`] found.
-#[derive(Debug, Default)]
-pub struct Verified {
-    /// The maps not pinned now (missing, or just unpinned): the load will
-    /// create them.
-    pub fresh: Vec<String>,
-    /// Durable maps that grew: unpinned, their values to carry into the new
-    /// ones ([`GROWABLE`]).
-    pub carried: Vec<Carried>,
-}
-
 /// Verifies every map of `specs` that is already pinned in `dir`, so that aya
 /// (which reuses a pin by name without checks) reuses only what matches. A
-/// durable map that does not match is an error, unless it only grew
-/// ([`GROWABLE`]); any other is unpinned, to be recreated. A map is also
-/// replaced when one it depends on is new ([`DEPENDENTS`]).
-pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Verified, Error> {
+/// durable map that does not match is an error (one that only grew was moved
+/// aside by [`carry`] before); any other is unpinned, to be recreated. A map
+/// is also replaced when one it depends on is new ([`DEPENDENTS`]). Returns
+/// the maps not pinned now (missing, or just unpinned): the load creates
+/// them.
+pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Vec<String>, Error> {
     let mut fresh = Vec::new();
-    let mut carried = Vec::new();
     for spec in specs {
         let path = dir.join(&spec.name);
         if !path.exists() {
             fresh.push(spec.name.clone());
             continue;
         }
-        let Some(Mismatch { reason, grows }) = check(&path, spec)? else { continue };
-        if let Some(name) = GROWABLE.iter().find(|g| **g == spec.name).filter(|_| grows) {
-            // Opened before the pin goes, so the values stay reachable.
-            let old = MapData::from_pin(&path).map_err(|source| Error::Map { map: name, source })?;
-            warn!(map = name, %reason, "A pinned map has fewer entries than this loader's; carrying its values into a larger one.");
-            unpin(path)?;
-            fresh.push(spec.name.clone());
-            carried.push(Carried { name, old });
-            continue;
-        }
+        let Some(Mismatch { reason, .. }) = check(&path, spec)? else { continue };
         if DURABLE.contains(&spec.name.as_str()) {
             return Err(Error::PinnedMapMismatch { map: spec.name.clone(), path, reason });
         }
@@ -264,7 +340,7 @@ pub fn verify_existing(dir: &Path, specs: &[MapSpec]) -> Result<Verified, Error>
         }
         fresh.push(name.to_owned());
     }
-    Ok(Verified { fresh, carried })
+    Ok(fresh)
 }
 
 /// The maps to replace because a map they depend on is in `fresh` (and they
@@ -442,6 +518,27 @@ mod tests {
             assert!(!m.grows, "{got:?} is not growth");
             assert!(m.reason.contains("expected (type 6, key 4, value 8, max_entries 9"), "{}", m.reason);
         }
+    }
+
+    #[test]
+    fn carry_pins_are_the_numbered_ones_of_the_map_in_numeric_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "nt_stats-carry-10",
+            "nt_stats-carry-0",
+            "nt_stats-carry-2",
+            "nt_stats-carry-x",
+            "nt_stats-carry-",
+            "nt_stats.carryx",
+            "nt_stats",
+            "nt_events-carry-1",
+        ];
+        for n in names {
+            fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let got = carry_pins(dir.path(), names::STATS_MAP).unwrap();
+        let want: Vec<_> = [0, 2, 10].map(|n| (n, dir.path().join(format!("nt_stats-carry-{n}")))).into();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! accumulated. With no aggregator connected, the loader leaves events in the
 //! ring, and what does not fit is counted. An upgrade keeps a pinned ring of
 //! another default size and carries the counters of a statistics map that
-//! grew.
+//! grew, also when the upgrade stopped before copying them.
 
 use std::{os::unix::fs::DirBuilderExt, path::Path, time::Duration};
 
@@ -162,29 +162,69 @@ fn a_restarted_loader_adopts_the_pinned_probes_and_delivers_what_the_kernel_prod
     assert!(!pin_dir.exists(), "pin dir left behind");
 }
 
+/// A fresh private pin dir named after `case`.
+fn empty_pin_dir(case: &str) -> std::path::PathBuf {
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-{case}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&pin_dir).unwrap();
+    pin_dir
+}
+
+/// Pins at `path` a statistics map as another loader version could have
+/// left it: `entries` counters, `reserve_failures` counted on every CPU.
+fn pin_stats(path: &Path, entries: &str, reserve_failures: &str) {
+    let bpftool = |args: &[&str]| run(std::process::Command::new("bpftool").args(args));
+    let file = path.to_str().unwrap();
+    bpftool(
+        &["map", "create", file, "type", "percpu_array", "key", "4", "value", "8", "entries", entries]
+            .into_iter()
+            .chain(["name", "nt_stats"])
+            .collect::<Vec<_>>(),
+    );
+    bpftool(
+        &["map", "update", "pinned", file, "key", "1", "0", "0", "0", "value", reserve_failures]
+            .into_iter()
+            .chain(["0", "0", "0", "0", "0", "0", "0"])
+            .collect::<Vec<_>>(),
+    );
+}
+
 /// A pin dir holding only what another loader version could have left: a
 /// statistics map with `entries` counters, 7 reserve failures counted on every
 /// CPU. Returns the pin dir and the map's pin.
 fn stats_pinned_by_another_version(entries: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let pin_dir =
-        std::path::PathBuf::from(format!("/sys/fs/bpf/nettel-test-{}-stats{entries}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&pin_dir);
-    std::fs::DirBuilder::new().mode(0o700).create(&pin_dir).unwrap();
+    let pin_dir = empty_pin_dir(&format!("stats{entries}"));
     let stats = pin_dir.join("nt_stats");
-    let bpftool = |args: &[&str]| run(std::process::Command::new("bpftool").args(args));
-    bpftool(
-        &["map", "create", stats.to_str().unwrap(), "type", "percpu_array", "key", "4", "value", "8"]
-            .into_iter()
-            .chain(["entries", entries, "name", "nt_stats"])
-            .collect::<Vec<_>>(),
-    );
-    bpftool(
-        &["map", "update", "pinned", stats.to_str().unwrap(), "key", "1", "0", "0", "0"]
-            .into_iter()
-            .chain(["value", "7", "0", "0", "0", "0", "0", "0", "0"])
-            .collect::<Vec<_>>(),
-    );
+    pin_stats(&stats, entries, "7");
     (pin_dir, stats)
+}
+
+/// The `nt_stats-carry-*` pins in `pin_dir`.
+fn carry_pins(pin_dir: &Path) -> Vec<String> {
+    let names = std::fs::read_dir(pin_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap());
+    let mut pins: Vec<String> = names.filter(|n| n.starts_with("nt_stats-carry-")).collect();
+    pins.sort();
+    pins
+}
+
+/// `nettel-loader run` on `pin_dir`, expected to fail: its stderr.
+fn failed_run(pin_dir: &Path) -> String {
+    let out = std::process::Command::new(bin("nettel-loader"))
+        .args(["run", "--socket", "/nonexistent/loader.sock", "--pin-dir", pin_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the loader started: {text}");
+    text
+}
+
+fn cleanup(pin_dir: &Path) {
+    run(std::process::Command::new(bin("nettel-loader")).args([
+        "cleanup",
+        "--pin-dir",
+        pin_dir.to_str().unwrap(),
+    ]));
+    assert!(!pin_dir.exists(), "pin dir left behind");
 }
 
 #[test]
@@ -204,20 +244,69 @@ fn an_upgrade_carries_the_counters_of_a_smaller_pinned_stats_map_and_a_downgrade
     assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
     let counters = loader.status().counters.unwrap();
     assert_eq!(counters.kernel_reserve_failures, 7 * cpus, "the old counters carried over, every CPU's");
+    assert!(carry_pins(&pin_dir).is_empty(), "carry pins left: {:?}", carry_pins(&pin_dir));
     drop(loader);
 
     // A newer loader's map, 64 counters: refused, left alone.
     let (pin_dir, stats) = stats_pinned_by_another_version("64");
     let old_id = bpftool::pinned_map_id(&stats);
-    let pin = pin_dir.to_str().unwrap();
-    let out = std::process::Command::new(bin("nettel-loader"))
-        .args(["run", "--socket", "/nonexistent/loader.sock", "--pin-dir", pin])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a loader started on a larger statistics map: {text}");
+    let text = failed_run(&pin_dir);
     assert!(text.contains("pinned map `nt_stats`") && text.contains("max_entries 64"), "{text}");
     assert_eq!(bpftool::pinned_map_id(&stats), old_id, "the larger map is left alone");
-    run(std::process::Command::new(bin("nettel-loader")).args(["cleanup", "--pin-dir", pin]));
-    assert!(!pin_dir.exists(), "pin dir left behind");
+    assert!(carry_pins(&pin_dir).is_empty(), "a refused map is not moved: {:?}", carry_pins(&pin_dir));
+    cleanup(&pin_dir);
+}
+
+#[test]
+fn an_upgrade_that_stops_before_carrying_the_counters_leaves_them_for_the_next_loader() {
+    if !require_kernel("an_upgrade_that_stops_before_carrying_the_counters_leaves_them_for_the_next_loader") {
+        return;
+    }
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
+
+    // The upgrade stops after the old map is moved aside and before the
+    // objects load: here a directory where the HTTP connections map is
+    // pinned, which the loader cannot replace (in the field: an object the
+    // kernel refuses).
+    let (pin_dir, stats) = stats_pinned_by_another_version("2");
+    let old_id = bpftool::pinned_map_id(&stats);
+    let blocker = pin_dir.join("nt_http_conns");
+    std::fs::DirBuilder::new().mode(0o700).create(&blocker).unwrap();
+    let text = failed_run(&pin_dir);
+    assert!(text.contains("nt_http_conns"), "{text}");
+    assert_eq!(carry_pins(&pin_dir), ["nt_stats-carry-0"], "the old map is kept pinned aside");
+    assert_eq!(bpftool::pinned_map_id(&pin_dir.join("nt_stats-carry-0")), old_id);
+    assert!(!stats.exists(), "no statistics map of the failed loader");
+
+    // The next loader carries them.
+    std::fs::remove_dir(&blocker).unwrap();
+    let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
+    assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
+    let counters = loader.status().counters.unwrap();
+    assert_eq!(counters.kernel_reserve_failures, 7 * cpus, "the counters of the interrupted upgrade");
+    assert!(carry_pins(&pin_dir).is_empty(), "carry pins left: {:?}", carry_pins(&pin_dir));
+    drop(loader);
+
+    // After the interrupted upgrade, a rollback to a loader that knows no
+    // carry pins counted 5 per CPU into a map of its own: both are carried,
+    // summed.
+    let pin_dir = empty_pin_dir("carry-rollback");
+    pin_stats(&pin_dir.join("nt_stats-carry-0"), "2", "7");
+    pin_stats(&pin_dir.join("nt_stats"), "2", "5");
+    let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
+    let counters = loader.status().counters.unwrap();
+    assert_eq!(counters.kernel_reserve_failures, 12 * cpus, "both maps' counters");
+    assert!(carry_pins(&pin_dir).is_empty(), "carry pins left: {:?}", carry_pins(&pin_dir));
+    drop(loader);
+
+    // A carry pin larger than this loader's map (left by a newer loader's
+    // interrupted upgrade) is refused, and nothing is moved.
+    let pin_dir = empty_pin_dir("carry-larger");
+    pin_stats(&pin_dir.join("nt_stats-carry-0"), "64", "7");
+    pin_stats(&pin_dir.join("nt_stats"), "2", "5");
+    let text = failed_run(&pin_dir);
+    assert!(text.contains("nt_stats-carry-0") && text.contains("max_entries 64"), "{text}");
+    assert_eq!(carry_pins(&pin_dir), ["nt_stats-carry-0"]);
+    assert_eq!(bpftool::pinned_map_max_entries(&pin_dir.join("nt_stats")), 2, "the pinned map stays");
+    cleanup(&pin_dir);
 }

@@ -189,18 +189,26 @@ pub fn load(
     pin::prepare_dir(pin_dir)?;
     let sizes = sizes.resolve(pin_dir);
     let links = link::prepare_dir(pin_dir)?;
+    let objects = pin::object_pins(&OBJECTS, sizes)?;
+    // Durable maps that grew are moved aside first (their pins then missing),
+    // with what an interrupted upgrade left; every object declares them alike.
+    let mut carried = Vec::new();
+    for name in pin::GROWABLE {
+        let spec = objects.iter().flat_map(|o| &o.maps).find(|m| m.name == name);
+        if let Some(c) = spec.map(|spec| pin::carry(pin_dir, spec)).transpose()?.flatten() {
+            carried.push(c);
+        }
+    }
     // Before anything is loaded: the links of an object whose maps must be
     // (re)created go first, so every pinned link uses the pinned maps.
     // Grown durable maps are read only after every link of the old programs
     // is gone (an object sharing the map finds it missing and purges too).
-    let mut carried = Vec::new();
-    for obj in pin::object_pins(&OBJECTS, sizes)? {
-        let verified = pin::verify_existing(pin_dir, &obj.maps)?;
-        carried.extend(verified.carried);
-        if !verified.fresh.is_empty() {
+    for obj in &objects {
+        let fresh = pin::verify_existing(pin_dir, &obj.maps)?;
+        if !fresh.is_empty() {
             let removed = link::purge(&links, &obj.programs)?;
             if !removed.is_empty() {
-                warn!(object = obj.object, maps = ?verified.fresh, links = ?removed,
+                warn!(object = obj.object, maps = ?fresh, links = ?removed,
                     "Pinned maps are missing or replaced; detached the links that used the old ones.");
             }
         }
