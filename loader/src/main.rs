@@ -104,7 +104,7 @@ fn mount_missing(report: &preflight::Report, pin_dir: &Path) -> Result<(), Error
 struct Prepared {
     cfg: RunConfig,
     probes: probe::Probes,
-    events: aya::maps::RingBuf<aya::maps::MapData>,
+    events: nettel_loader::sys::RingReader,
     listener: std::os::unix::net::UnixListener,
     /// The TLS attacher thread (`--tls on`) and what it publishes.
     tls: (Option<tls::Attacher>, Arc<tls::Shared>),

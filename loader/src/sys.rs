@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Thin, safe wrappers over the system facts the loader needs: capabilities,
-//! filesystem magic numbers, mounts, the kernel release and mapped BPF maps.
+//! filesystem magic numbers, mounts, the kernel release and mapped BPF maps
+//! (the ring buffer's reader, [`RingReader`]).
 //! Everything goes through `rustix` or `/proc`; the loader's only `unsafe`
 //! is here, each block with its justification.
 
 use std::{fs, io, path::Path};
+
+mod ring;
+pub use ring::RingReader;
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -78,12 +82,10 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32, u32)> {
 }
 
 /// Registers the ring buffer with tokio's reactor for read readiness.
-pub fn register_ring_buffer(
-    rb: aya::maps::RingBuf<aya::maps::MapData>,
-) -> io::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
-    // SAFETY: `RingBuf<MapData>` owns its map fd (through `MapData`) and never
+pub fn register_ring_buffer(rb: RingReader) -> io::Result<tokio::io::unix::AsyncFd<RingReader>> {
+    // SAFETY: `RingReader` owns its map fd (through `MapData`) and never
     // replaces it, so the fd stays open and identical for as long as the
-    // `AsyncFd` owns the ring buffer, which is what `register_with_interest`
+    // `AsyncFd` owns the reader, which is what `register_with_interest`
     // requires.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
@@ -108,9 +110,8 @@ unsafe impl Send for MappedWords {}
 unsafe impl Sync for MappedWords {}
 
 impl MappedWords {
-    /// Maps the first `bytes` bytes (a multiple of 8) of the map `fd`: a
-    /// `BPF_F_MMAPABLE` array's values, or a ring buffer's consumer page and
-    /// then its producer page.
+    /// Maps the first `bytes` bytes (a multiple of 8) of the
+    /// `BPF_F_MMAPABLE` array map `fd`: its values.
     pub fn map(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<Self> {
         use rustix::mm::{MapFlags, ProtFlags};
         if bytes == 0 || !bytes.is_multiple_of(8) {
@@ -123,10 +124,8 @@ impl MappedWords {
         // SAFETY: a fresh mapping at an address the kernel picks cannot
         // alias any Rust object. The kernel maps a BPF_F_MMAPABLE array's
         // values from offset 0, page-aligned, `round_up(value_size, 8)` bytes
-        // apart, and a ring buffer's consumer page, producer page and data
-        // pages from offset 0 (read-only past the first page), and refuses a
-        // length beyond them (EINVAL): on success all `len` bytes are
-        // readable until `munmap` in `Drop`.
+        // apart, and refuses a length beyond them (EINVAL): on success all
+        // `len` bytes are readable until `munmap` in `Drop`.
         let ptr =
             unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::SHARED, fd, 0) }?;
         let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
@@ -138,10 +137,9 @@ impl MappedWords {
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
         // SAFETY: `ptr` is page-aligned (so aligned for AtomicU64) and the
         // first `words * 8 <= len` bytes are mapped readable for `self`'s
-        // lifetime. Other writers (BPF programs, and aya's ring consumer
-        // through its own mapping, with atomic stores) are not Rust borrows,
-        // and this mapping is only loaded, so treating the words as atomics
-        // is sound.
+        // lifetime. Other writers (BPF programs) are not Rust borrows, and
+        // this mapping is only loaded, so treating the words as atomics is
+        // sound.
         // Atomic loads from read-only memory are allowed for sizes up to 8
         // bytes on the targets the loader supports (std::sync::atomic docs).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.words) }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray},
     programs::{links::FdLink, BtfTracePoint},
     Btf, Ebpf,
 };
@@ -182,7 +182,7 @@ pub fn load(
     bench_tgid: Option<u32>,
     http_hook: HttpHook,
     tls: bool,
-) -> Result<(Probes, RingBuf<MapData>), Error> {
+) -> Result<(Probes, crate::sys::RingReader), Error> {
     if nettel_bpf::TCP_RETRANSMIT_OBJ.is_empty() {
         return Err(Error::StubObject);
     }
@@ -279,8 +279,16 @@ pub fn load(
     let running: Vec<&str> = attached.iter().map(|a| a.name).collect();
     link::remove_stale(&links, &running)?;
 
-    let events = take_map(&mut tcp, names::EVENTS_MAP)?;
-    let events = RingBuf::try_from(events).map_err(|source| Error::Map { map: names::EVENTS_MAP, source })?;
+    let ring_bytes = sizes.ring_bytes();
+    let aya::maps::Map::RingBuf(events) = take_map(&mut tcp, names::EVENTS_MAP)? else {
+        let source = aya::maps::MapError::IoError(std::io::Error::other("not a ring buffer"));
+        return Err(Error::Map { map: names::EVENTS_MAP, source });
+    };
+    let events = crate::sys::RingReader::new(events, ring_bytes).map_err(|source| Error::Io {
+        what: "failed to map the ring buffer",
+        path: pin_dir.join(names::EVENTS_MAP),
+        source,
+    })?;
     let stats = take_map(&mut tcp, names::STATS_MAP)?;
     let stats =
         PerCpuArray::try_from(stats).map_err(|source| Error::Map { map: names::STATS_MAP, source })?;
@@ -294,7 +302,6 @@ pub fn load(
             runs.add(a.name, Arc::clone(fd));
         }
     }
-    let ring_bytes = sizes.ring_bytes();
     Ok((Probes { stats, cursor, http, http_table, attached, pinned, runs, ring_bytes }, events))
 }
 

@@ -12,6 +12,10 @@
 //! restart, and what does not fit is counted by the probes as reserve
 //! failures, reported to the next subscriber.
 //!
+//! The ring is read through [`RingReader`], which frees records in the ring
+//! per published batch rather than per record: the consumer position, which
+//! the probes read on every reserve, changes once per batch.
+//!
 //! The cursor (`nt_cursor`, pinned) is written at every publish: the next
 //! sequence number and the reserve-failure total already reported. A
 //! restarted loader continues both, so sequence numbers stay continuous across
@@ -19,15 +23,11 @@
 //! with a batch in flight) shows up as a sequence gap at the aggregator.
 
 use std::{
-    os::fd::AsFd,
-    sync::{
-        atomic::Ordering::{Acquire, Relaxed},
-        Arc,
-    },
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 use nettel_bpf::{abi, decode, DecodeError};
 use nettel_proto::v1;
 use tracing::warn;
@@ -36,6 +36,7 @@ use crate::{
     counters::{self, Counters},
     hub::{Batch, Hub},
     probe::Probes,
+    sys::RingReader,
     Error,
 };
 
@@ -76,7 +77,7 @@ pub fn resume(probes: &Probes, counters: &Counters) -> abi::nt_cursor {
 pub async fn drain(
     probes: &mut Probes,
     cursor: abi::nt_cursor,
-    events: RingBuf<MapData>,
+    events: RingReader,
     hub: Arc<Hub>,
     counters: Arc<Counters>,
     cfg: DrainConfig,
@@ -90,7 +91,7 @@ pub async fn drain(
         source,
     })?;
     let mut state = State {
-        fill: RingFill::map(fd.get_ref(), *ring_bytes),
+        fill: RingFill::new(*ring_bytes),
         next_seq: cursor.next_sequence.max(1),
         batch: Vec::with_capacity(cfg.max_batch),
         http_totals: Vec::new(),
@@ -109,14 +110,14 @@ pub async fn drain(
             // the tick re-evaluates this condition.
             guard = fd.readable_mut(), if !hub.is_empty() => {
                 let mut guard = guard.map_err(|source| Error::Io { what: "ring buffer poll failed", path: "nt_events".into(), source })?;
-                state.fill.record();
+                state.fill.record(guard.get_inner());
                 drain_ready(guard.get_inner_mut(), &mut state, &hub, &counters, cfg);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 refresh_kernel_counters(stats, &counters);
                 // Also while nobody listens, when the ring fills up.
-                state.fill.record();
+                state.fill.record(fd.get_ref());
                 // Readiness can be missed only in theory; a tick drains anyway.
                 if !hub.is_empty() {
                     drain_ready(fd.get_mut(), &mut state, &hub, &counters, cfg);
@@ -159,43 +160,21 @@ pub async fn drain(
     }
 }
 
-/// How many bytes wait in the ring: producer minus consumer position, read
-/// from a read-only mapping of the ring's first two pages
-/// ([`crate::sys::MappedWords`]), no syscall. Sampled before each drain and
-/// on every tick; the maximum since start is the high-water mark published
-/// with every batch (proto `RingBufferStatus`). Without the mapping (mmap
-/// refused) the mark stays 0 and a warning says why.
+/// The ring's fill: the most bytes found waiting in it (produced, not yet
+/// released: [`RingReader::waiting`], read from the ring's mapping, no
+/// syscall), sampled before each drain and on every tick. Published with
+/// every batch (proto `RingBufferStatus`).
 struct RingFill {
-    words: Option<crate::sys::MappedWords>,
-    /// Index of the producer position: the first word of the second page.
-    producer: usize,
     status: v1::RingBufferStatus,
 }
 
 impl RingFill {
-    fn map(rb: &RingBuf<MapData>, size_bytes: u32) -> Self {
-        let page = rustix::param::page_size();
-        let words = crate::sys::MappedWords::map(rb.as_fd(), 2 * page)
-            .inspect_err(
-                |e| warn!(error = %e, "Cannot map the ring buffer's positions; its high-water mark stays 0."),
-            )
-            .ok();
-        let status = v1::RingBufferStatus { size_bytes: size_bytes.into(), high_water_bytes: 0 };
-        Self { words, producer: page / 8, status }
+    fn new(size_bytes: u32) -> Self {
+        Self { status: v1::RingBufferStatus { size_bytes: size_bytes.into(), high_water_bytes: 0 } }
     }
 
-    /// Bytes of records (headers included) produced and not yet consumed.
-    fn waiting(&self) -> Option<u64> {
-        let w = self.words.as_ref()?.words();
-        let consumer = w[0].load(Acquire);
-        let producer = w[self.producer].load(Acquire);
-        Some(producer.wrapping_sub(consumer))
-    }
-
-    fn record(&mut self) {
-        if let Some(n) = self.waiting() {
-            self.status.high_water_bytes = self.status.high_water_bytes.max(n);
-        }
+    fn record(&mut self, rb: &RingReader) {
+        self.status.high_water_bytes = self.status.high_water_bytes.max(rb.waiting());
     }
 }
 
@@ -219,6 +198,24 @@ struct State<'a> {
 impl State<'_> {
     /// Publishes the pending batch (a heartbeat if empty) and saves the cursor.
     fn publish(&mut self, hub: &Hub, counters: &Counters) {
+        let batch = self.seal(hub, counters);
+        hub.publish(batch);
+    }
+
+    /// Publishes the batch of records read from `rb`, and frees them in the
+    /// ring in between: after the cursor holds their sequence numbers and
+    /// before subscribers can see them. A loader that stops earlier leaves
+    /// them in the ring for the next one; one that stops later shows them
+    /// as a sequence gap.
+    fn publish_read(&mut self, rb: &mut RingReader, hub: &Hub, counters: &Counters) {
+        let batch = self.seal(hub, counters);
+        rb.release();
+        hub.publish(batch);
+    }
+
+    /// The pending batch (a heartbeat if empty) with its sequence numbers
+    /// taken and the cursor saved: ready to offer.
+    fn seal(&mut self, hub: &Hub, counters: &Counters) -> Batch {
         let events = std::mem::take(&mut self.batch);
         let first_sequence = self.next_seq;
         self.next_seq += events.len() as u64;
@@ -228,7 +225,8 @@ impl State<'_> {
         // be saved before the batch is offered).
         let reported = if hub.is_empty() { 0 } else { kernel_reserve_failures_total };
         self.save_cursor(counters, reported);
-        hub.publish(Batch {
+        self.last_publish = Instant::now();
+        Batch {
             first_sequence,
             events,
             kernel_reserve_failures_total,
@@ -239,8 +237,7 @@ impl State<'_> {
             http_totals_complete: std::mem::take(&mut self.http_totals_complete),
             program_runs: std::mem::take(&mut self.program_runs),
             ring: self.fill.status,
-        });
-        self.last_publish = Instant::now();
+        }
     }
 
     /// Writes the cursor when it changed: one map update per published batch.
@@ -268,13 +265,7 @@ impl State<'_> {
     }
 }
 
-fn drain_ready(
-    rb: &mut RingBuf<MapData>,
-    state: &mut State,
-    hub: &Hub,
-    counters: &Counters,
-    cfg: DrainConfig,
-) {
+fn drain_ready(rb: &mut RingReader, state: &mut State, hub: &Hub, counters: &Counters, cfg: DrainConfig) {
     let mut read = 0u64;
     // Read only while someone listens: the subscriber may leave mid-drain
     // (or before a readiness wakeup armed while it was there), and records
@@ -283,19 +274,29 @@ fn drain_ready(
         if state.batch.is_empty() && hub.is_empty() {
             break;
         }
-        let Some(item) = rb.next() else { break };
+        let Some(record) = rb.read() else { break };
         read += 1;
-        let _ = ingest(&item, &mut state.batch, counters);
-        drop(item);
+        let _ = ingest(record, &mut state.batch, counters);
         if state.batch.len() >= cfg.max_batch {
-            state.publish(hub, counters);
+            state.publish_read(rb, hub, counters);
         }
+    }
+    let corrupt = rb.take_corrupt();
+    if corrupt > 0 {
+        let n = counters.decode_errors.fetch_add(corrupt, Relaxed) + corrupt;
+        warn!(
+            total = n,
+            "A ring-buffer record had an impossible length; skipped everything produced up to it."
+        );
     }
     if read > 0 {
         counters.records_read.fetch_add(read, Relaxed);
-        if !state.batch.is_empty() {
-            state.publish(hub, counters);
-        }
+    }
+    if state.batch.is_empty() {
+        // Records that did not decode, and discarded ones.
+        rb.release();
+    } else {
+        state.publish_read(rb, hub, counters);
     }
 }
 
