@@ -34,7 +34,7 @@ fn main() {
     );
     let flag = nettel_integration::flag;
     let rates: Vec<u64> = flag("--rates")
-        .unwrap_or_else(|| "250000,500000,1000000,1500000,2000000,0".into())
+        .unwrap_or_else(|| "250000,500000,1000000,1500000,2000000,2500000,0".into())
         .split(',')
         .map(|r| r.parse().expect("--rates: comma-separated events/s, 0 = unpaced"))
         .collect();
