@@ -6,7 +6,9 @@
 //! accumulated. With no aggregator connected, the loader leaves events in the
 //! ring, and what does not fit is counted. An upgrade keeps a pinned ring of
 //! another default size and carries the counters of a statistics map that
-//! grew, also when the upgrade stopped before copying them.
+//! grew, also when the upgrade stopped before copying them. Records leave
+//! the ring only when a reader releases them, and across kill -9 under load
+//! every event is received or reported lost.
 
 use std::{os::unix::fs::DirBuilderExt, path::Path, time::Duration};
 
@@ -223,6 +225,58 @@ fn a_loader_killed_under_load_loses_nothing_silently() {
     );
     assert!(parts[0] > 0, "{parts:?} of {produced}");
     assert_eq!(sum(&agg.scrape(), "nettel_loader_restarts_total", &[]), 3);
+}
+
+#[test]
+fn records_read_but_not_released_stay_in_the_ring_for_the_next_reader() {
+    if !require_kernel("records_read_but_not_released_stay_in_the_ring_for_the_next_reader") {
+        return;
+    }
+    let mut gen = Generator::start();
+    let tgid = gen.tgid();
+    let args = ["--bench-tgid", tgid.as_str()];
+    // No aggregator: the loader leaves the events in the ring. Then it goes,
+    // and the probes keep producing into the pinned ring.
+    let loader = Loader::start(NOBODY, &[NOBODY], &args);
+    let (pin_dir, socket) = loader.exit(Signal::KILL);
+    let produced = gen.run(2000, 1.0);
+    let ring_path = pin_dir.join("nt_events");
+    let size = u32::try_from(bpftool::pinned_map_max_entries(&ring_path)).unwrap();
+    let open = || {
+        let map = aya::maps::MapData::from_pin(&ring_path).expect("the pinned ring");
+        nettel_loader::sys::RingReader::new(map, size).expect("map the ring")
+    };
+    let waiting = open().waiting();
+    assert!(waiting >= produced * 80, "{waiting} bytes waiting for {produced} events of 80 bytes");
+
+    // A reader that stops in the middle of a batch (a loader killed before
+    // publishing it): what it read is still there.
+    let mut reader = open();
+    for i in 0..100 {
+        assert!(reader.read().is_some(), "record {i} of {produced}");
+    }
+    drop(reader);
+    assert_eq!(open().waiting(), waiting, "records read but not released are not freed");
+
+    // One that releases what it read frees exactly that.
+    let mut reader = open();
+    let mut freed_synthetic = 0;
+    let mut freed_bytes = 0;
+    for _ in 0..10 {
+        let record = reader.read().expect("a record");
+        freed_bytes += (record.len() as u64 + 8).next_multiple_of(8);
+        freed_synthetic +=
+            u64::from(matches!(nettel_bpf::decode(record), Ok(nettel_bpf::Record::Synthetic(_))));
+    }
+    reader.release();
+    drop(reader);
+    assert_eq!(open().waiting(), waiting - freed_bytes);
+
+    // The next loader delivers everything left, the 100 records included.
+    let loader = Loader::restart(&pin_dir, &socket, NOBODY, &[NOBODY], &args);
+    let mut agg = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
+    agg.wait_connected();
+    expect_received(&agg, produced - freed_synthetic);
 }
 
 /// A fresh private pin dir named after `case`.

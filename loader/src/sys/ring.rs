@@ -107,6 +107,15 @@ impl RingReader {
         if !bytes.is_power_of_two() || bytes < page {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("ring buffer size {size}")));
         }
+        // The mask and the mapping's length come from `size`: it must be the
+        // map's own.
+        let actual = map.info().map_err(io::Error::other)?.max_entries();
+        if actual != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the ring buffer has {actual} bytes, not {size}"),
+            ));
+        }
         let fd = map.fd().as_fd();
         // SAFETY: fresh mappings at addresses the kernel picks alias no Rust
         // object. The kernel maps a ring buffer's consumer page at offset 0
