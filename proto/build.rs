@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::SliceCodec")
+        // `bytes` fields as `Bytes`: decoded from a message held as `Bytes`
+        // (src/codec.rs), an address is a slice of it, not two allocations.
+        .bytes(".")
         .compile_protos(&["nettel/telemetry/v1/telemetry.proto"], &["."])?;
     Ok(())
 }

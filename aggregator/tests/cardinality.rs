@@ -45,7 +45,7 @@ fn retransmit(pod: u32, port: u32) -> v1::Event {
     v1::Event {
         timestamp_boot_ns: 1,
         kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-            remote_addr: pod_ip(pod).octets().to_vec(),
+            remote_addr: pod_ip(pod).octets().to_vec().into(),
             remote_port: port,
             kind: v1::RetransmitKind::Data as i32,
             segments: 1,
@@ -58,11 +58,11 @@ fn http(pod: u32, method: v1::HttpMethod, status: u32) -> v1::Event {
     v1::Event {
         timestamp_boot_ns: 1,
         kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
-            local_addr: pod_ip(pod).octets().to_vec(),
+            local_addr: pod_ip(pod).octets().to_vec().into(),
             method: method as i32,
             status,
             duration_ns: 3_000_000,
-            trace_id: pod.to_be_bytes().repeat(4),
+            trace_id: pod.to_be_bytes().repeat(4).into(),
             ..Default::default()
         })),
     }

@@ -63,7 +63,7 @@ fn message(schema_version: u32, first: u64, n: usize) -> v1::StreamEventsRespons
     let ev = v1::Event {
         timestamp_boot_ns: 1,
         kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-            remote_addr: vec![10, 0, 0, 1],
+            remote_addr: vec![10, 0, 0, 1].into(),
             remote_port: 80,
             kind: v1::RetransmitKind::Data as i32,
             segments: 1,

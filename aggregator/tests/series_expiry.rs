@@ -24,7 +24,7 @@ fn retransmit(port: u32) -> v1::Event {
     v1::Event {
         timestamp_boot_ns: 1,
         kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-            remote_addr: vec![10, 0, 0, 1],
+            remote_addr: vec![10, 0, 0, 1].into(),
             remote_port: port,
             kind: v1::RetransmitKind::Data as i32,
             segments: 1,

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Microbenchmark of the stream codec (`src/codec.rs`) against prost through
 //! buffers shaped like tonic's: ns per event to encode and decode a
-//! 256-event stream message (the loader's largest batch).
+//! 256-event stream message (the loader's default batch), of synthetic events
+//! (what `nettel-bench` sends) and of TCP retransmit events (two `bytes`
+//! fields each).
 //!
 //! `cargo run --release -p nettel-proto --example codec`
 //!
@@ -55,15 +57,36 @@ impl Buf for TonicLikeDecode<'_> {
         self.buf.advance(cnt);
         self.len -= cnt;
     }
+    fn copy_to_bytes(&mut self, len: usize) -> prost::bytes::Bytes {
+        assert!(len <= self.len);
+        self.len -= len;
+        self.buf.copy_to_bytes(len)
+    }
 }
 
 fn main() {
+    let synthetic = v1::event::Kind::Synthetic(v1::Synthetic { sequence: 123_456 });
+    let retransmit = v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
+        local_addr: vec![10, 0, 0, 1].into(),
+        remote_addr: vec![10, 0, 0, 2].into(),
+        local_port: 43_210,
+        remote_port: 8080,
+        kind: v1::RetransmitKind::Data as i32,
+        tcp_state: 1,
+        error: 0,
+        netns_cookie: 4096,
+        segments: 1,
+    });
+    for (name, kind) in [("synthetic (the pipeline benchmark's)", synthetic), ("TCP retransmit", retransmit)]
+    {
+        run(name, kind);
+    }
+}
+
+fn run(name: &str, kind: v1::event::Kind) {
     const ROUNDS: u32 = 20_000;
     const EVENTS: usize = 256;
-    let event = v1::Event {
-        timestamp_boot_ns: 123_456_789_012_345,
-        kind: Some(v1::event::Kind::Synthetic(v1::Synthetic { sequence: 123_456 })),
-    };
+    let event = v1::Event { timestamp_boot_ns: 123_456_789_012_345, kind: Some(kind) };
     let msg = v1::StreamEventsResponse {
         first_event_sequence: 99_999_999,
         events: vec![event; EVENTS],
@@ -71,7 +94,7 @@ fn main() {
     };
     let bytes = msg.encode_to_vec();
     let per_event = |start: Instant| start.elapsed().as_nanos() as f64 / f64::from(ROUNDS) / EVENTS as f64;
-    println!("{EVENTS} events, {} bytes per message; ns per event:", bytes.len());
+    println!("\n{name} events, {EVENTS} per message, {} bytes; ns per event:\n", bytes.len());
     println!("| pass | encode, prost | encode, codec | decode, prost | decode, codec |");
     println!("|---|---|---|---|---|");
     let mut out = BytesMut::with_capacity(1 << 20);

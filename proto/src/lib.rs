@@ -8,6 +8,9 @@
 
 pub mod codec;
 
+/// The type of the messages' `bytes` fields (addresses, trace ids).
+pub use prost::bytes::Bytes;
+
 /// `nettel.telemetry.v1`.
 pub mod v1 {
     #![allow(

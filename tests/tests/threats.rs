@@ -137,7 +137,7 @@ fn http_events(raw: &[u8], server: ([u8; 4], u32)) -> Vec<v1::HttpRequest> {
             Some(v1::event::Kind::HttpRequest(h)) => Some(h),
             _ => None,
         })
-        .filter(|h| h.local_addr == server.0 && h.local_port == server.1)
+        .filter(|h| h.local_addr[..] == server.0 && h.local_port == server.1)
         .collect()
 }
 

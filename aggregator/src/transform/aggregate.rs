@@ -364,7 +364,7 @@ impl Aggregator {
         if !(100..=599).contains(&h.status) {
             return self.decode_error("bad_http_status");
         }
-        let exemplar = match <&[u8; 16]>::try_from(h.trace_id.as_slice()) {
+        let exemplar = match <&[u8; 16]>::try_from(&h.trace_id[..]) {
             Ok(id) => Some(id),
             Err(_) if h.trace_id.is_empty() => None,
             // Counted, and the request still is, without an exemplar.
@@ -553,7 +553,7 @@ mod tests {
         v1::Event {
             timestamp_boot_ns: 1,
             kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-                remote_addr: addr.to_vec(),
+                remote_addr: addr.to_vec().into(),
                 remote_port: port,
                 kind: kind as i32,
                 error,
@@ -626,11 +626,11 @@ mod tests {
         let req = |status, method, trace_id: &[u8], local: &[u8]| v1::Event {
             timestamp_boot_ns: 1,
             kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
-                local_addr: local.to_vec(),
+                local_addr: local.to_vec().into(),
                 method,
                 status,
                 duration_ns: 1_000_000,
-                trace_id: trace_id.to_vec(),
+                trace_id: trace_id.to_vec().into(),
                 ..Default::default()
             })),
         };
@@ -657,7 +657,7 @@ mod tests {
         let bounds: Vec<u64> = HTTP_BUCKETS.iter().map(|le| (le * 1e9).round() as u64).collect();
         let totals = |cgroup_id: u64, n: u64| v1::HttpTotals {
             cgroup_id,
-            local_addr: vec![10, 0, 0, 1],
+            local_addr: vec![10, 0, 0, 1].into(),
             method: v1::HttpMethod::Get as i32,
             status: 200,
             tls: false,
@@ -712,7 +712,7 @@ mod tests {
         let bounds: Vec<u64> = HTTP_BUCKETS.iter().map(|le| (le * 1e9).round() as u64).collect();
         let totals = |status: u32, tls: bool, counts: [u64; 14], sum_ns: u64| v1::HttpTotals {
             cgroup_id: 1,
-            local_addr: vec![10, 0, 0, 1],
+            local_addr: vec![10, 0, 0, 1].into(),
             method: v1::HttpMethod::Get as i32,
             status,
             tls,
@@ -741,12 +741,12 @@ mod tests {
         a.apply(&v1::Event {
             timestamp_boot_ns: 1,
             kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
-                local_addr: vec![10, 0, 0, 1],
+                local_addr: vec![10, 0, 0, 1].into(),
                 cgroup_id: 1,
                 method: v1::HttpMethod::Get as i32,
                 status: 200,
                 duration_ns: 80_000_000,
-                trace_id: vec![0xcd; 16],
+                trace_id: vec![0xcd; 16].into(),
                 exemplar_only: true,
                 ..Default::default()
             })),

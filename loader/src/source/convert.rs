@@ -2,12 +2,12 @@
 //! Ring-buffer records (the kernel ABI) to proto events (the public contract).
 
 use nettel_bpf::{abi, Record, AF_INET};
-use nettel_proto::v1;
+use nettel_proto::{v1, Bytes};
 
 /// An ABI address (16 bytes, IPv4 in the first 4) as 4 or 16 proto bytes.
-pub fn addr(a: &[u8; 16], family: u8) -> Vec<u8> {
+pub fn addr(a: &[u8; 16], family: u8) -> Bytes {
     let len = if family == AF_INET { 4 } else { 16 };
-    a[..len].to_vec()
+    Bytes::copy_from_slice(&a[..len])
 }
 
 /// An ABI method (`enum nt_http_method`) as its proto value.
@@ -43,7 +43,7 @@ pub fn to_proto(rec: &Record) -> v1::Event {
                     status: ev.status.into(),
                     duration_ns: ev.duration_ns,
                     cgroup_id: ev.cgroup_id,
-                    trace_id: if traced { ev.trace_id.to_vec() } else { Vec::new() },
+                    trace_id: if traced { Bytes::copy_from_slice(&ev.trace_id) } else { Bytes::new() },
                     tls: ev.flags & abi::NT_HTTP_F_TLS != 0,
                     exemplar_only: ev.flags & abi::NT_HTTP_F_COUNTED != 0,
                 })),

@@ -276,7 +276,7 @@ mod tests {
         let out = r.changes(&mem).totals;
         assert_eq!(out.len(), 1, "{out:?}");
         let p = &out[0];
-        assert_eq!(p.local_addr, [10, 0, 0, 9]);
+        assert_eq!(p.local_addr[..], [10, 0, 0, 9]);
         assert_eq!(
             (p.cgroup_id, p.method(), p.status, p.tls, p.sum_ns),
             (7, v1::HttpMethod::Post, 503, true, 2000)

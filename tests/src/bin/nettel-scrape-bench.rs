@@ -105,7 +105,7 @@ fn main() {
             .map(|i| v1::Event {
                 timestamp_boot_ns: 1,
                 kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-                    remote_addr: pod_ip(i % pod_count).to_vec(),
+                    remote_addr: pod_ip(i % pod_count).to_vec().into(),
                     // Distinct listening ports per pod (below the ephemeral fold).
                     remote_port: 8000 + (i / pod_count) as u32,
                     kind: v1::RetransmitKind::Data as i32,
