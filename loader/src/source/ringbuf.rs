@@ -206,7 +206,9 @@ impl State<'_> {
     /// ring in between: after the cursor holds their sequence numbers and
     /// before subscribers can see them. A loader that stops earlier leaves
     /// them in the ring for the next one; one that stops later shows them
-    /// as a sequence gap.
+    /// as a sequence gap. One stopped between the cursor's write and the
+    /// release, microseconds apart, shows a gap for records the next loader
+    /// then delivers too.
     fn publish_read(&mut self, rb: &mut RingReader, hub: &Hub, counters: &Counters) {
         let batch = self.seal(hub, counters);
         rb.release();
