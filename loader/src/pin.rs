@@ -91,18 +91,19 @@ impl Carried {
             olds.push((path, old));
         }
         let len = olds.iter().map(|(_, old)| old.len()).max().unwrap_or(0);
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Io {
+            what: "failed to count possible CPUs",
+            path: what.into(),
+            source,
+        })?;
         for i in 0..len {
-            let mut sum: Option<Vec<u64>> = None;
+            let mut sum = vec![0u64; cpus];
             for (_, old) in olds.iter().filter(|(_, old)| i < old.len()) {
-                let values = old.get(&i, 0).map_err(err)?;
-                match &mut sum {
-                    None => sum = Some(values.to_vec()),
-                    Some(sum) => {
-                        sum.iter_mut().zip(values.iter()).for_each(|(s, v)| *s = s.saturating_add(*v))
-                    }
+                for (s, v) in sum.iter_mut().zip(old.get(&i, 0).map_err(err)?.iter()) {
+                    *s = s.saturating_add(*v);
                 }
             }
-            let values = PerCpuValues::try_from(sum.unwrap_or_default()).map_err(|source| Error::Io {
+            let values = PerCpuValues::try_from(sum).map_err(|source| Error::Io {
                 what: "failed to sum carried counters",
                 path: olds[0].0.clone(),
                 source,

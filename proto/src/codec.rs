@@ -155,10 +155,7 @@ mod tests {
             ..Default::default()
         };
         let msg = v1::StreamEventsResponse {
-            events: vec![v1::Event {
-                kind: Some(v1::event::Kind::TcpRetransmit(rtx.clone())),
-                ..Default::default()
-            }],
+            events: vec![v1::Event { kind: Some(v1::event::Kind::TcpRetransmit(rtx)), ..Default::default() }],
             ..Default::default()
         };
         let mut whole = Bytes::from(prost::Message::encode_to_vec(&msg));

@@ -344,6 +344,20 @@ fn cleanup(pin_dir: &Path) {
     assert!(!pin_dir.exists(), "pin dir left behind");
 }
 
+/// Starts a loader on `pin_dir` and checks what it carried: a statistics
+/// map of this version's size holding `reserve_failures_per_cpu` on every
+/// CPU, and no carry pin left. Returns the loader.
+fn start_carrying(pin_dir: &Path, reserve_failures_per_cpu: u64, what: &str) -> Loader {
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
+    let loader = Loader::start_at(pin_dir, NOBODY, &[NOBODY], &[]);
+    let stats = pin_dir.join("nt_stats");
+    assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
+    let counters = loader.status().counters.unwrap();
+    assert_eq!(counters.kernel_reserve_failures, reserve_failures_per_cpu * cpus, "{what}");
+    assert!(carry_pins(pin_dir).is_empty(), "carry pins left: {:?}", carry_pins(pin_dir));
+    loader
+}
+
 #[test]
 fn an_upgrade_carries_the_counters_of_a_smaller_pinned_stats_map_and_a_downgrade_is_refused() {
     if !require_kernel(
@@ -351,17 +365,11 @@ fn an_upgrade_carries_the_counters_of_a_smaller_pinned_stats_map_and_a_downgrade
     ) {
         return;
     }
-    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
-
     // An older loader's map, 2 counters: replaced by a larger one, values kept.
     let (pin_dir, stats) = stats_pinned_by_another_version("2");
     let old_id = bpftool::pinned_map_id(&stats);
-    let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
+    let loader = start_carrying(&pin_dir, 7, "the old counters carried over, every CPU's");
     assert_ne!(bpftool::pinned_map_id(&stats), old_id, "a new, larger map");
-    assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
-    let counters = loader.status().counters.unwrap();
-    assert_eq!(counters.kernel_reserve_failures, 7 * cpus, "the old counters carried over, every CPU's");
-    assert!(carry_pins(&pin_dir).is_empty(), "carry pins left: {:?}", carry_pins(&pin_dir));
     drop(loader);
 
     // A newer loader's map, 64 counters: refused, left alone.
@@ -379,8 +387,6 @@ fn an_upgrade_that_stops_before_carrying_the_counters_leaves_them_for_the_next_l
     if !require_kernel("an_upgrade_that_stops_before_carrying_the_counters_leaves_them_for_the_next_loader") {
         return;
     }
-    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u64;
-
     // The upgrade stops after the old map is moved aside and before the
     // objects load: here a directory where the HTTP connections map is
     // pinned, which the loader cannot replace (in the field: an object the
@@ -397,12 +403,7 @@ fn an_upgrade_that_stops_before_carrying_the_counters_leaves_them_for_the_next_l
 
     // The next loader carries them.
     std::fs::remove_dir(&blocker).unwrap();
-    let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
-    assert_eq!(bpftool::pinned_map_max_entries(&stats), u64::from(nettel_bpf::abi::NT_STAT_MAX));
-    let counters = loader.status().counters.unwrap();
-    assert_eq!(counters.kernel_reserve_failures, 7 * cpus, "the counters of the interrupted upgrade");
-    assert!(carry_pins(&pin_dir).is_empty(), "carry pins left: {:?}", carry_pins(&pin_dir));
-    drop(loader);
+    drop(start_carrying(&pin_dir, 7, "the counters of the interrupted upgrade"));
 
     // After the interrupted upgrade, a rollback to a loader that knows no
     // carry pins counted 5 per CPU into a map of its own: both are carried,
@@ -410,11 +411,7 @@ fn an_upgrade_that_stops_before_carrying_the_counters_leaves_them_for_the_next_l
     let pin_dir = empty_pin_dir("carry-rollback");
     pin_stats(&pin_dir.join("nt_stats-carry-0"), "2", "7");
     pin_stats(&pin_dir.join("nt_stats"), "2", "5");
-    let loader = Loader::start_at(&pin_dir, NOBODY, &[NOBODY], &[]);
-    let counters = loader.status().counters.unwrap();
-    assert_eq!(counters.kernel_reserve_failures, 12 * cpus, "both maps' counters");
-    assert!(carry_pins(&pin_dir).is_empty(), "carry pins left: {:?}", carry_pins(&pin_dir));
-    drop(loader);
+    drop(start_carrying(&pin_dir, 12, "both maps' counters"));
 
     // A carry pin larger than this loader's map (left by a newer loader's
     // interrupted upgrade) is refused, and nothing is moved.
