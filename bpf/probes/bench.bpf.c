@@ -1,17 +1,35 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Benchmark event source: one synthetic event per getppid() of one process.
+ * Benchmark event sources of one process: a synthetic event per getppid()
+ * (a sequence number the aggregator only counts), and a retransmit-shaped
+ * event per getpgrp() (the record the retransmit probe writes, which the
+ * loader and aggregator decode, convert and count into
+ * node_tcp_retransmits_total like a real one).
  *
- * Attach point: tracepoint syscalls/sys_enter_getppid. Loaded only by
- * `nettel-loader run --bench-tgid PID`, never in production. The filter
- * makes every other process pay one array lookup and a comparison. Shares the pinned ring buffer
- * and statistics map with the product probes, so it exercises exactly the
+ * Attach points: tracepoints syscalls/sys_enter_getppid and
+ * syscalls/sys_enter_getpgrp. Loaded only by `nettel-loader run --bench-tgid
+ * PID`, never in production. The filter makes every other process pay one
+ * array lookup and a comparison. Shares the pinned ring buffer and
+ * statistics map with the product probes, so it exercises exactly the
  * production pipeline.
  */
 #include "vmlinux/vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "maps.h"
+#include "sock.h"
+
+/*
+ * Distinct remote endpoints of the retransmit-shaped events: a node with a
+ * few hundred troubled peers on NT_BENCH_PORTS service ports (the
+ * aggregator's handle cache holds one entry per peer, its series are one per
+ * port), well under the default series limit.
+ */
+#define NT_BENCH_PEERS 256
+#define NT_BENCH_PORTS 8
+#define NT_BENCH_PORT0 8000
 
 /*
  * The traced tgid, written by the loader into slot 0. A map rather than a
@@ -52,6 +70,40 @@ int nt_bench(void *ctx)
 	seq = bpf_map_lookup_elem(&nt_bench_seq, &zero);
 	ev->seq = seq ? ++*seq : 0;
 	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+	nt_submit(ev);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_getpgrp")
+int nt_bench_rtx(void *ctx)
+{
+	struct nt_tcp_retransmit_event *ev;
+	__u32 zero = 0, peer;
+	__u32 *tgid;
+	__u64 *seq;
+
+	tgid = bpf_map_lookup_elem(&nt_bench_cfg, &zero);
+	if (!tgid || (bpf_get_current_pid_tgid() >> 32) != *tgid)
+		return 0;
+	ev = nt_reserve(sizeof(*ev));
+	if (!ev)
+		return 0;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	nt_hdr_init(&ev->hdr, NT_EVENT_TCP_RETRANSMIT, sizeof(*ev));
+	seq = bpf_map_lookup_elem(&nt_bench_seq, &zero);
+	peer = seq ? (__u32)(++*seq % NT_BENCH_PEERS) : 0;
+	/* 10.0.0.1:<40000 + peer> -> 10.200.0.<peer>:<8000 + peer % 8>. */
+	ev->saddr[0] = 10;
+	ev->saddr[3] = 1;
+	ev->daddr[0] = 10;
+	ev->daddr[1] = 200;
+	ev->daddr[3] = peer;
+	ev->sport = 40000 + peer;
+	ev->dport = NT_BENCH_PORT0 + peer % NT_BENCH_PORTS;
+	ev->family = NT_AF_INET;
+	ev->state = 1; /* TCP_ESTABLISHED */
+	ev->rtx_kind = NT_RTX_DATA;
+	ev->segs = 1;
 	nt_submit(ev);
 	return 0;
 }

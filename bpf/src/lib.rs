@@ -70,8 +70,10 @@ pub mod names {
     pub const PROG_TLS_RD_RET: &str = "nt_tls_rd_ret";
     /// HTTPS uretprobe on `SSL_write` and `SSL_write_ex`.
     pub const PROG_TLS_WR_RET: &str = "nt_tls_wr_ret";
-    /// Benchmark program on `syscalls/sys_enter_getppid`.
+    /// Benchmark program on `syscalls/sys_enter_getppid` (synthetic events).
     pub const PROG_BENCH: &str = "nt_bench";
+    /// Benchmark program on `syscalls/sys_enter_getpgrp` (retransmit-shaped events).
+    pub const PROG_BENCH_RTX: &str = "nt_bench_rtx";
     /// The loader's cursor (`struct nt_cursor`, `lib/maps.h`).
     pub const CURSOR_MAP: &str = "nt_cursor";
     /// Array holding the benchmark's target tgid (`probes/bench.bpf.c`).

@@ -106,8 +106,9 @@ pub struct RunArgs {
     /// Idle heartbeat interval in milliseconds.
     #[arg(long, env = "NETTEL_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
-    /// Benchmarks only: also attach the synthetic probe that emits one event per
-    /// getppid() of this process id. Never set in production.
+    /// Benchmarks only: also attach the benchmark probe, which emits one
+    /// synthetic event per getppid() and one retransmit-shaped event per
+    /// getpgrp() of this process id. Never set in production.
     #[arg(long, env = "NETTEL_BENCH_TGID")]
     pub bench_tgid: Option<u32>,
     /// Hooks of the HTTP probe: `sendmsg` (sock_recv_length/tcp_sendmsg_locked,

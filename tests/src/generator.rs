@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The benchmark probe's event source (`nettel-bench gen`) as a child
-//! process: one synthetic event per getppid() it makes, and it reports
-//! exactly how many it made.
+//! process: one synthetic event per getppid() it makes (or one
+//! retransmit-shaped event per getpgrp()), and it reports exactly how many it
+//! made.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -43,7 +44,18 @@ impl Generator {
     /// Makes `rate` events a second (0: as fast as possible) for `seconds`;
     /// returns how many it made.
     pub fn run(&mut self, rate: u64, seconds: f64) -> u64 {
-        writeln!(self.stdin, "{rate} {seconds}").unwrap();
+        self.run_kind(rate, seconds, "synthetic")
+    }
+
+    /// As [`Generator::run`], with retransmit-shaped events (from
+    /// 10.0.0.1 to 10.200.0.0-255, destination ports 8000-8007:
+    /// `bpf/probes/bench.bpf.c`).
+    pub fn run_retransmits(&mut self, rate: u64, seconds: f64) -> u64 {
+        self.run_kind(rate, seconds, "retransmit")
+    }
+
+    fn run_kind(&mut self, rate: u64, seconds: f64, kind: &str) -> u64 {
+        writeln!(self.stdin, "{rate} {seconds} {kind}").unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         line.split_whitespace().next().and_then(|n| n.parse().ok()).expect("generator answer")

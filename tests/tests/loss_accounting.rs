@@ -169,3 +169,44 @@ fn events_wait_in_the_ring_while_no_aggregator_is_connected() {
         "sent {sent}: received {received}, kernel lost {kernel_lost}, queue dropped {queue_dropped}"
     );
 }
+
+#[test]
+fn the_benchmarks_retransmit_events_are_counted_like_real_ones() {
+    if !require_kernel("the_benchmarks_retransmit_events_are_counted_like_real_ones") {
+        return;
+    }
+    // `nettel-bench --events retransmit` measures the pipeline with these:
+    // they must take the real retransmit path, conversion and series included.
+    let mut gen = Generator::start();
+    let tgid = gen.tgid();
+    let loader = Loader::start(NOBODY, &[NOBODY], &["--http-hook", "off", "--bench-tgid", &tgid]);
+    let mut agg = Aggregator::start(&loader.socket, None, NOBODY, NOBODY);
+    agg.wait_connected();
+    let ports: Vec<String> = (8000..8008).map(|p| p.to_string()).collect();
+    let counted = |t: &str| -> Vec<u64> {
+        ports
+            .iter()
+            .map(|p| sum(t, "node_tcp_retransmits_total", &[("dest_port", p), ("kind", "data"), ("pod", "")]))
+            .collect()
+    };
+    let before = counted(&agg.scrape());
+    let received_before = sum(&agg.scrape(), "nettel_events_received_total", &[("kind", "tcp_retransmit")]);
+
+    let sent = gen.run_retransmits(100_000, 1.0);
+    let received = wait_for(Duration::from_secs(20), "the retransmit events at the aggregator", || {
+        let t = agg.scrape();
+        let r = sum(&t, "nettel_events_received_total", &[("kind", "tcp_retransmit")]) - received_before;
+        let lost = sum(&t, "nettel_kernel_lost_events_total", &[])
+            + sum(&t, "nettel_loader_queue_dropped_events_total", &[]);
+        (r + lost >= sent).then_some(r)
+    });
+    // Real retransmits of the machine may add a few; none go to 10.200.0.0/24.
+    assert!((sent..sent + 8).contains(&received), "sent {sent}, received {received}");
+    let after = counted(&agg.scrape());
+    let per_port: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(per_port.iter().sum::<u64>(), sent, "per destination port: {per_port:?}");
+    // 256 peers over 8 ports, in turn on each CPU: every port gets its share.
+    for n in &per_port {
+        assert!(n * 8 > sent * 9 / 10 && n * 8 < sent * 11 / 10, "uneven ports: {per_port:?}");
+    }
+}

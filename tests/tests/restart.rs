@@ -24,7 +24,7 @@ use rustix::process::Signal;
 
 const NOBODY: u32 = 65534;
 /// Every program a default loader with the benchmark probe runs here.
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 8] = [
     "nt_tcp_rtx",
     "nt_tcp_rtx_syn",
     "nt_http_recv",
@@ -32,6 +32,7 @@ const PROGRAMS: [&str; 7] = [
     "nt_http_state",
     "nt_http_rmdir",
     "nt_bench",
+    "nt_bench_rtx",
 ];
 
 fn synthetic_received(agg: &Aggregator) -> u64 {

@@ -274,7 +274,9 @@ pub fn load(
         let mut cfg: Array<_, u32> = Array::try_from(take_map(&mut obj, names::BENCH_CFG_MAP)?)
             .map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
         cfg.set(0, tgid, 0).map_err(|source| Error::Map { map: names::BENCH_CFG_MAP, source })?;
-        attached.push(bench::PROGRAM.ensure(&mut obj, &links)?);
+        for tp in bench::PROGRAMS {
+            attached.push(tp.ensure(&mut obj, &links)?);
+        }
     }
     let running: Vec<&str> = attached.iter().map(|a| a.name).collect();
     link::remove_stale(&links, &running)?;
