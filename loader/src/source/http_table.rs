@@ -29,7 +29,7 @@ use std::{
 
 use aya::maps::MapData;
 use nettel_bpf::abi;
-use nettel_proto::v1;
+use nettel_proto::{v1, Bytes};
 
 use super::convert;
 use crate::sys::MappedWords;
@@ -221,7 +221,7 @@ fn to_proto(k: &Key, v: &Totals) -> v1::HttpTotals {
     let (cgroup_id, addr, family, method, status, flags) = *k;
     v1::HttpTotals {
         cgroup_id,
-        local_addr: convert::addr(&addr, family),
+        local_addr: Bytes::copy_from_slice(convert::addr(&addr, family)),
         method: convert::method(method) as i32,
         status: status.into(),
         tls: flags & abi::NT_HTTP_F_TLS != 0,

@@ -32,6 +32,7 @@ use nettel_bpf::{abi, decode, DecodeError};
 use nettel_proto::v1;
 use tracing::warn;
 
+pub use super::convert::Arena;
 use crate::{
     counters::{self, Counters},
     hub::{Batch, Hub},
@@ -94,6 +95,7 @@ pub async fn drain(
         fill: RingFill::new(*ring_bytes),
         next_seq: cursor.next_sequence.max(1),
         batch: Vec::with_capacity(cfg.max_batch),
+        arena: Arena::default(),
         http_totals: Vec::new(),
         http_totals_complete: false,
         program_runs: runs.read(),
@@ -182,6 +184,8 @@ struct State<'a> {
     fill: RingFill,
     next_seq: u64,
     batch: Vec<v1::Event>,
+    /// The `bytes` fields of the batch's events.
+    arena: Arena,
     /// HTTP totals for the next publish.
     http_totals: Vec<v1::HttpTotals>,
     /// `http_totals` is a complete batch.
@@ -278,7 +282,7 @@ fn drain_ready(rb: &mut RingReader, state: &mut State, hub: &Hub, counters: &Cou
         }
         let Some(record) = rb.read() else { break };
         read += 1;
-        let _ = ingest(record, &mut state.batch, counters);
+        let _ = ingest(record, &mut state.batch, &mut state.arena, counters);
         if state.batch.len() >= cfg.max_batch {
             state.publish_read(rb, hub, counters);
         }
@@ -302,13 +306,19 @@ fn drain_ready(rb: &mut RingReader, state: &mut State, hub: &Hub, counters: &Cou
     }
 }
 
-/// Decodes one ring-buffer record into `batch`; a record that does not decode
-/// is dropped, counted in `decode_errors` (reported to subscribers in-band) and
-/// logged at powers of two of the count (this is the per-event path).
-pub fn ingest(record: &[u8], batch: &mut Vec<v1::Event>, counters: &Counters) -> Result<(), DecodeError> {
+/// Decodes one ring-buffer record into `batch` (its addresses copied to
+/// `arena`); a record that does not decode is dropped, counted in
+/// `decode_errors` (reported to subscribers in-band) and logged at powers of
+/// two of the count (this is the per-event path).
+pub fn ingest(
+    record: &[u8],
+    batch: &mut Vec<v1::Event>,
+    arena: &mut Arena,
+    counters: &Counters,
+) -> Result<(), DecodeError> {
     match decode(record) {
         Ok(rec) => {
-            batch.push(super::convert::to_proto(&rec));
+            batch.push(super::convert::to_proto(&rec, arena));
             Ok(())
         }
         Err(e) => {
