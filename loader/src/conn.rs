@@ -40,7 +40,6 @@
 
 use std::{
     convert::Infallible,
-    future::poll_fn,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
@@ -56,17 +55,16 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use nettel_proto::v1::telemetry_service_server::TelemetryServiceServer;
 use tokio::{
     sync::{mpsc, watch, Notify},
     task::JoinSet,
 };
-use tonic::{codegen::Service as Tower, Code, Status};
+use tonic::{Code, Status};
 use tracing::{debug, warn};
 
 use crate::{
     counters::{self, Counters},
-    server::{Service, MAX_STREAMS_PER_CONNECTION},
+    server::{Server, MAX_STREAMS_PER_CONNECTION},
     socket::GuardedStream,
 };
 
@@ -201,7 +199,7 @@ pub struct Timeouts {
 /// returns once all have closed.
 pub async fn serve(
     mut incoming: mpsc::Receiver<GuardedStream>,
-    service: TelemetryServiceServer<Service>,
+    service: Server,
     timeouts: Timeouts,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
@@ -244,7 +242,7 @@ pub async fn serve(
 /// Everything one connection's task needs.
 struct Connection {
     builder: http2::Builder<TokioExecutor>,
-    service: TelemetryServiceServer<Service>,
+    service: Server,
     timeouts: Timeouts,
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
@@ -269,15 +267,10 @@ impl Connection {
                 (handle.clone(), Arc::clone(&self.counters), self.service.clone());
             service_fn(move |mut req: Req| {
                 req.extensions_mut().insert(handle.clone());
-                let (handle, counters, mut service) =
-                    (handle.clone(), Arc::clone(&counters), service.clone());
+                let (handle, counters, service) = (handle.clone(), Arc::clone(&counters), service.clone());
                 async move {
                     let in_flight = InFlight::new(&handle.0);
-                    poll_fn(|cx| {
-                        <TelemetryServiceServer<Service> as Tower<Req>>::poll_ready(&mut service, cx)
-                    })
-                    .await?;
-                    let response = service.call(req).await?;
+                    let response = service.call(req).await;
                     handle.answered(response.headers(), &counters);
                     Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _in_flight: in_flight }))
                 }
@@ -422,7 +415,8 @@ mod tests {
             heartbeat: Duration::from_secs(1),
         };
         let hub = Hub::new(4, Arc::clone(&counters));
-        let service = Service::into_server(hub, Arc::clone(&counters), info, Duration::from_secs(30));
+        let service =
+            crate::server::Service::into_server(hub, Arc::clone(&counters), info, Duration::from_secs(30));
         let (stop, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(incoming, service, timeouts, Arc::clone(&counters), stop_rx));
         (counters, stop, server)

@@ -23,14 +23,15 @@ use std::sync::{
 use nettel_proto::v1;
 use tokio::sync::mpsc;
 
-use crate::counters::Counters;
+use crate::{counters::Counters, source::wire::Events};
 
 /// One published batch (or heartbeat when `events` is empty).
 #[derive(Debug)]
 pub struct Batch {
-    /// Loader-wide sequence number of `events[0]`, or of the next event.
+    /// Loader-wide sequence number of the first event, or of the next event.
     pub first_sequence: u64,
-    pub events: Vec<v1::Event>,
+    /// Encoded once, shared by every subscriber's delivery.
+    pub events: Events,
     /// Running totals at publish time.
     pub kernel_reserve_failures_total: u64,
     pub decode_errors_total: u64,
@@ -57,17 +58,6 @@ pub struct Delivery {
     pub dropped_before: u64,
     /// All events dropped for this subscriber so far, including `dropped_before`.
     pub dropped_total: u64,
-}
-
-impl Delivery {
-    /// The batch's events: moved out when this delivery holds the only
-    /// reference to the batch, copied otherwise (several subscribers).
-    pub fn take_events(&mut self) -> Vec<v1::Event> {
-        match Arc::get_mut(&mut self.batch) {
-            Some(batch) => std::mem::take(&mut batch.events),
-            None => self.batch.events.clone(),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -129,10 +119,7 @@ impl Hub {
         Subscription { rx, id, reserve_failures_baseline, hub: Arc::clone(self) }
     }
 
-    /// Offers `batch` to every subscriber without waiting. The last subscriber
-    /// gets the hub's own reference, so with a single subscriber (the usual
-    /// case) its delivery holds the only one and can take the events without
-    /// copying them ([`Delivery::take_events`]).
+    /// Offers `batch` to every subscriber without waiting; they share it.
     pub fn publish(&self, batch: Batch) {
         let n = batch.events.len() as u64;
         let reserve_failures_total = batch.kernel_reserve_failures_total;
@@ -237,7 +224,7 @@ mod tests {
     fn batch(first: u64, n: usize) -> Batch {
         Batch {
             first_sequence: first,
-            events: vec![v1::Event::default(); n],
+            events: Events { bytes: Default::default(), count: n },
             kernel_reserve_failures_total: 0,
             decode_errors_total: 0,
             probe: v1::ProbeCounters::default(),
@@ -300,23 +287,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lone_subscriber_takes_the_events_and_several_each_get_all() {
+    async fn every_subscriber_gets_the_one_encoded_batch() {
         let counters = Arc::new(Counters::default());
         let hub = Hub::new(2, Arc::clone(&counters));
-        let mut only = hub.subscribe();
-        let b = batch(1, 3);
-        let buffer = b.events.as_ptr();
+        let (mut x, mut y) = (hub.subscribe(), hub.subscribe());
+        let mut b = batch(4, 5);
+        b.events.bytes = vec![1, 2, 3].into();
+        let buffer = b.events.bytes.as_ptr();
         hub.publish(b);
-        let mut d = only.rx.recv().await.unwrap();
-        let events = d.take_events();
-        assert_eq!((events.len(), events.as_ptr()), (3, buffer), "moved, not copied");
-
-        let mut second = hub.subscribe();
-        hub.publish(batch(4, 5));
-        let (mut x, mut y) = (only.rx.recv().await.unwrap(), second.rx.recv().await.unwrap());
-        assert_eq!(x.take_events().len(), 5, "copied while the other holds the batch");
-        assert_eq!(y.take_events().len(), 5);
-        assert_eq!(x.batch.first_sequence, 4);
+        let (x, y) = (x.rx.recv().await.unwrap(), y.rx.recv().await.unwrap());
+        for d in [&x, &y] {
+            assert_eq!((d.batch.first_sequence, d.batch.events.len()), (4, 5));
+            assert_eq!(d.batch.events.bytes.as_ptr(), buffer, "shared, not copied");
+        }
     }
 
     #[tokio::test]

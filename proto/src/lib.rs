@@ -8,9 +8,8 @@
 
 pub mod codec;
 
-/// The type of the messages' `bytes` fields (addresses, trace ids), and its
-/// builder (the loader copies a batch's addresses into shared chunks).
-pub use prost::bytes::{Bytes, BytesMut};
+/// The type of the messages' `bytes` fields (addresses, trace ids).
+pub use prost::bytes::Bytes;
 
 /// `nettel.telemetry.v1`.
 pub mod v1 {

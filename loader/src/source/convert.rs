@@ -2,38 +2,12 @@
 //! Ring-buffer records (the kernel ABI) to proto events (the public contract).
 
 use nettel_bpf::{abi, Record, AF_INET};
-use nettel_proto::{v1, Bytes, BytesMut};
+use nettel_proto::{v1, Bytes};
 
 /// An ABI address (16 bytes, IPv4 in the first 4): its 4 or 16 proto bytes.
 pub fn addr(a: &[u8; 16], family: u8) -> &[u8] {
     let len = if family == AF_INET { 4 } else { 16 };
     &a[..len]
-}
-
-/// Where events' addresses are copied: chunks shared by many events, so an
-/// address is a reference count on its chunk, not an allocation of its own.
-/// With `Bytes::copy_from_slice`, each address was an allocation and, when
-/// prost cloned it to encode, a second one (a `Vec`-backed `Bytes` is made
-/// shared on its first clone): a third of the loader's CPU on retransmit
-/// events (`perf record` at 1 M events/s). A chunk is freed when the last
-/// event sliced from it is dropped, after its message is encoded.
-#[derive(Debug, Default)]
-pub struct Arena {
-    chunk: BytesMut,
-}
-
-impl Arena {
-    /// Bytes per chunk: 512 IPv6 addresses, two batches of retransmit events.
-    const CHUNK_BYTES: usize = 16 << 10;
-
-    /// `bytes` as a slice of the current chunk (a new one when it is full).
-    pub fn copy(&mut self, bytes: &[u8]) -> Bytes {
-        if self.chunk.capacity() < bytes.len() {
-            self.chunk = BytesMut::with_capacity(Self::CHUNK_BYTES.max(bytes.len()));
-        }
-        self.chunk.extend_from_slice(bytes);
-        self.chunk.split().freeze()
-    }
 }
 
 /// An ABI method (`enum nt_http_method`) as its proto value.
@@ -52,8 +26,10 @@ pub fn method(m: u8) -> v1::HttpMethod {
     }
 }
 
-/// Converts a decoded record to its proto event, its `bytes` fields copied to `arena`.
-pub fn to_proto(rec: &Record, arena: &mut Arena) -> v1::Event {
+/// Converts a decoded record to its proto event: the reference for the
+/// stream's encoding, which [`super::wire`] writes without building the
+/// event (its tests hold the two to the same bytes).
+pub fn to_proto(rec: &Record) -> v1::Event {
     match rec {
         Record::Http(ev) => {
             let method = method(ev.method);
@@ -61,15 +37,15 @@ pub fn to_proto(rec: &Record, arena: &mut Arena) -> v1::Event {
             v1::Event {
                 timestamp_boot_ns: ev.hdr.ts_boot_ns,
                 kind: Some(v1::event::Kind::HttpRequest(v1::HttpRequest {
-                    local_addr: arena.copy(addr(&ev.saddr, ev.family)),
-                    remote_addr: arena.copy(addr(&ev.daddr, ev.family)),
+                    local_addr: Bytes::copy_from_slice(addr(&ev.saddr, ev.family)),
+                    remote_addr: Bytes::copy_from_slice(addr(&ev.daddr, ev.family)),
                     local_port: ev.sport.into(),
                     remote_port: ev.dport.into(),
                     method: method as i32,
                     status: ev.status.into(),
                     duration_ns: ev.duration_ns,
                     cgroup_id: ev.cgroup_id,
-                    trace_id: if traced { arena.copy(&ev.trace_id) } else { Bytes::new() },
+                    trace_id: if traced { Bytes::copy_from_slice(&ev.trace_id) } else { Bytes::new() },
                     tls: ev.flags & abi::NT_HTTP_F_TLS != 0,
                     exemplar_only: ev.flags & abi::NT_HTTP_F_COUNTED != 0,
                 })),
@@ -88,8 +64,8 @@ pub fn to_proto(rec: &Record, arena: &mut Arena) -> v1::Event {
             v1::Event {
                 timestamp_boot_ns: ev.hdr.ts_boot_ns,
                 kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
-                    local_addr: arena.copy(addr(&ev.saddr, ev.family)),
-                    remote_addr: arena.copy(addr(&ev.daddr, ev.family)),
+                    local_addr: Bytes::copy_from_slice(addr(&ev.saddr, ev.family)),
+                    remote_addr: Bytes::copy_from_slice(addr(&ev.daddr, ev.family)),
                     local_port: ev.sport.into(),
                     remote_port: ev.dport.into(),
                     kind: kind as i32,
@@ -100,26 +76,5 @@ pub fn to_proto(rec: &Record, arena: &mut Arena) -> v1::Event {
                 })),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Arena;
-
-    #[test]
-    fn copies_share_a_chunk_until_it_is_full_and_outlive_it() {
-        let mut arena = Arena::default();
-        let first = arena.copy(&[10, 0, 0, 1]);
-        let second = arena.copy(&[10, 0, 0, 2]);
-        assert_eq!((&first[..], &second[..]), (&[10, 0, 0, 1][..], &[10, 0, 0, 2][..]));
-        assert_eq!(first.as_ptr().wrapping_add(4), second.as_ptr(), "adjacent in one chunk");
-        let big = vec![7u8; Arena::CHUNK_BYTES];
-        let spilled = arena.copy(&big);
-        assert_eq!(&spilled[..], &big[..], "a copy larger than what is left takes a new chunk");
-        let next = arena.copy(&[1; 16]);
-        assert_eq!(&next[..], &[1; 16][..]);
-        drop(arena);
-        assert_eq!(&first[..], &[10, 0, 0, 1][..], "a copy keeps its chunk alive");
     }
 }

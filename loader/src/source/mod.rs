@@ -3,3 +3,4 @@
 pub mod convert;
 pub mod http_table;
 pub mod ringbuf;
+pub mod wire;

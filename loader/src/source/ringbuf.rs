@@ -32,7 +32,7 @@ use nettel_bpf::{abi, decode, DecodeError};
 use nettel_proto::v1;
 use tracing::warn;
 
-pub use super::convert::Arena;
+pub use super::wire::Writer;
 use crate::{
     counters::{self, Counters},
     hub::{Batch, Hub},
@@ -94,8 +94,7 @@ pub async fn drain(
     let mut state = State {
         fill: RingFill::new(*ring_bytes),
         next_seq: cursor.next_sequence.max(1),
-        batch: Vec::with_capacity(cfg.max_batch),
-        arena: Arena::default(),
+        batch: Writer::default(),
         http_totals: Vec::new(),
         http_totals_complete: false,
         program_runs: runs.read(),
@@ -183,9 +182,8 @@ impl RingFill {
 struct State<'a> {
     fill: RingFill,
     next_seq: u64,
-    batch: Vec<v1::Event>,
-    /// The `bytes` fields of the batch's events.
-    arena: Arena,
+    /// The pending batch's events, encoded.
+    batch: Writer,
     /// HTTP totals for the next publish.
     http_totals: Vec<v1::HttpTotals>,
     /// `http_totals` is a complete batch.
@@ -222,7 +220,7 @@ impl State<'_> {
     /// The pending batch (a heartbeat if empty) with its sequence numbers
     /// taken and the cursor saved: ready to offer.
     fn seal(&mut self, hub: &Hub, counters: &Counters) -> Batch {
-        let events = std::mem::take(&mut self.batch);
+        let events = self.batch.take();
         let first_sequence = self.next_seq;
         self.next_seq += events.len() as u64;
         let kernel_reserve_failures_total = counters.kernel_reserve_failures.load(Relaxed);
@@ -282,7 +280,7 @@ fn drain_ready(rb: &mut RingReader, state: &mut State, hub: &Hub, counters: &Cou
         }
         let Some(record) = rb.read() else { break };
         read += 1;
-        let _ = ingest(record, &mut state.batch, &mut state.arena, counters);
+        let _ = ingest(record, &mut state.batch, counters);
         if state.batch.len() >= cfg.max_batch {
             state.publish_read(rb, hub, counters);
         }
@@ -306,19 +304,14 @@ fn drain_ready(rb: &mut RingReader, state: &mut State, hub: &Hub, counters: &Cou
     }
 }
 
-/// Decodes one ring-buffer record into `batch` (its addresses copied to
-/// `arena`); a record that does not decode is dropped, counted in
-/// `decode_errors` (reported to subscribers in-band) and logged at powers of
-/// two of the count (this is the per-event path).
-pub fn ingest(
-    record: &[u8],
-    batch: &mut Vec<v1::Event>,
-    arena: &mut Arena,
-    counters: &Counters,
-) -> Result<(), DecodeError> {
+/// Decodes one ring-buffer record and appends its event to `batch`; a record
+/// that does not decode is dropped, counted in `decode_errors` (reported to
+/// subscribers in-band) and logged at powers of two of the count (this is
+/// the per-event path).
+pub fn ingest(record: &[u8], batch: &mut Writer, counters: &Counters) -> Result<(), DecodeError> {
     match decode(record) {
         Ok(rec) => {
-            batch.push(super::convert::to_proto(&rec, arena));
+            batch.push(&rec);
             Ok(())
         }
         Err(e) => {

@@ -45,17 +45,18 @@ fn hostile_records_are_dropped_and_counted() {
         ("unknown family", &family, "unknown_family"),
     ];
     let counters = Counters::default();
-    let mut batch = Vec::new();
-    let mut arena = Arena::default();
+    let mut batch = Writer::default();
     for (i, (what, input, reason)) in cases.iter().enumerate() {
-        let e = ingest(input, &mut batch, &mut arena, &counters).expect_err(what);
+        let e = ingest(input, &mut batch, &counters).expect_err(what);
         assert_eq!(e.reason(), *reason, "{what}: {e}");
         assert_eq!(counters.decode_errors.load(Relaxed), i as u64 + 1, "{what} is counted");
     }
     assert!(batch.is_empty(), "nothing undecodable reaches subscribers");
 
-    ingest(&good, &mut batch, &mut arena, &counters).unwrap();
+    ingest(&good, &mut batch, &counters).unwrap();
     assert_eq!(counters.decode_errors.load(Relaxed), cases.len() as u64);
-    let Some(v1::event::Kind::TcpRetransmit(t)) = &batch[0].kind else { panic!("{batch:?}") };
+    let events = batch.take();
+    let msg = <v1::StreamEventsResponse as prost::Message>::decode(events.bytes).unwrap();
+    let Some(v1::event::Kind::TcpRetransmit(t)) = &msg.events[0].kind else { panic!("{msg:?}") };
     assert_eq!((&t.remote_addr[..], t.remote_port), (&[10, 0, 0, 2][..], 8080));
 }
