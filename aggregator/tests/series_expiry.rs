@@ -9,6 +9,7 @@ use std::{
 
 use nettel_aggregator::{
     metrics::{MetricLabels, Metrics, RetransmitLabels},
+    source::message::Event,
     transform::{
         aggregate::Aggregator,
         enrich_pod::{Resolver, StaticPods},
@@ -64,7 +65,7 @@ fn idle_series_expire_from_metrics_and_from_the_handle_cache() {
     };
 
     // Ports 80 to 82 are admitted; 83 overflows (cap 4 = 3 + overflow).
-    let ports = |ps: &[u32]| ps.iter().map(|&p| retransmit(p)).collect::<Vec<_>>();
+    let ports = |ps: &[u32]| ps.iter().map(|&p| Event::from(&retransmit(p))).collect::<Vec<_>>();
     agg.apply_batch(&ports(&[80, 81, 82, 82, 83]), at(0));
     assert_eq!((count("80"), count("82"), count("83")), (Some(1), Some(2), None));
     agg.apply_batch(&ports(&[80]), at(50));

@@ -9,17 +9,24 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
-use nettel_proto::v1::{self, telemetry_service_client::TelemetryServiceClient};
+use nettel_proto::{codec::SliceCodec, v1};
 use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
+use tonic::{
+    codegen::GrpcMethod,
+    transport::{Endpoint, Uri},
+    IntoRequest,
+};
 use tracing::{error, info, warn};
 
-use super::tracker::Tracker;
+use super::{message::StreamMessage, tracker::Tracker};
 use crate::{
     metrics::{Metrics, ReasonLabels},
     transform::aggregate::Aggregator,
     Error,
 };
+
+/// The loader's event stream.
+const STREAM_EVENTS_PATH: &str = "/nettel.telemetry.v1.TelemetryService/StreamEvents";
 
 /// Largest stream message accepted from the loader.
 pub const MAX_DECODE_BYTES: usize = 8 * 1024 * 1024;
@@ -82,9 +89,21 @@ impl LoaderSource {
             }))
             .await
             .map_err(|source| Error::Connect { path: self.socket.clone(), source })?;
-        let mut client = TelemetryServiceClient::new(channel).max_decoding_message_size(MAX_DECODE_BYTES);
-        let mut stream = client
-            .stream_events(v1::StreamEventsRequest { subscriber_name: self.subscriber_name.clone() })
+        // The generated client's call, decoding into the aggregator's own
+        // event type (source::message) rather than `v1::Event`.
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_DECODE_BYTES);
+        grpc.ready().await.map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+        let mut request =
+            v1::StreamEventsRequest { subscriber_name: self.subscriber_name.clone() }.into_request();
+        request
+            .extensions_mut()
+            .insert(GrpcMethod::new("nettel.telemetry.v1.TelemetryService", "StreamEvents"));
+        let mut stream = grpc
+            .server_streaming(
+                request,
+                STREAM_EVENTS_PATH.parse().expect("a valid path"),
+                SliceCodec::<v1::StreamEventsRequest, StreamMessage>::default(),
+            )
             .await?
             .into_inner();
         tracker.stream_started();
@@ -97,15 +116,16 @@ impl LoaderSource {
                 *backoff = Duration::from_millis(100);
                 metrics.stream_connects.inc();
                 metrics.loader_connected.set(1);
-                info!(socket = %self.socket.display(), epoch = format_args!("{:016x}", msg.epoch), "Connected to the loader.");
+                info!(socket = %self.socket.display(), epoch = format_args!("{:016x}", msg.head.epoch), "Connected to the loader.");
             }
             let mut agg = agg.lock().unwrap_or_else(|e| e.into_inner());
             agg.apply_batch(&msg.events, Instant::now());
-            if !msg.http_totals.is_empty() || msg.http_totals_complete {
+            let head = &msg.head;
+            if !head.http_totals.is_empty() || head.http_totals_complete {
                 agg.apply_http_totals(
-                    &msg.http_totals,
-                    &msg.http_bucket_bounds_ns,
-                    msg.http_totals_complete,
+                    &head.http_totals,
+                    &head.http_bucket_bounds_ns,
+                    head.http_totals_complete,
                     Instant::now(),
                 );
             }

@@ -3,4 +3,5 @@
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod loader;
+pub mod message;
 pub mod tracker;

@@ -14,6 +14,7 @@ use nettel_proto::v1;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use tracing::warn;
 
+use super::message::StreamMessage;
 use crate::{
     metrics::{Metrics, ProgramLabels, ReasonLabels},
     Error,
@@ -64,7 +65,8 @@ impl Tracker {
 
     /// Checks one message and accounts its loss report. On `Err` the message
     /// must not be used, nor any later message of its stream.
-    pub fn observe(&mut self, msg: &v1::StreamEventsResponse, m: &Metrics) -> Result<(), Error> {
+    pub fn observe(&mut self, message: &StreamMessage, m: &Metrics) -> Result<(), Error> {
+        let msg = &message.head;
         m.loader_schema_version.set(i64::from(msg.schema_version));
         if msg.schema_version > v1::SCHEMA_VERSION {
             m.schema_mismatch.inc();
@@ -183,7 +185,7 @@ impl Tracker {
                 m.stream_gaps.inc();
             }
         }
-        self.next_event = Some(msg.first_event_sequence.saturating_add(msg.events.len() as u64));
+        self.next_event = Some(msg.first_event_sequence.saturating_add(message.events.len() as u64));
         Ok(())
     }
 
@@ -283,7 +285,7 @@ mod tests {
     fn the_ring_gauges_follow_the_latest_message() {
         let m = Metrics::default();
         let mut t = Tracker::default();
-        t.observe(&msg(7, 1, 0, 0, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(7, 1, 0, 0, 0)), &m).unwrap();
         assert_eq!(
             (m.ring_buffer_bytes.get(), m.ring_buffer_high_water_bytes.get()),
             (0, 0),
@@ -291,8 +293,14 @@ mod tests {
         );
         for hw in [440_000, 880_000] {
             let ring = v1::RingBufferStatus { size_bytes: 4 << 20, high_water_bytes: hw };
-            t.observe(&v1::StreamEventsResponse { ring_buffer: Some(ring), ..msg(7, 1, 0, 0, 0) }, &m)
-                .unwrap();
+            t.observe(
+                &StreamMessage::from(v1::StreamEventsResponse {
+                    ring_buffer: Some(ring),
+                    ..msg(7, 1, 0, 0, 0)
+                }),
+                &m,
+            )
+            .unwrap();
             assert_eq!(
                 (m.ring_buffer_bytes.get(), m.ring_buffer_high_water_bytes.get()),
                 (4 << 20, hw as i64)
@@ -305,18 +313,18 @@ mod tests {
     fn explained_drops_are_not_gaps_and_unexplained_jumps_are() {
         let m = Metrics::default();
         let mut t = Tracker::default();
-        t.observe(&msg(7, 1, 10, 0, 0), &m).unwrap();
-        t.observe(&msg(7, 16, 5, 5, 3), &m).unwrap(); // 5 dropped, reported
+        t.observe(&StreamMessage::from(msg(7, 1, 10, 0, 0)), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(7, 16, 5, 5, 3)), &m).unwrap(); // 5 dropped, reported
         assert_eq!((m.stream_gaps.get(), m.loader_queue_dropped.get(), m.kernel_lost.get()), (0, 5, 3));
         // Reconnect in the same epoch: events published meanwhile are a gap.
-        t.observe(&msg(7, 30, 1, 0, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(7, 30, 1, 0, 0)), &m).unwrap();
         assert_eq!((m.stream_gaps.get(), m.stream_gap_events.get()), (1, 9));
         // Loader restart with the pin dir removed: new epoch, sequence restarts, no gap.
-        t.observe(&msg(9, 1, 1, 0, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(9, 1, 1, 0, 0)), &m).unwrap();
         assert_eq!((m.loader_restarts.get(), m.stream_gaps.get()), (1, 1));
         // Heartbeat (no events) keeps the expectation.
-        t.observe(&msg(9, 2, 0, 0, 0), &m).unwrap();
-        t.observe(&msg(9, 2, 1, 0, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(9, 2, 0, 0, 0)), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(9, 2, 1, 0, 0)), &m).unwrap();
         assert_eq!(m.stream_gaps.get(), 1);
     }
 
@@ -324,12 +332,12 @@ mod tests {
     fn a_restarted_loader_continues_the_sequence_and_crash_losses_are_gaps() {
         let m = Metrics::default();
         let mut t = Tracker::default();
-        t.observe(&msg(7, 1, 10, 0, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(7, 1, 10, 0, 0)), &m).unwrap();
         // Graceful restart: the new loader starts where the old one stopped.
-        t.observe(&msg(8, 11, 5, 0, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(8, 11, 5, 0, 0)), &m).unwrap();
         assert_eq!((m.loader_restarts.get(), m.stream_gaps.get()), (1, 0));
         // kill -9 with 4 events published but never delivered.
-        t.observe(&msg(9, 20, 1, 0, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(msg(9, 20, 1, 0, 0)), &m).unwrap();
         assert_eq!((m.loader_restarts.get(), m.stream_gaps.get(), m.stream_gap_events.get()), (2, 1, 4));
     }
 
@@ -338,7 +346,7 @@ mod tests {
         let m = Metrics::default();
         let mut newer = msg(1, 1, 1, 0, 0);
         newer.schema_version = v1::SCHEMA_VERSION + 1;
-        let e = Tracker::default().observe(&newer, &m).unwrap_err().to_string();
+        let e = Tracker::default().observe(&StreamMessage::from(newer.clone()), &m).unwrap_err().to_string();
         assert!(e.contains("upgrade the aggregator"), "{e}");
         let (ours, theirs) = (v1::SCHEMA_VERSION, v1::SCHEMA_VERSION + 1);
         assert!(
@@ -350,7 +358,7 @@ mod tests {
         // An older (or unset) schema is fine.
         let mut older = msg(1, 1, 1, 0, 0);
         older.schema_version = 0;
-        Tracker::default().observe(&older, &m).unwrap();
+        Tracker::default().observe(&StreamMessage::from(older.clone()), &m).unwrap();
     }
 
     fn backwards(m: &Metrics) -> u64 {
@@ -368,35 +376,35 @@ mod tests {
         let mut a = msg(7, 1, 0, 0, 0);
         a.probe_counters = Some(probe(10));
         a.loss.as_mut().unwrap().kernel_reserve_failures_total = 5;
-        t.observe(&a, &m).unwrap();
+        t.observe(&StreamMessage::from(a.clone()), &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m)), (10, 0));
         // Same epoch, both totals smaller: reported, nothing added.
         let mut b = msg(7, 1, 0, 0, 0);
         b.probe_counters = Some(probe(4));
         b.loss.as_mut().unwrap().kernel_reserve_failures_total = 3;
-        t.observe(&b, &m).unwrap();
+        t.observe(&StreamMessage::from(b.clone()), &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m)), (10, 2));
         // Climbing back to the old high is not counted twice; past it is.
         let mut c = msg(7, 1, 0, 0, 0);
         c.probe_counters = Some(probe(12));
         c.loss.as_mut().unwrap().kernel_reserve_failures_total = 5;
-        t.observe(&c, &m).unwrap();
+        t.observe(&StreamMessage::from(c.clone()), &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m)), (12, 2));
         // A restarted loader (new epoch, the sequence goes on) reports the
         // pinned kernel totals again: only their growth counts.
         let mut d = msg(8, 1, 5, 0, 0);
         d.probe_counters = Some(probe(12));
-        t.observe(&d, &m).unwrap();
+        t.observe(&StreamMessage::from(d.clone()), &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (12, 2, 1));
         d.first_event_sequence = 6;
         d.probe_counters = Some(probe(15));
-        t.observe(&d, &m).unwrap();
+        t.observe(&StreamMessage::from(d.clone()), &m).unwrap();
         assert_eq!(unmatched(&m), 15);
         // The pin dir removed (new epoch, the sequence starts over): so do
         // the kernel totals, counted from zero without being reported.
         let mut e = msg(9, 1, 0, 0, 0);
         e.probe_counters = Some(probe(1));
-        t.observe(&e, &m).unwrap();
+        t.observe(&StreamMessage::from(e.clone()), &m).unwrap();
         assert_eq!((unmatched(&m), backwards(&m), m.loader_restarts.get()), (16, 2, 2));
     }
 
@@ -412,21 +420,21 @@ mod tests {
                 runs.iter().map(|(p, n)| v1::ProgramRuns { program: (*p).into(), skipped: *n }).collect();
             x
         };
-        t.observe(&with(7, 1, &[("nt_tcp_rtx", 0), ("nt_tls_ent", 3)]), &m).unwrap();
+        t.observe(&StreamMessage::from(with(7, 1, &[("nt_tcp_rtx", 0), ("nt_tls_ent", 3)])), &m).unwrap();
         assert_eq!((skipped("nt_tcp_rtx"), skipped("nt_tls_ent")), (0, 3));
-        t.observe(&with(7, 1, &[("nt_tcp_rtx", 2), ("nt_tls_ent", 3)]), &m).unwrap();
+        t.observe(&StreamMessage::from(with(7, 1, &[("nt_tcp_rtx", 2), ("nt_tls_ent", 3)])), &m).unwrap();
         assert_eq!((skipped("nt_tcp_rtx"), skipped("nt_tls_ent")), (2, 3));
         // A restarted loader adopted nt_tcp_rtx (same total) and loaded a new
         // nt_tls_ent (its total starts over): only growth, and the new one whole.
-        t.observe(&with(8, 1, &[("nt_tcp_rtx", 2), ("nt_tls_ent", 1)]), &m).unwrap();
+        t.observe(&StreamMessage::from(with(8, 1, &[("nt_tcp_rtx", 2), ("nt_tls_ent", 1)])), &m).unwrap();
         assert_eq!((skipped("nt_tcp_rtx"), skipped("nt_tls_ent")), (2, 4));
         // Names become labels: checked and bounded.
-        t.observe(&with(8, 1, &[("bad name\n", 5), ("other", 1)]), &m).unwrap();
+        t.observe(&StreamMessage::from(with(8, 1, &[("bad name\n", 5), ("other", 1)])), &m).unwrap();
         let invalid = m.decode_errors.get_or_create(&ReasonLabels { reason: "invalid_program".into() }).get();
         assert_eq!(invalid, 2);
         let many: Vec<(String, u64)> = (0..40).map(|i| (format!("nt_p{i}"), 1)).collect();
         let many: Vec<(&str, u64)> = many.iter().map(|(p, n)| (p.as_str(), *n)).collect();
-        t.observe(&with(8, 1, &many), &m).unwrap();
+        t.observe(&StreamMessage::from(with(8, 1, &many)), &m).unwrap();
         assert_eq!(t.program_runs.len(), MAX_PROGRAMS);
     }
 
@@ -443,10 +451,17 @@ mod tests {
             x
         };
         let s = v1::SocketCounters { handshake_timeouts: 3, protocol_errors: 2, ..Default::default() };
-        t.observe(&with(7, s), &m).unwrap();
-        t.observe(&with(7, v1::SocketCounters { stalled_connections: 1, ..s }), &m).unwrap();
-        t.observe(&with(7, v1::SocketCounters { requests_too_large: 4, requests_invalid: 5, ..s }), &m)
+        t.observe(&StreamMessage::from(with(7, s)), &m).unwrap();
+        t.observe(&StreamMessage::from(with(7, v1::SocketCounters { stalled_connections: 1, ..s })), &m)
             .unwrap();
+        t.observe(
+            &StreamMessage::from(with(
+                7,
+                v1::SocketCounters { requests_too_large: 4, requests_invalid: 5, ..s },
+            )),
+            &m,
+        )
+        .unwrap();
         assert_eq!(
             [
                 "peer_not_allowed",
@@ -464,10 +479,10 @@ mod tests {
         assert_eq!(backwards(&m), 1);
         // A new epoch starts from zero.
         t.observe(
-            &with(
+            &StreamMessage::from(with(
                 8,
                 v1::SocketCounters { peers_rejected: 1, connections_over_limit: 985, ..Default::default() },
-            ),
+            )),
             &m,
         )
         .unwrap();
@@ -485,11 +500,11 @@ mod tests {
             x
         };
         t.stream_started();
-        t.observe(&with_total(1, 30), &m).unwrap();
-        t.observe(&with_total(1, 20), &m).unwrap();
+        t.observe(&StreamMessage::from(with_total(1, 30)), &m).unwrap();
+        t.observe(&StreamMessage::from(with_total(1, 20)), &m).unwrap();
         assert_eq!(backwards(&m), 1, "backwards within one stream");
         t.stream_started();
-        t.observe(&with_total(1, 0), &m).unwrap();
+        t.observe(&StreamMessage::from(with_total(1, 0)), &m).unwrap();
         assert_eq!(backwards(&m), 1, "a new stream starts from 0");
     }
 }

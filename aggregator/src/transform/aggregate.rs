@@ -27,6 +27,7 @@ use crate::{
     kube::cgroup::CgroupResolver,
     metrics::{HttpLabels, KindLabels, Metrics, ReasonLabels, RetransmitLabels, HTTP_BUCKETS},
     sink::families::{CounterValue, HistogramValue},
+    source::message::{Event, Http, Kind, Retransmit},
 };
 
 /// Label value of an HTTP method.
@@ -251,23 +252,28 @@ impl Aggregator {
     }
 
     /// Counts a batch of events received at `now`.
-    pub fn apply_batch(&mut self, events: &[v1::Event], now: Instant) {
+    pub fn apply_batch(&mut self, events: &[Event], now: Instant) {
         self.set_now(now);
         for ev in events {
-            self.apply(ev);
+            self.apply_event(ev);
         }
     }
 
-    /// Counts one event (touching series at the time of the last batch or expiry).
+    /// Counts one proto event, as [`Aggregator::apply_event`].
     pub fn apply(&mut self, ev: &v1::Event) {
+        self.apply_event(&Event::from(ev));
+    }
+
+    /// Counts one event (touching series at the time of the last batch or expiry).
+    pub fn apply_event(&mut self, ev: &Event) {
         match &ev.kind {
-            Some(v1::event::Kind::TcpRetransmit(t)) => {
+            Kind::TcpRetransmit(t) => {
                 self.received_tcp.inc();
                 self.tcp_retransmit(t);
             }
             // An exemplar-only event is a request counted in the kernel's totals.
-            Some(v1::event::Kind::HttpRequest(h)) if h.exemplar_only => self.http_request(h),
-            Some(v1::event::Kind::HttpRequest(h)) => {
+            Kind::HttpRequest(h) if h.exemplar_only => self.http_request(h),
+            Kind::HttpRequest(h) => {
                 if h.tls {
                     self.received_https.inc();
                 } else {
@@ -276,10 +282,10 @@ impl Aggregator {
                 self.http_request(h);
             }
             // Benchmark events are counted and otherwise ignored.
-            Some(v1::event::Kind::Synthetic(_)) => {
+            Kind::Synthetic => {
                 self.received_synthetic.inc();
             }
-            None => self.decode_error("unknown_event_kind"),
+            Kind::None => self.decode_error("unknown_event_kind"),
         }
     }
 
@@ -309,8 +315,8 @@ impl Aggregator {
         self.now_ms = u64::try_from(ms).unwrap_or(u64::MAX);
     }
 
-    fn tcp_retransmit(&mut self, t: &v1::TcpRetransmit) {
-        let Some(addr) = addr_from_bytes(&t.remote_addr) else {
+    fn tcp_retransmit(&mut self, t: &Retransmit) {
+        let Some(addr) = t.remote_addr.addr() else {
             return self.decode_error("bad_address");
         };
         let kind = match v1::RetransmitKind::try_from(t.kind) {
@@ -363,18 +369,18 @@ impl Aggregator {
         self.cache.insert(key, Cached { series, resolved: pod.is_some() });
     }
 
-    fn http_request(&mut self, h: &v1::HttpRequest) {
-        let Some(local) = addr_from_bytes(&h.local_addr) else {
+    fn http_request(&mut self, h: &Http) {
+        let Some(local) = h.local_addr.addr() else {
             return self.decode_error("bad_address");
         };
         if !(100..=599).contains(&h.status) {
             return self.decode_error("bad_http_status");
         }
-        let exemplar = match <&[u8; 16]>::try_from(&h.trace_id[..]) {
-            Ok(id) => Some(id),
-            Err(_) if h.trace_id.is_empty() => None,
+        let exemplar = match h.trace_id.get().map(<&[u8; 16]>::try_from) {
+            Some(Ok(id)) => Some(id),
+            _ if h.trace_id.is_empty() => None,
             // Counted, and the request still is, without an exemplar.
-            Err(_) => {
+            _ => {
                 self.decode_error("bad_trace_id");
                 None
             }

@@ -26,6 +26,7 @@ use http::Method;
 use nettel_aggregator::{
     metrics::Metrics,
     sink::{prometheus::Endpoint, text_format::OPENMETRICS_CONTENT_TYPE},
+    source::message::Event,
     transform::{
         aggregate::Aggregator,
         enrich_pod::{Resolver, StaticPods},
@@ -101,7 +102,7 @@ fn main() {
             Aggregator::new(Arc::clone(&metrics), Resolver::Static(Arc::new(pods)), PortFolder::new(32768))
                 .with_limits(limits);
         let now = Instant::now();
-        let events: Vec<v1::Event> = (0..n)
+        let events: Vec<Event> = (0..n)
             .map(|i| v1::Event {
                 timestamp_boot_ns: 1,
                 kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {
@@ -113,6 +114,7 @@ fn main() {
                     ..Default::default()
                 })),
             })
+            .map(|e| Event::from(&e))
             .collect();
         agg.apply_batch(&events, now);
         drop(events);
