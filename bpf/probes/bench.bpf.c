@@ -52,10 +52,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nt_bench_seq SEC(".maps");
 
-SEC("tracepoint/syscalls/sys_enter_getppid")
-int nt_bench(void *ctx)
+/* The next per-CPU sequence number when the current task is the traced
+ * process, else 0 (nothing to emit). */
+static __always_inline __u64 nt_bench_next(void)
 {
-	struct nt_synthetic_event *ev;
 	__u32 zero = 0;
 	__u32 *tgid;
 	__u64 *seq;
@@ -63,12 +63,23 @@ int nt_bench(void *ctx)
 	tgid = bpf_map_lookup_elem(&nt_bench_cfg, &zero);
 	if (!tgid || (bpf_get_current_pid_tgid() >> 32) != *tgid)
 		return 0;
+	seq = bpf_map_lookup_elem(&nt_bench_seq, &zero);
+	return seq ? ++*seq : 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int nt_bench(void *ctx)
+{
+	struct nt_synthetic_event *ev;
+	__u64 seq = nt_bench_next();
+
+	if (!seq)
+		return 0;
 	ev = nt_reserve(sizeof(*ev));
 	if (!ev)
 		return 0;
 	nt_hdr_init(&ev->hdr, NT_EVENT_SYNTHETIC, sizeof(*ev));
-	seq = bpf_map_lookup_elem(&nt_bench_seq, &zero);
-	ev->seq = seq ? ++*seq : 0;
+	ev->seq = seq;
 	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
 	nt_submit(ev);
 	return 0;
@@ -78,20 +89,16 @@ SEC("tracepoint/syscalls/sys_enter_getpgrp")
 int nt_bench_rtx(void *ctx)
 {
 	struct nt_tcp_retransmit_event *ev;
-	__u32 zero = 0, peer;
-	__u32 *tgid;
-	__u64 *seq;
+	__u64 seq = nt_bench_next();
+	__u32 peer = (__u32)(seq % NT_BENCH_PEERS);
 
-	tgid = bpf_map_lookup_elem(&nt_bench_cfg, &zero);
-	if (!tgid || (bpf_get_current_pid_tgid() >> 32) != *tgid)
+	if (!seq)
 		return 0;
 	ev = nt_reserve(sizeof(*ev));
 	if (!ev)
 		return 0;
 	__builtin_memset(ev, 0, sizeof(*ev));
 	nt_hdr_init(&ev->hdr, NT_EVENT_TCP_RETRANSMIT, sizeof(*ev));
-	seq = bpf_map_lookup_elem(&nt_bench_seq, &zero);
-	peer = seq ? (__u32)(++*seq % NT_BENCH_PEERS) : 0;
 	/* 10.0.0.1:<40000 + peer> -> 10.200.0.<peer>:<8000 + peer % 8>. */
 	ev->saddr[0] = 10;
 	ev->saddr[3] = 1;
