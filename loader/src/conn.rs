@@ -405,15 +405,7 @@ mod tests {
         let uid = rustix::process::getuid().as_raw();
         let policy = AccessPolicy { allow_uids: vec![uid], allow_gids: vec![], max_connections: 4 };
         let incoming = socket::accept_loop(listener, policy, Arc::clone(&counters));
-        let info = LoaderInfo {
-            epoch: 1,
-            kernel_release: String::new(),
-            btf_available: false,
-            probes: vec![],
-            pinned_maps: vec![],
-            ring_buffer_bytes: 0,
-            heartbeat: Duration::from_secs(1),
-        };
+        let info = LoaderInfo { epoch: 1, heartbeat: Duration::from_secs(1), ..Default::default() };
         let hub = Hub::new(4, Arc::clone(&counters));
         let service =
             crate::server::Service::into_server(hub, Arc::clone(&counters), info, Duration::from_secs(30));

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::{counters::Counters, source::wire::Events};
 
 /// One published batch (or heartbeat when `events` is empty).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Batch {
     /// Loader-wide sequence number of the first event, or of the next event.
     pub first_sequence: u64,
@@ -224,15 +224,8 @@ mod tests {
     fn batch(first: u64, n: usize) -> Batch {
         Batch {
             first_sequence: first,
-            events: Events { bytes: Default::default(), count: n },
-            kernel_reserve_failures_total: 0,
-            decode_errors_total: 0,
-            probe: v1::ProbeCounters::default(),
-            socket: v1::SocketCounters::default(),
-            http_totals: Vec::new(),
-            http_totals_complete: false,
-            program_runs: Vec::new(),
-            ring: v1::RingBufferStatus::default(),
+            events: Events { count: n, ..Default::default() },
+            ..Default::default()
         }
     }
 

@@ -42,7 +42,7 @@ pub const MAX_ENCODE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
 /// Static facts for the status RPC, fixed at start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoaderInfo {
     pub epoch: u64,
     pub kernel_release: String,
@@ -355,18 +355,7 @@ mod tests {
     fn batch(records: &[Record]) -> Batch {
         let mut writer = Writer::default();
         records.iter().for_each(|r| writer.push(r));
-        Batch {
-            first_sequence: 1,
-            events: writer.take(),
-            kernel_reserve_failures_total: 0,
-            decode_errors_total: 0,
-            probe: v1::ProbeCounters::default(),
-            socket: v1::SocketCounters::default(),
-            http_totals: Vec::new(),
-            http_totals_complete: false,
-            program_runs: Vec::new(),
-            ring: v1::RingBufferStatus { size_bytes: 4096, high_water_bytes: 0 },
-        }
+        Batch { first_sequence: 1, events: writer.take(), ..Default::default() }
     }
 
     #[test]
@@ -388,15 +377,7 @@ mod tests {
     async fn the_generated_servers_stream_decodes_the_events_into_each_message() {
         let counters = Arc::new(Counters::default());
         let hub = Hub::new(4, Arc::clone(&counters));
-        let info = LoaderInfo {
-            epoch: 1,
-            kernel_release: String::new(),
-            btf_available: false,
-            probes: vec![],
-            pinned_maps: vec![],
-            ring_buffer_bytes: 4096,
-            heartbeat: Duration::from_secs(1),
-        };
+        let info = LoaderInfo { epoch: 1, ..Default::default() };
         let service =
             Service { hub: Arc::clone(&hub), counters, info, stall_timeout: Duration::from_secs(5) };
         let request = Request::new(v1::StreamEventsRequest { subscriber_name: "test".into() });

@@ -77,9 +77,11 @@ impl Writer {
         self.count == 0
     }
 
-    /// The events written so far; the writer starts a new batch.
+    /// The events written so far; the writer starts a new batch, with room
+    /// for as many bytes as this one took.
     pub fn take(&mut self) -> Events {
-        let bytes = Bytes::from(std::mem::take(&mut self.buf));
+        let next = Vec::with_capacity(self.buf.len());
+        let bytes = Bytes::from(std::mem::replace(&mut self.buf, next));
         Events { bytes, count: std::mem::take(&mut self.count) }
     }
 
