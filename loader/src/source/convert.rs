@@ -26,6 +26,15 @@ pub fn method(m: u8) -> v1::HttpMethod {
     }
 }
 
+/// An ABI retransmit kind (`enum nt_retransmit_kind`) as its proto value.
+pub fn retransmit_kind(k: u8) -> v1::RetransmitKind {
+    match u32::from(k) {
+        abi::NT_RTX_DATA => v1::RetransmitKind::Data,
+        abi::NT_RTX_SYNACK => v1::RetransmitKind::Synack,
+        _ => v1::RetransmitKind::Unspecified,
+    }
+}
+
 /// Converts a decoded record to its proto event: the reference for the
 /// stream's encoding, which [`super::wire`] writes without building the
 /// event (its tests hold the two to the same bytes).
@@ -56,11 +65,7 @@ pub fn to_proto(rec: &Record) -> v1::Event {
             kind: Some(v1::event::Kind::Synthetic(v1::Synthetic { sequence: ev.seq })),
         },
         Record::TcpRetransmit(ev) => {
-            let kind = match u32::from(ev.rtx_kind) {
-                abi::NT_RTX_DATA => v1::RetransmitKind::Data,
-                abi::NT_RTX_SYNACK => v1::RetransmitKind::Synack,
-                _ => v1::RetransmitKind::Unspecified,
-            };
+            let kind = retransmit_kind(ev.rtx_kind);
             v1::Event {
                 timestamp_boot_ns: ev.hdr.ts_boot_ns,
                 kind: Some(v1::event::Kind::TcpRetransmit(v1::TcpRetransmit {

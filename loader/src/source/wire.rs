@@ -19,9 +19,9 @@
 //! into exactly the event `to_proto` builds.
 
 use nettel_bpf::{abi, Record};
-use nettel_proto::{v1, Bytes};
+use nettel_proto::Bytes;
 
-use super::convert::{addr, method};
+use super::convert::{addr, method, retransmit_kind};
 
 /// `StreamEventsResponse.events`.
 const RESPONSE_EVENTS: u32 = 4;
@@ -96,16 +96,8 @@ impl Writer {
             Record::TcpRetransmit(ev) => {
                 uint(b, EVENT_TIMESTAMP, ev.hdr.ts_boot_ns);
                 let kind = begin(b, EVENT_TCP_RETRANSMIT);
-                bytes(b, 1, addr(&ev.saddr, ev.family));
-                bytes(b, 2, addr(&ev.daddr, ev.family));
-                uint(b, 3, ev.sport.into());
-                uint(b, 4, ev.dport.into());
-                let rtx = match u32::from(ev.rtx_kind) {
-                    abi::NT_RTX_DATA => v1::RetransmitKind::Data,
-                    abi::NT_RTX_SYNACK => v1::RetransmitKind::Synack,
-                    _ => v1::RetransmitKind::Unspecified,
-                };
-                uint(b, 5, rtx as u64);
+                endpoints(b, (&ev.saddr, ev.sport), (&ev.daddr, ev.dport), ev.family);
+                uint(b, 5, retransmit_kind(ev.rtx_kind) as u64);
                 uint(b, 6, ev.state.into());
                 // sint32: zigzag.
                 uint(b, 7, u64::from(((ev.err << 1) ^ (ev.err >> 31)) as u32));
@@ -116,10 +108,7 @@ impl Writer {
             Record::Http(ev) => {
                 uint(b, EVENT_TIMESTAMP, ev.hdr.ts_boot_ns);
                 let kind = begin(b, EVENT_HTTP_REQUEST);
-                bytes(b, 1, addr(&ev.saddr, ev.family));
-                bytes(b, 2, addr(&ev.daddr, ev.family));
-                uint(b, 3, ev.sport.into());
-                uint(b, 4, ev.dport.into());
+                endpoints(b, (&ev.saddr, ev.sport), (&ev.daddr, ev.dport), ev.family);
                 uint(b, 5, method(ev.method) as u64);
                 uint(b, 6, ev.status.into());
                 uint(b, 7, ev.duration_ns);
@@ -141,6 +130,15 @@ impl Writer {
         end(b, event_len);
         self.count += 1;
     }
+}
+
+/// Fields 1 to 4 of `TcpRetransmit` and `HttpRequest` alike: the local and
+/// remote addresses, then ports.
+fn endpoints(b: &mut Vec<u8>, local: (&[u8; 16], u16), remote: (&[u8; 16], u16), family: u8) {
+    bytes(b, 1, addr(local.0, family));
+    bytes(b, 2, addr(remote.0, family));
+    uint(b, 3, local.1.into());
+    uint(b, 4, remote.1.into());
 }
 
 fn varint(b: &mut Vec<u8>, mut v: u64) {
