@@ -31,9 +31,6 @@ use tracing::{info, warn};
 
 use crate::{conn::ConnectionHandle, counters::Counters, hub::Hub, source::wire::Events};
 
-/// The method [`Server`] serves itself.
-pub const STREAM_EVENTS_PATH: &str = "/nettel.telemetry.v1.TelemetryService/StreamEvents";
-
 /// Largest request the loader decodes (requests are tiny; anything big is hostile).
 pub const MAX_DECODE_BYTES: usize = 16 * 1024;
 /// Largest response message the loader encodes.
@@ -101,7 +98,7 @@ impl Server {
         B: HttpBody + Send + 'static,
         B::Error: Into<StdError> + Send + 'static,
     {
-        if req.uri().path() == STREAM_EVENTS_PATH {
+        if req.uri().path() == v1::STREAM_EVENTS_PATH {
             let codec = SliceCodec::<EventsResponse, v1::StreamEventsRequest>::default();
             let mut grpc = tonic::server::Grpc::new(codec)
                 .apply_max_message_size_config(Some(MAX_DECODE_BYTES), Some(MAX_ENCODE_BYTES));

@@ -28,4 +28,9 @@ pub mod v1 {
     /// 2: HTTP requests come as kernel running totals (`http_totals`), and an
     /// `HttpRequest` event with `exemplar_only` must not be counted.
     pub const SCHEMA_VERSION: u32 = 2;
+
+    /// The HTTP/2 path of `TelemetryService.StreamEvents`, for a client or
+    /// server that calls it through tonic's `Grpc` with its own message types
+    /// (the loader sends pre-encoded events, the aggregator decodes its own).
+    pub const STREAM_EVENTS_PATH: &str = "/nettel.telemetry.v1.TelemetryService/StreamEvents";
 }

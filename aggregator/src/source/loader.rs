@@ -25,9 +25,6 @@ use crate::{
     Error,
 };
 
-/// The loader's event stream.
-const STREAM_EVENTS_PATH: &str = "/nettel.telemetry.v1.TelemetryService/StreamEvents";
-
 /// Largest stream message accepted from the loader.
 pub const MAX_DECODE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -101,7 +98,7 @@ impl LoaderSource {
         let mut stream = grpc
             .server_streaming(
                 request,
-                STREAM_EVENTS_PATH.parse().expect("a valid path"),
+                v1::STREAM_EVENTS_PATH.parse().expect("a valid path"),
                 SliceCodec::<v1::StreamEventsRequest, StreamMessage>::default(),
             )
             .await?

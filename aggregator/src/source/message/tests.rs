@@ -89,10 +89,14 @@ fn both(
     (reference, StreamMessage::decode(Bytes::copy_from_slice(bytes)))
 }
 
-fn assert_same(bytes: &[u8], what: &str) {
+/// Both decoders agree on `bytes`; returns whether they decoded it.
+fn assert_same(bytes: &[u8], what: &str) -> bool {
     match both(bytes) {
-        (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}"),
-        (Err(_), Err(_)) => {}
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "{what}");
+            true
+        }
+        (Err(_), Err(_)) => false,
         (a, b) => panic!("{what}: prost {a:?}, ours {b:?}"),
     }
 }
@@ -114,7 +118,7 @@ fn every_truncation_is_refused_or_decoded_alike() {
     let mut r = Rng(7);
     let bytes = r.message(6).encode_to_vec();
     for end in 0..bytes.len() {
-        assert_same(&bytes[..end], &format!("cut at {end} of {}", bytes.len()));
+        let _ = assert_same(&bytes[..end], &format!("cut at {end} of {}", bytes.len()));
     }
 }
 
@@ -124,7 +128,8 @@ fn repeated_unknown_and_mistyped_fields_follow_prost() {
     let entry = |event: &[u8]| [&[4 << 3 | 2, event.len() as u8][..], event].concat();
     let rtx = |body: &[u8]| [&[10 << 3 | 2, body.len() as u8][..], body].concat();
     let http = |body: &[u8]| [&[12 << 3 | 2, body.len() as u8][..], body].concat();
-    let cases: Vec<(&str, Vec<u8>)> = vec![
+    // Decoded by both.
+    let decoded: Vec<(&str, Vec<u8>)> = vec![
         // remote_port twice (last wins), remote_addr twice (last wins).
         (
             "repeated scalars",
@@ -134,28 +139,34 @@ fn repeated_unknown_and_mistyped_fields_follow_prost() {
         ("merged kind", entry(&[rtx(&[4 << 3, 80]), rtx(&[9 << 3, 3])].concat())),
         ("replaced kind", entry(&[rtx(&[4 << 3, 80]), http(&[6 << 3, 200, 1])].concat())),
         ("replaced back", entry(&[http(&[6 << 3, 200, 1]), rtx(&[4 << 3, 80])].concat())),
-        // Unknown fields of every wire type, a group included, at every level.
+        // Unknown fields of every wire type, a group included, at every
+        // level (one-byte keys: tags under 16 the messages do not use).
         (
             "unknown fields",
             [
-                vec![15 << 3, 1, 16 << 3 | 5, 0, 0, 0, 0],
+                vec![14 << 3, 1, 15 << 3 | 5, 0, 0, 0, 0],
                 entry(
                     &[
-                        &[99 << 3 | 1, 0, 0, 0, 0, 0, 0, 0, 0][..],
-                        &rtx(&[98 << 3 | 3, 1 << 3, 5, 98 << 3 | 4]),
+                        &[13 << 3 | 1, 0, 0, 0, 0, 0, 0, 0, 0][..],
+                        &rtx(&[14 << 3 | 3, 1 << 3, 5, 14 << 3 | 4]),
                     ]
                     .concat(),
                 ),
-                entry(&http(&[97 << 3 | 2, 2, 0, 0, 6 << 3, 200, 1])),
+                entry(&http(&[15 << 3 | 2, 2, 0, 0, 6 << 3, 200, 1])),
             ]
             .concat(),
         ),
-        // A known field with the wrong wire type is an error.
+        // sint32 error: zigzag of -3.
+        ("negative error", entry(&rtx(&[7 << 3, 5]))),
+    ];
+    // Refused by both.
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        // A known field with the wrong wire type.
         ("mistyped port", entry(&rtx(&[4 << 3 | 2, 1, 80]))),
         ("mistyped address", entry(&rtx(&[2 << 3, 4]))),
         ("mistyped kind", entry(&[10 << 3, 1])),
         ("mistyped events", vec![4 << 3, 1]),
-        ("unmatched end group", entry(&rtx(&[98 << 3 | 4]))),
+        ("unmatched end group", entry(&rtx(&[14 << 3 | 4]))),
         ("tag zero", entry(&rtx(&[0, 1]))),
         (
             "overlong varint",
@@ -163,15 +174,29 @@ fn repeated_unknown_and_mistyped_fields_follow_prost() {
         ),
         // A nested length past its parent's end.
         ("nested length past the event", entry(&[10 << 3 | 2, 9, 4 << 3, 80])),
-        // sint32 error: zigzag of -3.
-        ("negative error", entry(&rtx(&[7 << 3, 5]))),
     ];
-    for (what, bytes) in cases {
-        assert_same(&bytes, what);
+    for (what, bytes) in &decoded {
+        assert!(assert_same(bytes, what), "{what}: refused");
     }
+    for (what, bytes) in refused {
+        assert!(!assert_same(&bytes, what), "{what}: decoded");
+    }
+    let unknown = &decoded_bytes(&decoded, "unknown fields");
+    let kinds: Vec<_> =
+        StreamMessage::decode(&unknown[..]).unwrap().events.into_iter().map(|e| e.kind).collect();
+    let Kind::HttpRequest(h) = &kinds[1] else { panic!("{kinds:?}") };
+    assert_eq!(
+        (&kinds[0], h.status),
+        (&Kind::TcpRetransmit(Default::default()), 200),
+        "unknown fields skipped"
+    );
     let (_, ours) = both(&entry(&[rtx(&[4 << 3, 80]), rtx(&[9 << 3, 3])].concat()));
     let Kind::TcpRetransmit(t) = &ours.unwrap().events[0].kind else { panic!("not merged") };
     assert_eq!((t.remote_port, t.segments), (80, 3), "merged like prost");
+}
+
+fn decoded_bytes(cases: &[(&str, Vec<u8>)], what: &str) -> Vec<u8> {
+    cases.iter().find(|(w, _)| *w == what).map(|(_, b)| b.clone()).expect("a case of that name")
 }
 
 #[test]
